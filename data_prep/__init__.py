@@ -1,0 +1,1 @@
+"""Dataset preparation for fairseq-sage (see README.md)."""

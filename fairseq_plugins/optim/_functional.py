@@ -1,0 +1,326 @@
+"""Functional SAGE updates over lists of tensors: ``adam_sage`` and ``adamax_sage``.
+
+Each dispatches to a single-tensor kernel (a loop of in-place ops per tensor, few temporaries) or a foreach kernel
+(torch._foreach_* ops over the whole list). Both compute in at least fp32: fp16/bf16 parameters and gradients are
+upcast, their state is fp32, and the result is copied back. See ``AdamSAGE`` for the math.
+
+The multiplier is computed as ``(U + eps^2) / (Ihat + eps^2)`` with both terms multiplied by the sensitivity bias
+correction ``bc3`` so that no division by ``bc3`` is needed:
+
+    r = (|bc3 * I - Ibar| + bc3 * eps^2) / (Ibar + bc3 * eps^2)
+
+and the applied multiplier is ``1 + strength * (r - 1)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import torch
+from torch import Tensor
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+IMPLEMENTATIONS = ("auto", "single_tensor", "foreach")
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """SAGE arithmetic and state run in fp32 at least (eps^2 underflows in fp16)."""
+    return torch.float32 if dtype in _LOW_PRECISION else dtype
+
+
+def _upcast(t: Tensor) -> Tensor:
+    return t.float() if t.dtype in _LOW_PRECISION else t
+
+
+def _bias_corrections(step: float, beta1: float, beta2: float, beta3: float, bias_correction: bool):
+    bc1 = 1.0 - beta1**step
+    bc2 = 1.0 - beta2**step
+    bc3 = 1.0 - beta3**step if bias_correction else 1.0
+    return bc1, bc2, bc3
+
+
+def _multiplier_(sens: Tensor, exp_avg_sens: Tensor, bc3: float, eps_sq: float, strength: float) -> Tensor:
+    """Turn ``sens`` (holding I_t) into the applied multiplier, in place; ``exp_avg_sens`` already holds Ibar_t."""
+    floor = bc3 * eps_sq
+    sens.mul_(bc3).sub_(exp_avg_sens).abs_().add_(floor)
+    sens.div_(exp_avg_sens + floor)
+    if strength != 1.0:
+        sens.mul_(strength).add_(1.0 - strength)
+    return sens
+
+
+def _foreach_multiplier_(sens, exp_avg_sens, bc3: float, eps_sq: float, strength: float):
+    floor = bc3 * eps_sq
+    torch._foreach_mul_(sens, bc3)
+    torch._foreach_sub_(sens, exp_avg_sens)
+    torch._foreach_abs_(sens)
+    torch._foreach_add_(sens, floor)
+    denom = torch._foreach_add(exp_avg_sens, floor)
+    torch._foreach_div_(sens, denom)
+    del denom
+    if strength != 1.0:
+        torch._foreach_mul_(sens, strength)
+        torch._foreach_add_(sens, 1.0 - strength)
+    return sens
+
+
+def _group_by_step(params, *lists):
+    """Yield (step value, params, lists...) buckets: tensors that skipped a step (no grad) have other counts."""
+    buckets: dict[tuple, list[int]] = defaultdict(list)
+    for i, p in enumerate(params):
+        buckets[(p.device, p.dtype, float(lists[-1][i]))].append(i)
+    for (_, _, step), idx in buckets.items():
+        yield step, [params[i] for i in idx], *[[lst[i] for i in idx] for lst in lists[:-1]]
+
+
+def adam_sage(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    exp_avg_sens: list[Tensor] | None,
+    steps: list[Tensor],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    beta3: float,
+    eps: float,
+    weight_decay: float,
+    bias_correction: bool,
+    strength: float,
+    impl: str = "auto",
+) -> None:
+    """AdamW-SAGE on a list of tensors. ``exp_avg_sens`` None: the plain AdamW update (unselected tensors).
+
+    ``steps`` are incremented here. Decoupled weight decay, not scaled by the multiplier.
+    """
+    for s in steps:
+        s.add_(1)
+    kernel = _adam_sage_foreach if impl == "foreach" else _adam_sage_single_tensor
+    kernel(
+        params,
+        grads,
+        exp_avgs,
+        exp_avg_sqs,
+        exp_avg_sens,
+        steps,
+        lr,
+        beta1,
+        beta2,
+        beta3,
+        eps,
+        weight_decay,
+        bias_correction,
+        strength,
+    )
+
+
+def _adam_sage_single_tensor(
+    params,
+    grads,
+    exp_avgs,
+    exp_avg_sqs,
+    exp_avg_sens,
+    steps,
+    lr,
+    beta1,
+    beta2,
+    beta3,
+    eps,
+    weight_decay,
+    bias_correction,
+    strength,
+):
+    for i, p in enumerate(params):
+        param, grad = _upcast(p), _upcast(grads[i])
+        exp_avg, exp_avg_sq = exp_avgs[i], exp_avg_sqs[i]
+        bc1, bc2, bc3 = _bias_corrections(float(steps[i]), beta1, beta2, beta3, bias_correction)
+
+        exp_avg.lerp_(grad, 1.0 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
+        update = exp_avg_sq.sqrt().add_(eps)  # the denominator, reused as the update buffer
+        if exp_avg_sens is not None:
+            sens = torch.mul(param, grad).abs_()  # sensitivity of the parameter *before* this step
+            exp_avg_sens[i].lerp_(sens, 1.0 - beta3)
+            update = _multiplier_(sens, exp_avg_sens[i], bc3, eps * eps, strength).mul_(exp_avg).div_(update)
+        else:
+            update = torch.div(exp_avg, update)
+
+        if weight_decay != 0.0:
+            param.mul_(1.0 - lr * weight_decay)
+        param.add_(update, alpha=-lr * math.sqrt(bc2) / bc1)
+        if param is not p:
+            p.copy_(param)
+
+
+def _adam_sage_foreach(
+    params,
+    grads,
+    exp_avgs,
+    exp_avg_sqs,
+    exp_avg_sens,
+    steps,
+    lr,
+    beta1,
+    beta2,
+    beta3,
+    eps,
+    weight_decay,
+    bias_correction,
+    strength,
+):
+    lists = [params, grads, exp_avgs, exp_avg_sqs] + ([exp_avg_sens] if exp_avg_sens is not None else []) + [steps]
+    for step, ps, gs, ms, vs, *rest in _group_by_step(*lists):
+        bc1, bc2, bc3 = _bias_corrections(step, beta1, beta2, beta3, bias_correction)
+        params32, grads32 = [_upcast(p) for p in ps], [_upcast(g) for g in gs]
+
+        torch._foreach_lerp_(ms, grads32, 1.0 - beta1)
+        torch._foreach_mul_(vs, beta2)
+        torch._foreach_addcmul_(vs, grads32, grads32, value=1.0 - beta2)
+        denom = torch._foreach_sqrt(vs)
+        torch._foreach_add_(denom, eps)
+        if rest:
+            (sens_avgs,) = rest
+            update = torch._foreach_mul(params32, grads32)
+            torch._foreach_abs_(update)
+            torch._foreach_lerp_(sens_avgs, update, 1.0 - beta3)
+            _foreach_multiplier_(update, sens_avgs, bc3, eps * eps, strength)
+            torch._foreach_mul_(update, ms)
+            torch._foreach_div_(update, denom)
+        else:
+            update = torch._foreach_div(ms, denom)
+        del denom
+
+        if weight_decay != 0.0:
+            torch._foreach_mul_(params32, 1.0 - lr * weight_decay)
+        torch._foreach_add_(params32, update, alpha=-lr * math.sqrt(bc2) / bc1)
+        _copy_back(ps, params32)
+
+
+def _copy_back(params, params32):
+    pairs = [(p, p32) for p, p32 in zip(params, params32, strict=True) if p is not p32]
+    if pairs:
+        torch._foreach_copy_([p for p, _ in pairs], [p32 for _, p32 in pairs])
+
+
+def adamax_sage(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_infs: list[Tensor],
+    exp_avg_sens: list[Tensor] | None,
+    steps: list[Tensor],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    beta3: float,
+    eps: float,
+    weight_decay: float,
+    bias_correction: bool,
+    strength: float,
+    impl: str = "auto",
+) -> None:
+    """Adamax-SAGE on a list of tensors (the authors' Adamax: no bias correction of the first moment, weight decay
+    coupled inside the scaled update). ``exp_avg_sens`` None: the plain update with multiplier 1."""
+    for s in steps:
+        s.add_(1)
+    kernel = _adamax_sage_foreach if impl == "foreach" else _adamax_sage_single_tensor
+    kernel(
+        params,
+        grads,
+        exp_avgs,
+        exp_infs,
+        exp_avg_sens,
+        steps,
+        lr,
+        beta1,
+        beta2,
+        beta3,
+        eps,
+        weight_decay,
+        bias_correction,
+        strength,
+    )
+
+
+def _adamax_sage_single_tensor(
+    params,
+    grads,
+    exp_avgs,
+    exp_infs,
+    exp_avg_sens,
+    steps,
+    lr,
+    beta1,
+    beta2,
+    beta3,
+    eps,
+    weight_decay,
+    bias_correction,
+    strength,
+):
+    for i, p in enumerate(params):
+        param, grad = _upcast(p), _upcast(grads[i])
+        exp_avg, exp_inf = exp_avgs[i], exp_infs[i]
+        _, _, bc3 = _bias_corrections(float(steps[i]), 0.0, 0.0, beta3, bias_correction)
+
+        exp_avg.lerp_(grad, 1.0 - beta1)
+        torch.maximum(exp_inf.mul_(beta2), grad.abs().add_(eps), out=exp_inf)
+        update = torch.add(exp_inf, eps)
+        torch.div(exp_avg, update, out=update)
+        if weight_decay != 0.0:
+            update.add_(param, alpha=weight_decay)
+        if exp_avg_sens is not None:
+            sens = torch.mul(param, grad).abs_()
+            exp_avg_sens[i].lerp_(sens, 1.0 - beta3)
+            update.mul_(_multiplier_(sens, exp_avg_sens[i], bc3, eps * eps, strength))
+        param.add_(update, alpha=-lr)
+        if param is not p:
+            p.copy_(param)
+
+
+def _adamax_sage_foreach(
+    params,
+    grads,
+    exp_avgs,
+    exp_infs,
+    exp_avg_sens,
+    steps,
+    lr,
+    beta1,
+    beta2,
+    beta3,
+    eps,
+    weight_decay,
+    bias_correction,
+    strength,
+):
+    lists = [params, grads, exp_avgs, exp_infs] + ([exp_avg_sens] if exp_avg_sens is not None else []) + [steps]
+    for step, ps, gs, ms, us, *rest in _group_by_step(*lists):
+        _, _, bc3 = _bias_corrections(step, 0.0, 0.0, beta3, bias_correction)
+        params32, grads32 = [_upcast(p) for p in ps], [_upcast(g) for g in gs]
+
+        torch._foreach_lerp_(ms, grads32, 1.0 - beta1)
+        torch._foreach_mul_(us, beta2)
+        abs_grads = torch._foreach_abs(grads32)
+        torch._foreach_add_(abs_grads, eps)
+        torch._foreach_maximum_(us, abs_grads)
+        del abs_grads
+        denom = torch._foreach_add(us, eps)
+        update = torch._foreach_div(ms, denom)
+        del denom
+        if weight_decay != 0.0:
+            torch._foreach_add_(update, params32, alpha=weight_decay)
+        if rest:
+            (sens_avgs,) = rest
+            sens = torch._foreach_mul(params32, grads32)
+            torch._foreach_abs_(sens)
+            torch._foreach_lerp_(sens_avgs, sens, 1.0 - beta3)
+            torch._foreach_mul_(update, _foreach_multiplier_(sens, sens_avgs, bc3, eps * eps, strength))
+            del sens
+        torch._foreach_add_(params32, update, alpha=-lr)
+        _copy_back(ps, params32)
