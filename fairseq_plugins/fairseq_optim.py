@@ -7,7 +7,7 @@ position and shape (the fp32 copies of ``--fp16-no-flatten-grads``). fairseq's d
 over one flattened tensor, where a per-tensor selection is refused with the alternatives named.
 """
 
-from __future__ import annotations
+# no `from __future__ import annotations`: fairseq reads the config dataclasses' field types at run time
 
 import ast
 import contextvars
