@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from . import _functional as F
+from .diagnostics import SAGEStatsMixin
 from .selection import check_matches, selector
 
 
@@ -32,7 +33,7 @@ def _check_betas(betas: Any) -> tuple[float, float]:
     return beta1, beta2
 
 
-class _SAGEBase(torch.optim.Optimizer):
+class _SAGEBase(SAGEStatsMixin, torch.optim.Optimizer):
     """Shared machinery: option checks, tensor selection (``sage`` flag per group), state and dispatch."""
 
     _second_moment: str  # name of the second state tensor ("exp_avg_sq" or "exp_inf")
@@ -137,6 +138,7 @@ class _SAGEBase(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        stats = self._sage_stats_begin()  # diagnostics hook (diagnostics.py): None unless requested
         for group in self.param_groups:
             params, grads, firsts, seconds, sens, steps = [], [], [], [], [], []
             for p in group["params"]:
@@ -152,6 +154,8 @@ class _SAGEBase(torch.optim.Optimizer):
                 steps.append(state["step"])
                 if group["sage"]:
                     sens.append(state["exp_avg_sens"])
+            if stats is not None and group["sage"]:  # diagnostics: before the kernel overwrites the state
+                self._sage_stats_observe(stats, group, params, grads, sens, steps)
             if not params:
                 continue
             impl = group["impl"]
@@ -175,6 +179,7 @@ class _SAGEBase(torch.optim.Optimizer):
                 strength=group["sage_strength"],
                 impl=impl,
             )
+        self._sage_stats_finish(stats)
         return loss
 
 
