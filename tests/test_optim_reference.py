@@ -8,7 +8,7 @@ import torch
 from fairseq_plugins.optim import AdamaxSAGE, AdamSAGE, ReferenceAdamaxSAGE, ReferenceAdamSAGE
 
 PAIRS = [(AdamSAGE, ReferenceAdamSAGE, "exp_avg_sq"), (AdamaxSAGE, ReferenceAdamaxSAGE, "exp_inf")]
-IMPLS = ["single_tensor", "foreach"]
+IMPLS = ["single_tensor", "foreach", "fused", "auto"]
 
 
 def _make_params(dtype=torch.float64, seed=0):
@@ -79,15 +79,16 @@ def test_fast_path_matches_reference_float64(pair, config, impl):
 
 
 @pytest.mark.parametrize("pair", range(len(PAIRS)))
-def test_single_tensor_and_foreach_agree_float32(pair):
+def test_fast_paths_agree_float32(pair):
     fast_cls, _, _ = PAIRS[pair]
     results = []
     for impl in IMPLS:
         params = _make_params(torch.float32)
         _run(fast_cls, params, 20, impl=impl, **CONFIGS[0])
         results.append(params)
-    for p, q in zip(*results, strict=True):
-        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+    for other in results[1:]:
+        for p, q in zip(results[0], other, strict=True):
+            torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("impl", IMPLS)

@@ -1,8 +1,15 @@
 """Functional SAGE updates over lists of tensors: ``adam_sage`` and ``adamax_sage``.
 
-Each dispatches to a single-tensor kernel (a loop of in-place ops per tensor, few temporaries) or a foreach kernel
-(torch._foreach_* ops over the whole list). Both compute in at least fp32: fp16/bf16 parameters and gradients are
-upcast, their state is fp32, and the result is copied back. See ``AdamSAGE`` for the math.
+Each dispatches (``impl``) to one of three kernels:
+
+- ``fused``: one compiled pass per entry over all tensors of the list, threads over chunks, no temporaries
+  (``_fused_cpu``; CPU only, contiguous tensors; others in the list take the single-tensor kernel);
+- ``single_tensor``: a loop of in-place torch ops per tensor, few temporaries;
+- ``foreach``: torch._foreach_* ops over the whole list (list-wide temporaries; the choice for CUDA).
+
+``auto`` picks ``foreach`` when every tensor is on CUDA, else ``fused`` (see BENCHMARKS.md), or ``single_tensor`` with a
+one-time warning if the fused kernel cannot be built here. All compute in at least fp32: fp16/bf16 parameters and
+gradients are upcast, their state is fp32, and the result is written back. See ``AdamSAGE`` for the math.
 
 The multiplier is computed as ``(U + eps^2) / (Ihat + eps^2)`` with both terms multiplied by the sensitivity bias
 correction ``bc3`` so that no division by ``bc3`` is needed:
@@ -15,14 +22,41 @@ and the applied multiplier is ``1 + strength * (r - 1)``.
 from __future__ import annotations
 
 import math
+import warnings
 from collections import defaultdict
 
 import torch
 from torch import Tensor
 
+from . import _fused_cpu
+
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
-IMPLEMENTATIONS = ("auto", "single_tensor", "foreach")
+IMPLEMENTATIONS = ("auto", "fused", "single_tensor", "foreach")
+
+_warned_fallback = False
+
+
+def resolve_impl(impl: str, params: list[Tensor]) -> str:
+    """The kernel that ``impl`` means for these tensors; ``fused`` raises if it cannot be built, ``auto`` falls back."""
+    global _warned_fallback
+    if impl == "auto":
+        if params and all(p.is_cuda for p in params):
+            return "foreach"
+        if _fused_cpu.available():
+            return "fused"
+        if not _warned_fallback:
+            _warned_fallback = True
+            warnings.warn(
+                f"SAGE: the fused CPU kernel is unavailable ({_fused_cpu.error()}); using the slower single_tensor "
+                "kernel",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        return "single_tensor"
+    if impl == "fused" and not _fused_cpu.available():
+        raise RuntimeError(f"SAGE impl='fused' is unavailable: {_fused_cpu.error()}")
+    return impl
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -97,9 +131,9 @@ def adam_sage(
 
     ``steps`` are incremented here. Decoupled weight decay, not scaled by the multiplier.
     """
-    for s in steps:
-        s.add_(1)
-    kernel = _adam_sage_foreach if impl == "foreach" else _adam_sage_single_tensor
+    if steps:
+        torch._foreach_add_(steps, 1.0)
+    kernel = _KERNELS[resolve_impl(impl, params)][0]
     kernel(
         params,
         grads,
@@ -226,9 +260,9 @@ def adamax_sage(
 ) -> None:
     """Adamax-SAGE on a list of tensors (the authors' Adamax: no bias correction of the first moment, weight decay
     coupled inside the scaled update). ``exp_avg_sens`` None: the plain update with multiplier 1."""
-    for s in steps:
-        s.add_(1)
-    kernel = _adamax_sage_foreach if impl == "foreach" else _adamax_sage_single_tensor
+    if steps:
+        torch._foreach_add_(steps, 1.0)
+    kernel = _KERNELS[resolve_impl(impl, params)][1]
     kernel(
         params,
         grads,
@@ -324,3 +358,71 @@ def _adamax_sage_foreach(
             del sens
         torch._foreach_add_(params32, update, alpha=-lr)
         _copy_back(ps, params32)
+
+
+def _fused(
+    adamax, fallback, params, grads, firsts, seconds, sens, steps, lr, b1, b2, b3, eps, wd, bias_correction, alpha
+):
+    """The fused kernel on every eligible tensor (one call per dtype), ``fallback`` on the others."""
+    step_values = torch.stack([s.detach().reshape(()).cpu() for s in steps]).tolist()
+    buckets: dict[torch.dtype, list[int]] = defaultdict(list)
+    rest: list[int] = []
+    for i, p in enumerate(params):
+        state = (firsts[i], seconds[i]) if sens is None else (firsts[i], seconds[i], sens[i])
+        if _fused_cpu.eligible(p, grads[i], *state) and all(s.dtype == compute_dtype(p.dtype) for s in state):
+            buckets[p.dtype].append(i)
+        else:
+            rest.append(i)
+    for idx in buckets.values():
+        sizes, bc3s = [], []
+        for i in idx:
+            bc1, bc2, bc3 = _bias_corrections(step_values[i], b1, b2, b3, bias_correction)
+            sizes.append(lr if adamax else lr * math.sqrt(bc2) / bc1)
+            bc3s.append(bc3)
+        _fused_cpu.step(
+            adamax,
+            [params[i] for i in idx],
+            [grads[i] for i in idx],
+            [firsts[i] for i in idx],
+            [seconds[i] for i in idx],
+            None if sens is None else [sens[i] for i in idx],
+            sizes,
+            bc3s,
+            beta1=b1,
+            beta2=b2,
+            beta3=b3,
+            eps=eps,
+            lr=lr,
+            weight_decay=wd,
+            strength=alpha,
+        )
+    if rest:
+        pick = [[lst[i] for i in rest] for lst in (params, grads, firsts, seconds)]
+        fallback(
+            *pick,
+            None if sens is None else [sens[i] for i in rest],
+            [steps[i] for i in rest],
+            lr,
+            b1,
+            b2,
+            b3,
+            eps,
+            wd,
+            bias_correction,
+            alpha,
+        )
+
+
+def _adam_sage_fused(*args):
+    _fused(False, _adam_sage_single_tensor, *args)
+
+
+def _adamax_sage_fused(*args):
+    _fused(True, _adamax_sage_single_tensor, *args)
+
+
+_KERNELS = {
+    "single_tensor": (_adam_sage_single_tensor, _adamax_sage_single_tensor),
+    "foreach": (_adam_sage_foreach, _adamax_sage_foreach),
+    "fused": (_adam_sage_fused, _adamax_sage_fused),
+}

@@ -158,9 +158,7 @@ class _SAGEBase(SAGEStatsMixin, torch.optim.Optimizer):
                 self._sage_stats_observe(stats, group, params, grads, sens, steps)
             if not params:
                 continue
-            impl = group["impl"]
-            if impl == "auto":
-                impl = "foreach" if all(p.is_cuda for p in params) else "single_tensor"
+            impl = F.resolve_impl(group["impl"], params)  # auto: fused on CPU, foreach on CUDA
             beta1, beta2 = group["betas"]
             type(self)._functional(
                 params,
@@ -222,7 +220,7 @@ class AdamSAGE(_SAGEBase):
         sage_strength: alpha above; 0 gives plain AdamW, 1 full SAGE. ``set_sage_strength`` changes it in place.
         sage_params: ``"all"`` (default), ``"attn_ffn"`` (attention and feed-forward projections, the authors' GLUE
             choice), ``"none"``, or ``"regex:PATTERN"`` searched in parameter names.
-        impl: ``"auto"``, ``"single_tensor"`` or ``"foreach"``.
+        impl: ``"auto"`` (fused on CPU, foreach on CUDA), ``"fused"``, ``"single_tensor"`` or ``"foreach"``.
 
     State per selected tensor: ``step``, ``exp_avg``, ``exp_avg_sq``, ``exp_avg_sens`` (fp32 for fp16/bf16 tensors).
     """

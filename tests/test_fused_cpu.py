@@ -1,0 +1,133 @@
+"""The fused CPU kernel beyond test_optim_reference.py: tensors large enough for several threads and chunks, mixed
+dtypes in one group, tensors it must hand to the single-tensor path, and the fallback when it cannot be built."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from fairseq_plugins.optim import AdamaxSAGE, AdamSAGE, ReferenceAdamaxSAGE, ReferenceAdamSAGE, _fused_cpu
+from fairseq_plugins.optim import _functional as F
+
+PAIRS = [(AdamSAGE, ReferenceAdamSAGE, "exp_avg_sq"), (AdamaxSAGE, ReferenceAdamaxSAGE, "exp_inf")]
+KW = dict(lr=1e-2, betas=(0.9, 0.99), eps=1e-4, weight_decay=0.05, beta3=0.8, sage_strength=0.7)
+
+pytestmark = pytest.mark.skipif(not _fused_cpu.available(), reason=f"fused kernel unavailable: {_fused_cpu.error()}")
+
+
+def _big_params(dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    # 300k entries: more than 4 chunks of 32k, so the threaded path runs; chunk boundaries fall inside tensors
+    shapes = [(517, 301), (50001,), (3,), (100, 77)]
+    params = [torch.randn(s, generator=g, dtype=torch.float64).to(dtype) for s in shapes]
+    params[2].zero_()
+    return params
+
+
+def _run(opt, params, steps, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    for t in range(steps):
+        for i, p in enumerate(params):
+            grad = torch.randn(p.shape, generator=g, dtype=torch.float64)
+            if i == 3 and t % 2:
+                p.grad = None  # this tensor's step count falls behind
+            else:
+                p.grad = grad.to(p.dtype)
+        opt.step()
+
+
+@pytest.mark.parametrize("bias_correction", [True, False])
+@pytest.mark.parametrize("pair", range(len(PAIRS)))
+def test_threaded_fused_matches_reference_float64(pair, bias_correction):
+    fast_cls, ref_cls, second = PAIRS[pair]
+    a, b = _big_params(torch.float64), _big_params(torch.float64)
+    fast = fast_cls(a, impl="fused", bias_correction=bias_correction, **KW)
+    ref = ref_cls(b, bias_correction=bias_correction, **KW)
+    _run(fast, a, 6)
+    _run(ref, b, 6)
+    for p, q in zip(a, b, strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12)
+        for key in ("exp_avg", second, "exp_avg_sens"):
+            torch.testing.assert_close(fast.state[p][key], ref.state[q][key], rtol=1e-10, atol=1e-14)
+    assert float(fast.state[a[3]]["step"]) == 3
+
+
+@pytest.mark.parametrize("pair", range(len(PAIRS)))
+def test_mixed_dtypes_and_layouts_in_one_group(pair):
+    """fp32, bf16, fp16 and non-contiguous tensors in one group: each dtype in its own kernel call, the
+    non-contiguous ones through the single-tensor path; all as the single-tensor kernel computes them."""
+    fast_cls, _, second = PAIRS[pair]
+
+    def make():
+        g = torch.Generator().manual_seed(3)
+        base = torch.randn(300, 400, generator=g)
+        return [
+            base[:, :200].clone(),
+            base[:, 200:].clone().to(torch.bfloat16),
+            base[:100].clone().to(torch.float16),
+            base.clone().t(),  # non-contiguous: fallback
+            torch.zeros(7),
+        ]
+
+    results = []
+    for impl in ("fused", "single_tensor"):
+        params = make()
+        opt = fast_cls(params, impl=impl, **KW)
+        g = torch.Generator().manual_seed(4)
+        for _ in range(4):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=g).to(p.dtype)
+            opt.step()
+        results.append((params, opt))
+    (fused, fopt), (single, sopt) = results
+    for p, q in zip(fused, single, strict=True):
+        assert p.dtype == q.dtype
+        tol = {torch.float32: 1e-5, torch.bfloat16: 2**-7, torch.float16: 2**-10}[p.dtype]
+        torch.testing.assert_close(p.float(), q.float(), rtol=tol, atol=1e-5)
+        for key in ("exp_avg", second, "exp_avg_sens"):
+            assert fopt.state[p][key].dtype == torch.float32
+            # the state of a low-precision tensor sees its rounded parameter: one flipped rounding shows there too
+            torch.testing.assert_close(fopt.state[p][key], sopt.state[q][key], rtol=max(tol, 1e-4), atol=1e-6)
+
+
+def test_non_contiguous_gradient_takes_the_single_tensor_path():
+    p = torch.randn(64, 32)
+    assert not _fused_cpu.eligible(p, torch.randn(32, 64).t(), torch.zeros(64, 32), torch.zeros(64, 32))
+    assert _fused_cpu.eligible(p, torch.randn(64, 32), torch.zeros(64, 32), torch.zeros(64, 32))
+    assert not _fused_cpu.eligible(p, torch.randn(64, 32, dtype=torch.float64))
+
+
+def test_auto_picks_fused_on_cpu():
+    assert F.resolve_impl("auto", [torch.zeros(3)]) == "fused"
+    assert F.resolve_impl("single_tensor", [torch.zeros(3)]) == "single_tensor"
+
+
+def test_fallback_when_the_kernel_cannot_be_built(monkeypatch):
+    monkeypatch.setattr(_fused_cpu, "_lib", None)
+    monkeypatch.setattr(_fused_cpu, "_error", "RuntimeError: no C++ compiler found (set CXX)")
+    monkeypatch.setattr(F, "_warned_fallback", False)
+    params = [torch.randn(5, 3)]
+    opt = AdamSAGE(params, impl="auto")
+    params[0].grad = torch.randn(5, 3)
+    with pytest.warns(RuntimeWarning, match="fused CPU kernel is unavailable"):
+        opt.step()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once only
+        opt.step()
+    with pytest.raises(RuntimeError, match="impl='fused' is unavailable"):
+        AdamSAGE(params, impl="fused").step()
+
+
+def test_build_cache_is_keyed_and_reused(tmp_path, monkeypatch):
+    """A fresh cache directory gets one library; scalars never enter the key, so nothing is rebuilt for them."""
+    monkeypatch.setenv("FAIRSEQ_SAGE_CACHE", str(tmp_path))
+    cxx = _fused_cpu._compiler()
+    path = _fused_cpu.library_path(cxx)
+    assert path.parent == tmp_path and path.suffix == ".so"
+    lib = _fused_cpu._build()
+    assert path.exists() and lib.sage_step is not None
+    mtime = path.stat().st_mtime_ns
+    _fused_cpu._build()
+    assert path.stat().st_mtime_ns == mtime and list(tmp_path.iterdir()) == [path]
