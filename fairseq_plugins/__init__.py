@@ -7,4 +7,5 @@ fairseq components. ``from fairseq_plugins.optim import AdamSAGE`` works without
 import importlib.util
 
 if importlib.util.find_spec("fairseq") is not None:
-    from . import fairseq_optim  # noqa: F401  (registers adam_sage, adamax_sage)
+    # registers adam_sage, adamax_sage; then sage_inverse_sqrt, sage_linear, sage_cosine
+    from . import fairseq_optim, lr_scheduler  # noqa: F401
