@@ -1,0 +1,212 @@
+"""The common second half of every dataset script: segment, binarise with fairseq-preprocess, write the references.
+
+A dataset module turns its sources into :class:`Split` objects (raw and/or Moses-tokenised lines per language) and
+calls :func:`build`, which writes everything into one output folder, atomically (see ``common.atomic_output``):
+
+    <dest>/dict.<src>.txt, dict.<tgt>.txt, {train,valid,test}.<src>-<tgt>.<lang>.{bin,idx}   fairseq data-bin
+    <dest>/text/{split}.{lang}          the segmented text that was binarised
+    <dest>/code  or  spm.model/.vocab   the BPE merge table or the sentencepiece model
+    <dest>/ref/{split}.{lang}           detokenised references (sacreBLEU's input)
+    <dest>/ref/{split}.tok.{lang}       BPE segmentation only: the tokenised text that
+                                        ``fairseq-generate --remove-bpe`` prints as T- lines (tokenised BLEU)
+    <dest>/ref/{split}.raw.{lang}       the original text where the source has it (BPE segmentation only;
+                                        with sentencepiece, ref/{split}.{lang} is the original text)
+    <dest>/prep.json                    settings, line counts, the --remove-bpe value; written last
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import text as T
+from .common import DataPrepError, atomic_output, check_same_length, fairseq_preprocess, write_lines, write_manifest
+
+SEGMENTATIONS = ("bpe", "spm")
+
+
+@dataclass
+class Split:
+    """One split (``train``, ``valid``, ``test``, ``test1`` ...) of a parallel corpus, line-aligned across languages.
+
+    ``raw``: original text (sentencepiece input; raw references). ``tok``: Moses-tokenised text (BPE input).
+    ``seg``: text that is already segmented (Google's BPE'd WMT'16 files), binarised as is.
+    """
+
+    name: str
+    raw: dict[str, list[str]] | None = None
+    tok: dict[str, list[str]] | None = None
+    seg: dict[str, list[str]] | None = None
+    origin: dict[str, str] = field(default_factory=dict)  # lang -> where the lines came from (for messages)
+
+    def __len__(self) -> int:
+        for side in (self.seg, self.tok, self.raw):
+            if side:
+                return len(next(iter(side.values())))
+        return 0
+
+    def check(self) -> None:
+        for kind in ("raw", "tok", "seg"):
+            side = getattr(self, kind)
+            if side:
+                (l1, a), (l2, b) = side.items()
+                check_same_length(
+                    self.origin.get(l1, f"{self.name}.{l1} ({kind})"), a, self.origin.get(l2, f"{self.name}.{l2}"), b
+                )
+                if not a:
+                    raise DataPrepError(f"{self.origin.get(l1, self.name)}: the {self.name} split is empty")
+
+
+def add_segmentation_args(p: argparse.ArgumentParser, default_seg: str, bpe_size: int, spm_size: int) -> None:
+    g = p.add_argument_group("segmentation")
+    g.add_argument(
+        "--segmentation", choices=SEGMENTATIONS, default=default_seg,
+        help=f"bpe: Moses tokenisation + subword-nmt BPE (the published convention); spm: sentencepiece on the "
+        f"original text, joined vocabulary, decode with --remove-bpe sentencepiece (default: {default_seg})",
+    )  # fmt: skip
+    g.add_argument("--bpe-size", type=int, default=bpe_size, help=f"BPE merge operations (default {bpe_size})")
+    g.add_argument("--spm-size", type=int, default=spm_size, help=f"sentencepiece vocabulary size (default {spm_size})")
+    g.add_argument("--spm-type", choices=("unigram", "bpe"), default="unigram", help="sentencepiece model type")
+    g.add_argument("--workers", type=int, default=1, help="fairseq-preprocess worker processes (default 1)")
+
+
+def add_output_args(p: argparse.ArgumentParser, default_dest: str) -> None:
+    p.add_argument(
+        "--dest", type=Path, default=Path(default_dest),
+        help=f"output folder (data-bin + references), created atomically (default {default_dest})",
+    )  # fmt: skip
+
+
+def check_sizes(args) -> None:
+    if args.bpe_size < 1:
+        raise DataPrepError(f"--bpe-size must be positive, got {args.bpe_size}")
+    if args.spm_size < 10:
+        raise DataPrepError(f"--spm-size must be at least 10, got {args.spm_size}")
+
+
+def build(
+    dest: Path,
+    settings: dict,
+    src: str,
+    tgt: str,
+    splits: Sequence[Split],
+    segmentation: str,
+    *,
+    bpe_size: int = 10000,
+    spm_size: int = 8000,
+    spm_type: str = "unigram",
+    lowercased: bool = False,
+    joined_dictionary: bool = True,
+    preprocess_extra: Sequence[str] = (),
+    copy_files: dict[str, Path] | None = None,
+    info: dict | None = None,
+    workers: int = 1,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """Segment ``splits`` (the first must be ``train``), binarise, write references, all atomically into ``dest``.
+
+    ``lowercased``: the tokenised text is lowercased, so the detokenised reference is made from it rather than taken
+    from the (cased) raw text. ``copy_files``: extra files to store in ``dest`` (e.g. the given BPE codes).
+    """
+    if segmentation not in SEGMENTATIONS:
+        raise DataPrepError(f"unknown --segmentation {segmentation!r}; choose one of {', '.join(SEGMENTATIONS)}")
+    if not splits or splits[0].name != "train":
+        raise DataPrepError("internal error: the first split must be train")
+    for sp in splits:
+        sp.check()
+    langs = (src, tgt)
+    dest = Path(dest)
+    with atomic_output(dest, settings, log) as tmp:
+        if tmp is None:
+            return dest
+        text_dir, ref_dir, work = tmp / "text", tmp / "ref", tmp / "work"
+        for d in (text_dir, ref_dir, work):
+            d.mkdir()
+        seg_info: dict = {"segmentation": segmentation}
+        train = splits[0]
+        if all(sp.seg for sp in splits):
+            segment = None
+            seg_info["remove_bpe"] = "subword_nmt"
+        elif segmentation == "bpe":
+            _need(splits, "tok", "BPE segmentation")
+            codes = tmp / "code"
+            if copy_files and "code" in copy_files:
+                shutil.copyfile(copy_files["code"], codes)
+                log(f"using the given BPE codes {copy_files['code']}")
+            else:
+                log(f"learning BPE ({bpe_size} merges) on train.{src} + train.{tgt}")
+                T.learn_bpe(train.tok[src] + train.tok[tgt], bpe_size, codes)
+            segment = T.BPEApplier(codes)
+            seg_info.update(remove_bpe="subword_nmt", bpe_merges=bpe_size, bpe_codes="code")
+        else:
+            _need(splits, "raw", "sentencepiece segmentation")
+            for lang in langs:
+                write_lines(work / f"train.raw.{lang}", train.raw[lang])
+            log(f"training a joined sentencepiece model ({spm_type}, {spm_size}) on train.{src} + train.{tgt}")
+            model = T.train_spm([work / f"train.raw.{lang}" for lang in langs], tmp / "spm", spm_size, spm_type)
+            segment = T.SPMEncoder(model)
+            seg_info.update(remove_bpe="sentencepiece", spm_size=spm_size, spm_type=spm_type, spm_model="spm.model")
+
+        counts = {}
+        for sp in splits:
+            counts[sp.name] = len(sp)
+            for lang in langs:
+                if segment is None:
+                    lines = sp.seg[lang]
+                elif segmentation == "bpe":
+                    lines = segment(sp.tok[lang])
+                else:
+                    lines = segment(sp.raw[lang])
+                write_lines(text_dir / f"{sp.name}.{lang}", lines)
+                if sp.name != "train":
+                    _write_refs(ref_dir, sp, lang, segmentation, lowercased)
+            log(f"{sp.name}: {len(sp)} pairs")
+
+        test_prefixes = [sp.name for sp in splits if sp.name.startswith("test")]
+        if not any(sp.name == "valid" for sp in splits) or not test_prefixes:
+            raise DataPrepError("internal error: valid and test splits are required")
+        fairseq_preprocess(
+            text_dir, tmp, src, tgt, test_prefixes, joined_dictionary, preprocess_extra, workers=workers, log=log
+        )
+        for name, path in (copy_files or {}).items():
+            if name != "code" or not (tmp / "code").exists():
+                shutil.copyfile(path, tmp / name)
+        shutil.rmtree(work)
+        record = {
+            "source_lang": src,
+            "target_lang": tgt,
+            "pairs": counts,
+            "joined_dictionary": joined_dictionary,
+            **seg_info,
+            "generate_hint": f"fairseq-generate {dest} --path CHECKPOINT --remove-bpe {seg_info['remove_bpe']}",
+            **(info or {}),
+        }
+        write_manifest(tmp, settings, record)
+    log(f"done: {dest}")
+    return dest
+
+
+def _need(splits: Sequence[Split], kind: str, what: str) -> None:
+    for sp in splits:
+        if not getattr(sp, kind):
+            raise DataPrepError(f"{what} needs the {'original' if kind == 'raw' else 'tokenised'} text of {sp.name}")
+
+
+def _write_refs(ref_dir: Path, sp: Split, lang: str, segmentation: str, lowercased: bool) -> None:
+    if segmentation == "spm":
+        write_lines(ref_dir / f"{sp.name}.{lang}", sp.raw[lang])
+        return
+    if sp.tok:
+        write_lines(ref_dir / f"{sp.name}.tok.{lang}", [T.collapse_ws(x) for x in sp.tok[lang]])
+    if sp.raw:
+        write_lines(ref_dir / f"{sp.name}.raw.{lang}", sp.raw[lang])
+    if sp.raw and not lowercased:
+        detok = sp.raw[lang]
+    elif sp.tok:
+        detok = T.moses_detokenize(sp.tok[lang], lang)
+    else:
+        raise DataPrepError(f"internal error: no text for the {sp.name} reference")
+    write_lines(ref_dir / f"{sp.name}.{lang}", detok)

@@ -1,0 +1,308 @@
+"""Shared plumbing for the dataset preparation scripts: checked input reading, atomic output, downloads, binarisation.
+
+Every user-facing failure raises :class:`DataPrepError` with a message that names the file or option at fault;
+:func:`cli_main` turns it into ``<prog>: error: <message>`` on stderr and exit status 1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import gzip
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from html.parser import HTMLParser
+from pathlib import Path
+
+COMPLETE_MARKER = "prep.json"  # written last into the output folder; its presence means "complete"
+
+
+class DataPrepError(Exception):
+    """A user-facing error: bad input, bad option, failed download. The message names what is wrong."""
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Reading input
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def find_file(folder: Path, names: Sequence[str], what: str) -> Path:
+    """The first of ``names`` (each tried also with ``.gz``) that exists in ``folder``; a clear error otherwise."""
+    for name in names:
+        for candidate in (folder / name, folder / f"{name}.gz"):
+            if candidate.is_file():
+                return candidate
+    tried = ", ".join(f"{n}[.gz]" for n in names)
+    raise DataPrepError(f"missing input file for {what}: none of {tried} in {folder}")
+
+
+def read_lines(path: Path) -> list[str]:
+    """All lines of a UTF-8 text file (``.gz`` is decompressed), without their line ends.
+
+    Errors name the file: missing, empty, not gzip, invalid UTF-8 (with the line number and byte offset).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataPrepError(f"missing input file: {path}")
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as f:
+                data = f.read()
+        else:
+            data = path.read_bytes()
+    except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError
+        raise DataPrepError(f"cannot read {path}: {e}") from e
+    if not data.strip():
+        raise DataPrepError(f"input file {path} is empty")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line_no = data.count(b"\n", 0, e.start) + 1
+        raise DataPrepError(f"{path} is not valid UTF-8: byte offset {e.start} (line {line_no}): {e.reason}") from None
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
+def read_parallel(src_path: Path, tgt_path: Path) -> tuple[list[str], list[str]]:
+    """Both sides of a parallel corpus; their line counts must agree (the error names both files and counts)."""
+    src, tgt = read_lines(src_path), read_lines(tgt_path)
+    check_same_length(src_path, src, tgt_path, tgt)
+    return src, tgt
+
+
+def check_same_length(src_path, src: Sequence[str], tgt_path, tgt: Sequence[str]) -> None:
+    if len(src) != len(tgt):
+        raise DataPrepError(f"{src_path} has {len(src)} lines but {tgt_path} has {len(tgt)}")
+
+
+def write_lines(path: Path, lines: Sequence[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        for line in lines:
+            f.write(line)
+            f.write("\n")
+
+
+def check_lang_pair(src: str, tgt: str, supported: Sequence[tuple[str, str]], dataset: str) -> None:
+    if (src, tgt) not in supported:
+        choices = ", ".join(f"{s}-{t}" for s, t in supported)
+        raise DataPrepError(
+            f"unknown language pair {src}-{tgt} for {dataset} (--src {src} --tgt {tgt}); supported: {choices}"
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Atomic output
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def read_manifest(dest: Path) -> dict | None:
+    marker = dest / COMPLETE_MARKER
+    if not marker.is_file():
+        return None
+    try:
+        return json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def is_complete(dest: Path, settings: dict, log: Callable[[str], None] = print) -> bool:
+    """True (and says so) when ``dest`` is a completed output of the same settings: re-running is then a no-op."""
+    manifest = read_manifest(Path(dest))
+    if manifest is not None and manifest.get("settings") == settings:
+        log(f"{Path(dest).absolute()} is already complete (same settings): nothing to do")
+        return True
+    return False
+
+
+@contextlib.contextmanager
+def atomic_output(dest: Path, settings: dict, log: Callable[[str], None] = print) -> Iterator[Path | None]:
+    """Yield a fresh temporary folder next to ``dest``; on success it is renamed to ``dest`` in one step.
+
+    - ``dest`` complete (its ``prep.json`` records the same ``settings``): yields ``None``, nothing is done.
+    - ``dest`` exists otherwise (other settings, or not ours): an error that says so; nothing is touched.
+    - A leftover temporary folder from an interrupted run is deleted first, so every run starts clean; on any
+      failure the temporary folder is deleted and ``dest`` does not appear.
+    - A lock file (``flock``, released by the kernel if the process dies) refuses two runs on the same ``dest``.
+    """
+    dest = Path(dest).absolute()
+    if is_complete(dest, settings, log):
+        yield None
+        return
+    manifest = read_manifest(dest)
+    if dest.exists():
+        if manifest is not None:
+            raise DataPrepError(
+                f"{dest} already holds data prepared with other settings; remove it or choose another --dest"
+            )
+        raise DataPrepError(
+            f"{dest} exists but is not a completed data_prep output; remove it or choose another --dest"
+        )
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = dest.parent / f".{dest.name}.lock"
+    tmp = dest.parent / f".{dest.name}.partial"
+    with open(lock_path, "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise DataPrepError(f"another data_prep run is writing {dest} (lock {lock_path})") from None
+        try:
+            if tmp.exists():
+                log(f"removing the leftovers of an interrupted run: {tmp}")
+                shutil.rmtree(tmp)
+            tmp.mkdir()
+            try:
+                yield tmp
+                if read_manifest(tmp) is None:
+                    raise RuntimeError(f"internal error: {tmp} was not completed with write_manifest()")
+                os.replace(tmp, dest)  # same file system: one atomic rename
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+        finally:
+            with contextlib.suppress(OSError):
+                lock_path.unlink()
+
+
+def write_manifest(folder: Path, settings: dict, info: dict) -> None:
+    """Write the completion marker; call it as the very last step inside the temporary folder."""
+    record = {
+        "settings": settings,
+        "completed": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **info,
+    }
+    (folder / COMPLETE_MARKER).write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Downloads and archives
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class _FormParser(HTMLParser):
+    """Collects the action and hidden inputs of the first form (Google Drive's "download anyway" page)."""
+
+    def __init__(self):
+        super().__init__()
+        self.action: str | None = None
+        self.fields: dict[str, str] = {}
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "form" and self.action is None:
+            self.action = a.get("action")
+        elif tag == "input" and a.get("type") == "hidden" and a.get("name"):
+            self.fields[a["name"]] = a.get("value") or ""
+
+
+def download(url: str, dest: Path, log: Callable[[str], None] = print) -> Path:
+    """Download ``url`` to ``dest`` (via ``dest.part`` and a rename); an existing ``dest`` is reused.
+
+    Google Drive answers large files with an HTML "can't scan for viruses" page; its form is followed once.
+    """
+    dest = Path(dest)
+    if dest.is_file() and dest.stat().st_size > 0:
+        log(f"using the earlier download {dest}")
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    log(f"downloading {url} -> {dest}")
+    try:
+        for _attempt in range(2):
+            req = urllib.request.Request(url, headers={"User-Agent": "fairseq-sage-data-prep"})
+            with urllib.request.urlopen(req, timeout=60) as resp, open(part, "wb") as out:
+                ctype = resp.headers.get("Content-Type", "")
+                if "text/html" in ctype and "drive" in url:
+                    page = resp.read().decode("utf-8", "replace")
+                    form = _FormParser()
+                    form.feed(page)
+                    if not form.action:
+                        raise DataPrepError(f"{url} returned a web page instead of the file")
+                    url = form.action + "?" + urllib.parse.urlencode(form.fields)
+                    continue
+                shutil.copyfileobj(resp, out, length=1 << 20)
+                break
+        else:
+            raise DataPrepError(f"{url} kept returning a web page instead of the file")
+    except (urllib.error.URLError, OSError) as e:
+        part.unlink(missing_ok=True)
+        raise DataPrepError(
+            f"download of {url} failed ({e}); download it yourself and pass the folder with --local-dir"
+        ) from e
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    if part.stat().st_size == 0:
+        part.unlink()
+        raise DataPrepError(f"download of {url} gave an empty file")
+    os.replace(part, dest)
+    return dest
+
+
+def extract_tar(archive: Path, into: Path) -> Path:
+    """Extract a .tgz/.tar.gz safely (no absolute paths or ``..``) into ``into``; return ``into``."""
+    into.mkdir(parents=True, exist_ok=True)
+    try:
+        with tarfile.open(archive) as tar:
+            tar.extractall(into, filter="data")
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise DataPrepError(f"cannot extract {archive}: {e}") from e
+    return into
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# fairseq-preprocess
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def fairseq_preprocess(
+    text_dir: Path,
+    dest: Path,
+    src: str,
+    tgt: str,
+    test_prefixes: Sequence[str] = ("test",),
+    joined_dictionary: bool = False,
+    extra: Sequence[str] = (),
+    workers: int = 1,
+    log: Callable[[str], None] = print,
+) -> None:
+    """Binarise ``text_dir/{train,valid,test...}.{src,tgt}`` into ``dest`` with this Python's fairseq-preprocess."""
+    testpref = ",".join(str(text_dir / p) for p in test_prefixes)
+    cmd = [
+        sys.executable, "-m", "fairseq_cli.preprocess", "--source-lang", src, "--target-lang", tgt,
+        "--trainpref", str(text_dir / "train"), "--validpref", str(text_dir / "valid"), "--testpref", testpref,
+        "--destdir", str(dest), "--workers", str(workers),
+    ]  # fmt: skip
+    if joined_dictionary:
+        cmd.append("--joined-dictionary")
+    cmd.extend(extra)
+    log("fairseq-preprocess " + " ".join(cmd[3:]))
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise DataPrepError(f"fairseq-preprocess failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+
+
+def cli_main(prog: str, run: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
+    """Run ``run(argv)``; a :class:`DataPrepError` becomes ``prog: error: ...`` on stderr and exit status 1."""
+    try:
+        return run(argv) or 0
+    except DataPrepError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; no output was left behind", file=sys.stderr)
+        return 130
