@@ -80,9 +80,18 @@ def train_args(data_bin: Path, save_dir: Path, optimizer: list[str], max_update:
 
 
 def train_log(proc: subprocess.CompletedProcess) -> list[dict]:
-    """The per-update JSON records (``train_inner``) that fairseq logs with --log-format json --log-interval 1."""
+    """The per-update records (``train_inner``) that fairseq logs with --log-format json --log-interval 1."""
     records = []
     for line in (proc.stdout + proc.stderr).splitlines():
         if "| train_inner |" in line:
-            records.append(json.loads(line.split("| train_inner |", 1)[1]))
+            record = json.loads(line.split("| train_inner |", 1)[1])
+            records.append({k: _number(v) for k, v in record.items()})
     return records
+
+
+def _number(value):
+    """fairseq's JSON log writes numbers as strings (already rounded): parse them back."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return value

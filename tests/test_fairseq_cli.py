@@ -1,0 +1,171 @@
+"""The plugin through fairseq's real command-line tools, with ``--user-dir fairseq_plugins``, on a tiny corpus."""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+import pytest
+import torch
+
+from fairseq_plugins.optim.selection import ATTN_FFN_PATTERN
+from tests.fairseq_utils import PLUGIN_DIR, run_cli, train_args, train_log
+
+pytestmark = pytest.mark.slow
+
+SAGE_OPTIMIZERS = {
+    "adam_sage": ["--optimizer", "adam_sage", "--adam-betas", "(0.9, 0.98)", "--weight-decay", "0.0001"],
+    "adamax_sage": ["--optimizer", "adamax_sage", "--adam-betas", "(0.9, 0.98)", "--sage-beta3", "0.85"],
+}
+
+
+# fairseq 0.12.2's encoder layers carry unused copies of their weights for a BetterTransformer path
+# (layers.N.in_proj_weight, fc1_bias, ...): zeros that never get a gradient, overwritten by a checkpoint load.
+UNUSED_BT_COPIES = re.compile(r"^encoder\.layers\.\d+\.(in_proj|out_proj|fc1|fc2)_(weight|bias)$")
+# ... and a placeholder buffer of uninitialised memory in the sinusoidal positional embeddings.
+PLACEHOLDER_BUFFER = re.compile(r"\._float_tensor$")
+
+
+def _load(path):
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def test_help_lists_the_optimizers_and_their_options():
+    proc = run_cli("train", ["--user-dir", PLUGIN_DIR, "--help"])
+    choices = re.search(r"--optimizer \{([^}]*)\}", proc.stdout).group(1).split(",")
+    assert {"adam_sage", "adamax_sage"} <= set(choices)
+    # fairseq's --help never expands optimizer options (not even for its own adam); they come from the dataclass
+    from fairseq.dataclass.utils import gen_parser_from_dataclass
+    from fairseq.optim import OPTIMIZER_DATACLASS_REGISTRY
+
+    for name, own_flag in (("adam_sage", "--sage-no-bias-correction"), ("adamax_sage", "--sage-bias-correction")):
+        parser = argparse.ArgumentParser()
+        gen_parser_from_dataclass(parser, OPTIMIZER_DATACLASS_REGISTRY[name]())
+        text = parser.format_help()
+        for flag in ("--sage-beta3", "--sage-strength", "--sage-params", own_flag, "--adam-betas", "--weight-decay"):
+            assert flag in text, (name, flag)
+        assert "EMA coefficient of the sensitivity" in text
+        assert all(action.help for action in parser._actions), "every option needs help text"
+
+
+@pytest.mark.parametrize("name", sorted(SAGE_OPTIMIZERS))
+def test_train_then_generate(name, tiny_data_bin, tmp_path):
+    save = tmp_path / "ckpt"
+    proc = run_cli("train", train_args(tiny_data_bin, save, SAGE_OPTIMIZERS[name], max_update=40))
+    losses = [r["loss"] for r in train_log(proc)]
+    assert len(losses) == 40
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < first - 1.0, f"loss did not fall: {first:.3f} -> {last:.3f}"
+
+    gen = run_cli(
+        "generate",
+        [tiny_data_bin, "--user-dir", PLUGIN_DIR, "--path", save / "checkpoint_last.pt", "--gen-subset", "test",
+         "--beam", "2", "--batch-size", "8", "--cpu"],
+    )  # fmt: skip
+    hypotheses = [line for line in gen.stdout.splitlines() if line.startswith("H-")]
+    assert len(hypotheses) == 20
+    assert re.search(r"BLEU4? = [0-9.]+", gen.stdout + gen.stderr)
+
+
+def test_every_tensor_of_a_transformer_moves_within_three_updates(tiny_data_bin, tmp_path):
+    """fairseq initialises some tensors to zero; the literal SAGE formula would never move them."""
+    from fairseq import optim, options, tasks
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    argv = train_args(tiny_data_bin, tmp_path, SAGE_OPTIMIZERS["adam_sage"], max_update=3)
+    cfg = convert_namespace_to_omegaconf(
+        options.parse_args_and_arch(options.get_training_parser(), list(map(str, argv)))
+    )
+    task = tasks.setup_task(cfg.task)
+    task.load_dataset("train")
+    torch.manual_seed(1)
+    model, criterion = task.build_model(cfg.model), task.build_criterion(cfg.criterion)
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    initial = {n: p.detach().clone() for n, p in named}
+    assert any((p == 0).all() for p in initial.values()), "expected zero-initialised tensors in a fairseq transformer"
+    optimizer = optim.build_optimizer(cfg.optimizer, [p for _, p in named])
+    batches = task.get_batch_iterator(task.dataset("train"), max_tokens=400, seed=1).next_epoch_itr(shuffle=False)
+    model.train()
+    for _ in range(3):
+        loss, _, _ = criterion(model, next(batches))
+        optimizer.zero_grad()
+        optimizer.backward(loss)
+        optimizer.step()
+    for name, p in named:
+        if p.grad is None:
+            assert UNUSED_BT_COPIES.search(name), f"{name} got no gradient"
+            continue
+        changed = (p.detach() != initial[name]).float().mean().item()
+        assert changed > 0, f"{name} never moved"
+        if "embed" not in name:  # embedding rows of tokens absent from these batches get no gradient
+            assert changed > 0.5, f"only {changed:.0%} of {name} moved"
+
+
+def test_resume_mid_epoch_gives_identical_losses_parameters_and_state(tiny_data_bin, tmp_path):
+    opt = SAGE_OPTIMIZERS["adam_sage"] + ["--sage-params", "attn_ffn"]
+    straight = run_cli("train", train_args(tiny_data_bin, tmp_path / "straight", opt, max_update=12))
+    run_cli("train", train_args(tiny_data_bin, tmp_path / "resumed", opt, max_update=5))
+    resumed = run_cli("train", train_args(tiny_data_bin, tmp_path / "resumed", opt, max_update=12))
+
+    a = {int(r["num_updates"]): r for r in train_log(straight)}
+    b = {int(r["num_updates"]): r for r in train_log(resumed)}
+    assert sorted(b) == list(range(6, 13))
+    assert int(a[5]["epoch"]) == 1 and int(a[6]["epoch"]) == 1, "the interruption must fall mid-epoch"
+    assert int(a[12]["epoch"]) == 2, "the resumed run should cross into the next epoch"
+    for update in b:
+        assert (a[update]["loss"], a[update]["gnorm"]) == (b[update]["loss"], b[update]["gnorm"]), update
+
+    ca, cb = _load(tmp_path / "straight/checkpoint_last.pt"), _load(tmp_path / "resumed/checkpoint_last.pt")
+    for key, value in ca["model"].items():
+        if not (UNUSED_BT_COPIES.search(key) or PLACEHOLDER_BUFFER.search(key)):
+            assert torch.equal(value, cb["model"][key]), key
+    sa, sb = ca["last_optimizer_state"], cb["last_optimizer_state"]
+    assert [g["sage"] for g in sa["param_groups"]] == [True, False]
+    assert sa["state"].keys() == sb["state"].keys()
+    for index, state in sa["state"].items():
+        for key, value in state.items():
+            assert torch.equal(value, sb["state"][index][key]), (index, key)
+
+
+def test_attn_ffn_selection_through_the_cli(tiny_data_bin, tmp_path):
+    opt = SAGE_OPTIMIZERS["adam_sage"] + ["--sage-params", "attn_ffn"]
+    run_cli("train", train_args(tiny_data_bin, tmp_path, opt, max_update=2))
+    ckpt = _load(tmp_path / "checkpoint_last.pt")
+    groups, state = ckpt["last_optimizer_state"]["param_groups"], ckpt["last_optimizer_state"]["state"]
+    pattern = re.compile(ATTN_FFN_PATTERN)
+    expected = sum(1 for name in ckpt["model"] if pattern.search(name))
+    assert groups[0]["sage"] and len(groups[0]["params"]) == expected > 0
+    assert not groups[1]["sage"]
+    assert all("exp_avg_sens" in state[i] for i in groups[0]["params"])
+    assert not any("exp_avg_sens" in state.get(i, {}) for i in groups[1]["params"])  # unused tensors have no state
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--sage-beta3", "1.5"], "beta3 must be in [0.0, 1.0), got 1.5"),
+        (["--adam-betas", "(0.9,)"], "--adam-betas must be a pair"),
+        (["--sage-params", "regex:no_such_tensor"], "--sage-params='regex:no_such_tensor' matches no parameter"),
+    ],
+)
+def test_invalid_options_fail_at_start_up(flags, message, tiny_data_bin, tmp_path):
+    proc = run_cli("train", train_args(tiny_data_bin, tmp_path, ["--optimizer", "adam_sage", *flags], 5), check=False)
+    assert proc.returncode != 0
+    assert message in proc.stderr, proc.stderr[-2000:]
+    assert not train_log(proc), "no update may run with an invalid option"
+
+
+def test_switching_from_an_adam_checkpoint(tiny_data_bin, tmp_path):
+    adam = run_cli("train", train_args(tiny_data_bin, tmp_path, ["--optimizer", "adam"], max_update=4))
+    sage = SAGE_OPTIMIZERS["adam_sage"]
+    refused = run_cli("train", train_args(tiny_data_bin, tmp_path, sage, max_update=8), check=False)
+    assert refused.returncode != 0
+    assert "Optimizer does not match; please reset the optimizer (--reset-optimizer)" in refused.stderr
+    assert "fairseq_plugins" not in refused.stderr, "the refusal must come from fairseq, not a trace in our code"
+
+    resumed = run_cli("train", train_args(tiny_data_bin, tmp_path, sage, max_update=8, extra=["--reset-optimizer"]))
+    log = train_log(resumed)  # fairseq restarts the update count with the optimizer, and keeps the weights
+    assert [int(r["num_updates"]) for r in log] == list(range(1, 9))
+    assert log[0]["loss"] < train_log(adam)[0]["loss"] - 0.1, "the Adam-trained weights were not loaded"
+    state = _load(tmp_path / "checkpoint_last.pt")
+    assert state["optimizer_history"][-1]["optimizer_name"] == "FairseqAdamSAGE"
