@@ -23,7 +23,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import text as T
-from .common import DataPrepError, atomic_output, check_same_length, fairseq_preprocess, write_lines, write_manifest
+from .common import (
+    DataPrepError,
+    atomic_output,
+    check_same_length,
+    fairseq_preprocess,
+    read_lines,
+    write_lines,
+    write_manifest,
+)
 
 SEGMENTATIONS = ("bpe", "spm")
 
@@ -100,6 +108,7 @@ def build(
     spm_type: str = "unigram",
     lowercased: bool = False,
     joined_dictionary: bool = True,
+    bpe_langs: Sequence[str] | None = None,
     preprocess_extra: Sequence[str] = (),
     copy_files: dict[str, Path] | None = None,
     info: dict | None = None,
@@ -109,7 +118,8 @@ def build(
     """Segment ``splits`` (the first must be ``train``), binarise, write references, all atomically into ``dest``.
 
     ``lowercased``: the tokenised text is lowercased, so the detokenised reference is made from it rather than taken
-    from the (cased) raw text. ``copy_files``: extra files to store in ``dest`` (e.g. the given BPE codes).
+    from the (cased) raw text. ``bpe_langs``: the order in which the training sides are concatenated for BPE learning
+    (default source, target). ``copy_files``: extra files to store in ``dest`` (e.g. the given BPE codes).
     """
     if segmentation not in SEGMENTATIONS:
         raise DataPrepError(f"unknown --segmentation {segmentation!r}; choose one of {', '.join(SEGMENTATIONS)}")
@@ -134,13 +144,15 @@ def build(
             _need(splits, "tok", "BPE segmentation")
             codes = tmp / "code"
             if copy_files and "code" in copy_files:
-                shutil.copyfile(copy_files["code"], codes)
+                write_lines(codes, read_lines(copy_files["code"]))  # checked; .gz is decompressed
                 log(f"using the given BPE codes {copy_files['code']}")
             else:
-                log(f"learning BPE ({bpe_size} merges) on train.{src} + train.{tgt}")
-                T.learn_bpe(train.tok[src] + train.tok[tgt], bpe_size, codes)
+                order = list(bpe_langs or langs)
+                log(f"learning BPE ({bpe_size} merges) on " + " + ".join(f"train.{lang}" for lang in order))
+                T.learn_bpe([line for lang in order for line in train.tok[lang]], bpe_size, codes)
+            merges = sum(1 for line in codes.read_text(encoding="utf-8").splitlines() if not line.startswith("#"))
             segment = T.BPEApplier(codes)
-            seg_info.update(remove_bpe="subword_nmt", bpe_merges=bpe_size, bpe_codes="code")
+            seg_info.update(remove_bpe="subword_nmt", bpe_merges=merges, bpe_codes="code")
         else:
             _need(splits, "raw", "sentencepiece segmentation")
             for lang in langs:
@@ -172,7 +184,7 @@ def build(
             text_dir, tmp, src, tgt, test_prefixes, joined_dictionary, preprocess_extra, workers=workers, log=log
         )
         for name, path in (copy_files or {}).items():
-            if name != "code" or not (tmp / "code").exists():
+            if name != "code":
                 shutil.copyfile(path, tmp / name)
         shutil.rmtree(work)
         record = {
