@@ -1,0 +1,43 @@
+"""The install step: the fairseq compatibility patch is in place, idempotent, and does what it says."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("patch_fairseq", ROOT / "scripts" / "patch_fairseq.py")
+patch_fairseq = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(patch_fairseq)
+
+
+def test_installed_fairseq_is_patched_and_patching_again_changes_nothing():
+    check = [sys.executable, str(ROOT / "scripts" / "patch_fairseq.py"), "--check"]
+    assert subprocess.run(check, capture_output=True).returncode == 0
+    assert patch_fairseq.pending_changes(patch_fairseq.fairseq_root()) == {}
+
+
+def test_dataclass_defaults_become_factories():
+    text = (
+        "from dataclasses import dataclass\n"
+        "@dataclass\nclass C:\n"
+        "    common: CommonConfig = CommonConfig()\n"
+        "    quant: QuantConfig = field(default=QuantConfig())\n"
+        "    other: int = 3\n"
+    )
+    fixed = patch_fairseq._fix_dataclass_defaults(text)
+    assert "common: CommonConfig = field(default_factory=CommonConfig)\n" in fixed
+    assert "quant: QuantConfig = field(default_factory=QuantConfig)" in fixed
+    assert "from dataclasses import field, dataclass" in fixed and "other: int = 3" in fixed
+    assert patch_fairseq._fix_dataclass_defaults(fixed) == fixed
+
+
+def test_fairseq_config_builds_on_this_python():
+    from fairseq.dataclass.configs import FairseqConfig
+    from fairseq.dataclass.initialize import hydra_init
+
+    hydra_init("fairseq_sage_test_config")  # reads the dataclass defaults through the patched factories
+    cfg = FairseqConfig()
+    assert cfg.common is not FairseqConfig().common  # one instance per config, not a shared mutable default
