@@ -10,12 +10,14 @@ SAGE diagnostics:
 * ``sage_cosine``: the same warmup, then half a cosine down to ``--end-learning-rate`` at ``--total-num-update``.
 
 The SAGE strength: the applied multiplier is ``1 + alpha * (r - 1)``; alpha is 0 (the plain Adam/Adamax update) up to
-``--sage-start-updates``, rises linearly to 1 over ``--sage-ramp-updates``, and stays 1. Defaults 1000 and 3000, so
-alpha reaches 1 at update 4000, the end of the 4000-update warmup of the IWSLT'14 and WMT'16 recipes. The reason for a
-late, gradual start: a model trained from scratch has random weights, so the early sensitivities ``|theta * g|`` rank
-entries by their random initial values rather than by what they have learnt, and with bias correction the first
-multipliers are 0 (``r_1 = eps^2 / (I_1 + eps^2)``): full SAGE from update 1 would hold back the start of training.
-These defaults are this project's choice (the authors' NMT schedule is not public).
+``--sage-start-updates``, rises linearly to 1 over ``--sage-ramp-updates``, and stays 1. By default (-1) SAGE starts
+at a quarter of the warmup and reaches full strength at its end (1000 and 3000 updates for the 4000-update warmup of
+the IWSLT'14 and WMT'16 recipes). The reason for a late, gradual start: a model trained from scratch has random
+weights, so the early sensitivities ``|theta * g|`` rank entries by their random initial values rather than by what
+they have learnt, and with bias correction the first multipliers are 0 (``r_1 = eps^2 / (I_1 + eps^2)``): full SAGE
+from update 1 would hold back the start of training. These defaults are this project's choice (the authors' NMT
+schedule is not public). Without warmup (``sage_linear``/``sage_cosine`` with ``--warmup-updates 0``) the defaults
+give full SAGE from the first update.
 
 Like fairseq's own schedulers, everything is a function of ``num_updates`` (the state dict holds only ``best``), so
 a resumed run gets exactly the learning rate and alpha of an uninterrupted one. ``step_update(n)`` runs after update
@@ -66,13 +68,15 @@ class SAGEScheduleConfig(FairseqDataclass):
         default=-1, metadata={"help": "learning rate at update 0 of the warmup; default 0 (--lr without warmup)"}
     )
     sage_start_updates: int = field(
-        default=1000,
-        metadata={"help": "SAGE strength alpha is 0 (plain Adam/Adamax) up to this update; from scratch, early "
-                  "sensitivities reflect the random initialisation"},
+        default=-1,
+        metadata={"help": "SAGE strength alpha is 0 (plain Adam/Adamax) up to this update (-1: a quarter of "
+                  "--warmup-updates); from scratch, early sensitivities reflect the random initialisation"},
     )  # fmt: skip
     sage_ramp_updates: int = field(
-        default=3000, metadata={"help": "alpha then rises linearly from 0 to 1 over this many updates (0: a jump)"}
-    )
+        default=-1,
+        metadata={"help": "alpha then rises linearly from 0 to 1 over this many updates (0: a jump; -1: to the end "
+                  "of the warmup)"},
+    )  # fmt: skip
     sage_stats_interval: int = field(
         default=II("common.log_interval"),
         metadata={"help": "compute the multiplier statistics every N updates (default --log-interval)"},
@@ -110,8 +114,13 @@ class _SAGESchedule(FairseqLRScheduler):
             raise ValueError(f"--lr-scheduler {self.name} takes one --lr, got {list(cfg.lr)}")
         self.peak_lr = float(cfg.lr[0] if isinstance(cfg.lr, Collection) else cfg.lr)
         _check(cfg.warmup_updates >= 0, "--warmup-updates", f"must be >= 0, got {cfg.warmup_updates}")
-        _check(cfg.sage_start_updates >= 0, "--sage-start-updates", f"must be >= 0, got {cfg.sage_start_updates}")
-        _check(cfg.sage_ramp_updates >= 0, "--sage-ramp-updates", f"must be >= 0, got {cfg.sage_ramp_updates}")
+        _check(
+            cfg.sage_start_updates >= -1, "--sage-start-updates", f"must be >= 0 or -1, got {cfg.sage_start_updates}"
+        )
+        _check(cfg.sage_ramp_updates >= -1, "--sage-ramp-updates", f"must be >= 0 or -1, got {cfg.sage_ramp_updates}")
+        warmup = max(cfg.warmup_updates, 0)
+        self.sage_start = cfg.sage_start_updates if cfg.sage_start_updates >= 0 else warmup // 4
+        self.sage_ramp = cfg.sage_ramp_updates if cfg.sage_ramp_updates >= 0 else max(warmup - self.sage_start, 0)
         _check(cfg.sage_stats_samples >= 0, "--sage-stats-samples", f"must be >= 0, got {cfg.sage_stats_samples}")
         _check(
             cfg.sage_stats_interval is not None and cfg.sage_stats_interval >= 1,
@@ -126,9 +135,9 @@ class _SAGESchedule(FairseqLRScheduler):
         if initial != 1.0:
             logger.warning(
                 f"--sage-strength {initial} is overridden: --lr-scheduler {self.name} sets the SAGE strength "
-                f"(0 until update {cfg.sage_start_updates}, then a ramp to 1 over {cfg.sage_ramp_updates} updates)"
+                f"(0 until update {self.sage_start}, then a ramp to 1 over {self.sage_ramp} updates)"
             )
-        full = cfg.sage_start_updates + cfg.sage_ramp_updates
+        full = self.sage_start + self.sage_ramp
         if cfg.max_update and full > cfg.max_update:
             logger.warning(
                 f"SAGE never reaches full strength: alpha reaches 1 at update {full} "
@@ -163,7 +172,7 @@ class _SAGESchedule(FairseqLRScheduler):
         raise NotImplementedError
 
     def alpha_at(self, num_updates: int) -> float:
-        return sage_strength(num_updates, self.cfg.sage_start_updates, self.cfg.sage_ramp_updates)
+        return sage_strength(num_updates, self.sage_start, self.sage_ramp)
 
     # --- fairseq's hooks ---
     def step(self, epoch, val_loss=None):

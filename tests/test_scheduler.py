@@ -97,13 +97,16 @@ def test_alpha_ramp():
     assert [sage_strength(n, 10, 0) for n in (9, 10, 11)] == [0.0, 1.0, 1.0]  # ramp 0: a jump at the start
     assert [sage_strength(n, 0, 0) for n in (0, 1)] == [1.0, 1.0]  # full SAGE from the first update
 
-    s = _schedule(warmup_updates=10, sage_start_updates=1000, sage_ramp_updates=3000)
+    s = _schedule(warmup_updates=4000)  # defaults: start at a quarter of the warmup, full strength at its end
+    assert (s.sage_start, s.sage_ramp) == (1000, 3000)
     inner = s.optimizer.optimizer
     assert inner.sage_strength == 0.0  # the first update is plain Adam
     s.step_update(2500)
     assert inner.sage_strength == pytest.approx(0.5) and all(g["sage_strength"] == 0.5 for g in inner.param_groups)
     s.step_update(4000)
     assert inner.sage_strength == 1.0
+    s = _schedule(SAGELinearSchedule, warmup_updates=0, max_update=100)  # no warmup: full SAGE from the start
+    assert (s.sage_start, s.sage_ramp) == (0, 0) and s.optimizer.optimizer.sage_strength == 1.0
 
 
 def test_stateless_a_fresh_scheduler_gives_the_same_values():
@@ -149,8 +152,8 @@ def test_a_plain_optimizer_is_refused_at_start_up():
     "cls, kw, message",
     [
         (SAGEInverseSqrtSchedule, {"warmup_updates": 0}, "--warmup-updates must be >= 1"),
-        (SAGEInverseSqrtSchedule, {"sage_start_updates": -1}, "--sage-start-updates must be >= 0"),
-        (SAGEInverseSqrtSchedule, {"sage_ramp_updates": -5}, "--sage-ramp-updates must be >= 0"),
+        (SAGEInverseSqrtSchedule, {"sage_start_updates": -2}, "--sage-start-updates must be >= 0 or -1"),
+        (SAGEInverseSqrtSchedule, {"sage_ramp_updates": -5}, "--sage-ramp-updates must be >= 0 or -1"),
         (SAGEInverseSqrtSchedule, {"sage_stats_interval": 0}, "--sage-stats-interval must be >= 1"),
         (SAGEInverseSqrtSchedule, {"sage_stats_samples": -1}, "--sage-stats-samples must be >= 0"),
         (SAGEInverseSqrtSchedule, {"lr": [1e-3, 1e-4]}, "takes one --lr"),
