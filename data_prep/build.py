@@ -106,6 +106,7 @@ def build(
     bpe_size: int = 10000,
     spm_size: int = 8000,
     spm_type: str = "unigram",
+    spm_sentences: int | None = None,
     lowercased: bool = False,
     joined_dictionary: bool = True,
     bpe_langs: Sequence[str] | None = None,
@@ -158,7 +159,13 @@ def build(
             for lang in langs:
                 write_lines(work / f"train.raw.{lang}", train.raw[lang])
             log(f"training a joined sentencepiece model ({spm_type}, {spm_size}) on train.{src} + train.{tgt}")
-            model = T.train_spm([work / f"train.raw.{lang}" for lang in langs], tmp / "spm", spm_size, spm_type)
+            model = T.train_spm(
+                [work / f"train.raw.{lang}" for lang in langs],
+                tmp / "spm",
+                spm_size,
+                spm_type,
+                max_sentences=spm_sentences,
+            )
             segment = T.SPMEncoder(model)
             seg_info.update(remove_bpe="sentencepiece", spm_size=spm_size, spm_type=spm_type, spm_model="spm.model")
 

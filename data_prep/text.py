@@ -152,12 +152,18 @@ def remove_bpe(line: str) -> str:
 
 
 def train_spm(
-    train_files: Sequence[Path], model_prefix: Path, vocab_size: int, model_type: str = "unigram", threads: int = 2
+    train_files: Sequence[Path],
+    model_prefix: Path,
+    vocab_size: int,
+    model_type: str = "unigram",
+    threads: int = 2,
+    max_sentences: int | None = None,
 ) -> Path:
     """Train one (joined) sentencepiece model on all ``train_files``; returns ``<prefix>.model``.
 
     character_coverage 1.0 (German/English have small alphabets), no BOS/EOS pieces (fairseq adds its own), and a
-    soft vocabulary limit so that a small corpus gives a smaller vocabulary instead of an error.
+    soft vocabulary limit so that a small corpus gives a smaller vocabulary instead of an error. ``max_sentences``:
+    train on a random sample of that many lines (sentencepiece's input_sentence_size) for very large corpora.
     """
     import sentencepiece as spm
 
@@ -173,6 +179,7 @@ def train_spm(
             hard_vocab_limit=False,
             num_threads=threads,
             minloglevel=2,
+            **({"input_sentence_size": max_sentences, "shuffle_input_sentence": True} if max_sentences else {}),
         )
     except (RuntimeError, OSError) as e:
         raise DataPrepError(f"sentencepiece training failed (--spm-size {vocab_size}): {e}") from e
