@@ -120,11 +120,23 @@ def read_manifest(dest: Path) -> dict | None:
 
 
 def is_complete(dest: Path, settings: dict, log: Callable[[str], None] = print) -> bool:
-    """True (and says so) when ``dest`` is a completed output of the same settings: re-running is then a no-op."""
-    manifest = read_manifest(Path(dest))
+    """True (and says so) when ``dest`` is a completed output of the same settings: re-running is then a no-op.
+
+    Raises when ``dest`` exists otherwise (other settings, or not a data_prep output), before any work is done.
+    """
+    dest = Path(dest).absolute()
+    manifest = read_manifest(dest)
     if manifest is not None and manifest.get("settings") == settings:
-        log(f"{Path(dest).absolute()} is already complete (same settings): nothing to do")
+        log(f"{dest} is already complete (same settings): nothing to do")
         return True
+    if manifest is not None:
+        raise DataPrepError(
+            f"{dest} already holds data prepared with other settings; remove it or choose another --dest"
+        )
+    if dest.exists():
+        raise DataPrepError(
+            f"{dest} exists but is not a completed data_prep output; remove it or choose another --dest"
+        )
     return False
 
 

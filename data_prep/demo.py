@@ -17,6 +17,7 @@ uses Moses tokenisation (case kept) and joint BPE instead.
 from __future__ import annotations
 
 import argparse
+import functools
 import random
 from pathlib import Path
 
@@ -31,13 +32,20 @@ PAIRS = [("de", "en"), ("en", "de")]
 
 def read_tatoeba(path: Path = CORPUS) -> list[tuple[str, str]]:
     """(English, German) pairs of a manythings.org ``deu.txt`` (``English<TAB>German`` per line)."""
+    path = Path(path).absolute()
+    stat = path.stat() if path.is_file() else None
+    return list(_read_tatoeba(path, stat.st_mtime_ns if stat else None))
+
+
+@functools.lru_cache(maxsize=2)
+def _read_tatoeba(path: Path, _mtime) -> tuple[tuple[str, str], ...]:
     pairs = []
     for n, line in enumerate(read_lines(path), start=1):
         fields = line.split("\t")
         if len(fields) < 2 or not fields[0].strip() or not fields[1].strip():
             raise DataPrepError(f"{path} line {n}: expected 'English<TAB>German', got {line[:80]!r}")
         pairs.append((fields[0].strip(), fields[1].strip()))  # later manythings files add a 3rd (attribution) field
-    return pairs
+    return tuple(pairs)
 
 
 def source_key(sentence: str) -> str:

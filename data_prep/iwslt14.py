@@ -154,7 +154,7 @@ def read_splits(files: dict[str, Path], src: str, tgt: str, segmentation: str) -
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="prepare_iwslt14", description=__doc__.split("\n\n")[0])
     p.add_argument("--local-dir", type=Path, help="folder with de-en.tgz, its de-en/ folder, or the files themselves")
-    p.add_argument("--download-dir", type=Path, default=Path("downloads/iwslt14"), help="where the archive is kept")
+    p.add_argument("--download-dir", type=Path, default=Path("data-bin/downloads/iwslt14"), help="download folder")
     p.add_argument("--src", default="de", help="source language (default de)")
     p.add_argument("--tgt", default="en", help="target language (default en)")
     p.add_argument("--bpe-codes", type=Path, help="apply this BPE merge table instead of learning one")

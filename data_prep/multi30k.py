@@ -37,7 +37,7 @@ def tokenize(lines: list[str], lang: str) -> list[str]:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="prepare_multi30k", description=__doc__.split("\n\n")[0])
     p.add_argument("--local-dir", type=Path, help="folder with {train,val,test_2016_flickr}.{en,de}[.gz] (or raw/...)")
-    p.add_argument("--download-dir", type=Path, default=Path("downloads/multi30k"), help="where downloads are kept")
+    p.add_argument("--download-dir", type=Path, default=Path("data-bin/downloads/multi30k"), help="download folder")
     p.add_argument("--src", default="en", help="source language (default en)")
     p.add_argument("--tgt", default="de", help="target language (default de)")
     p.add_argument("--train-size", type=int, default=None, help="use only the first N training pairs (quick runs)")

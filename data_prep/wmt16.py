@@ -45,7 +45,7 @@ SPLITS = [("train", "train"), ("valid", "newstest2013"), ("test", "newstest2014"
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="prepare_wmt16", description=__doc__.split("\n\n")[0])
     p.add_argument("--local-dir", type=Path, help=f"folder with {ARCHIVE} or its extracted files")
-    p.add_argument("--download-dir", type=Path, default=Path("downloads/wmt16"), help="where the archive is kept")
+    p.add_argument("--download-dir", type=Path, default=Path("data-bin/downloads/wmt16"), help="download folder")
     p.add_argument("--src", default="en", help="source language (default en)")
     p.add_argument("--tgt", default="de", help="target language (default de)")
     p.add_argument("--spm-sentences", type=int, default=2_000_000, help="sentencepiece training sample (lines)")

@@ -1,0 +1,311 @@
+"""data_prep: the processing rules, the embedded demo corpus, every dataset script on tiny inputs in the real layouts,
+and the error cases (message, non-zero exit, nothing left behind). Needs no network and no ../shared."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from data_prep import demo, iwslt14, multi30k, wmt16
+from data_prep import text as T
+from data_prep.common import cli_main, read_lines
+from data_prep.testing import make_fake_iwslt14, make_fake_multi30k, make_fake_wmt16
+from tests.fairseq_utils import ROOT, run_cli, train_log
+
+TINY_TRAIN = [
+    "--arch", "transformer", "--encoder-layers", "1", "--decoder-layers", "1",
+    "--encoder-embed-dim", "16", "--decoder-embed-dim", "16", "--encoder-ffn-embed-dim", "32",
+    "--decoder-ffn-embed-dim", "32", "--encoder-attention-heads", "2", "--decoder-attention-heads", "2",
+    "--optimizer", "adam", "--lr", "1e-3", "--max-tokens", "500", "--max-update", "2", "--cpu",
+    "--num-workers", "0", "--no-save", "--no-progress-bar", "--log-format", "json", "--log-interval", "1",
+]  # fmt: skip
+
+
+def run_main(module, argv, capsys):
+    """Run a data_prep CLI in-process as its __main__ would; returns (exit status, stdout, stderr)."""
+    rc = cli_main(module.__name__, module.main, [str(a) for a in argv])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def leftovers(folder: Path, keep: set[str]) -> list[str]:
+    """Names in ``folder`` other than ``keep``: outputs, temporary folders or lock files a failed run left behind."""
+    return sorted(p.name for p in folder.iterdir() if p.name not in keep)
+
+
+def train_reads(data_bin: Path, tmp_path: Path) -> list[dict]:
+    """fairseq-train runs two updates on ``data_bin``; returns its per-update log records."""
+    proc = run_cli("train", [data_bin, "--task", "translation", *TINY_TRAIN, "--save-dir", tmp_path / "ckpt"])
+    records = train_log(proc)
+    assert len(records) == 2 and all(float(r["loss"]) > 0 for r in records), proc.stderr[-2000:]
+    return records
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Processing rules
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_clean_corpus_follows_moses_rules():
+    src = ["a b c", "", "a  b ", "w " * 176, "a b c d", "x|y z", "a"]
+    tgt = ["a b", "a", "c d", "w", "a b", "x y", "b c"]
+    # kept: 0 (ratio 1.5), 2 (white space collapsed: 2/2), 5 ("|" removed: "xy z", 2/2); dropped: 1 (empty),
+    # 3 (176 words > 175), 4 (4/2 > 1.5), 6 (2/1 > 1.5).
+    assert T.clean_corpus(src, tgt, 1, 175, 1.5) == [0, 2, 5]
+    assert T.clean_corpus(["a " * 80], ["b " * 80], 1, 80, 9) == [0]
+    assert T.clean_corpus(["a " * 81], ["b " * 81], 1, 80, 9) == []
+
+
+def test_iwslt_text_extraction():
+    lines = ["<url>http://x</url>", "<keywords>k</keywords>", "<talkid>1</talkid>", "<title>A talk</title>",
+             "<description>About it</description>", "Hallo Welt.", "<reviewer></reviewer>"]  # fmt: skip
+    assert iwslt14.train_text(lines) == ["A talk", "About it", "Hallo Welt.", "<reviewer></reviewer>"]
+    xml = ["<doc>", '<seg id="1"> It\u2019s here. </seg>', "</doc>", '<seg id="22">Two</seg>  ']
+    assert iwslt14.seg_text(xml) == ["It's here.", "Two"]
+    assert iwslt14.seg_text(xml, normalize_quote=False) == ["It\u2019s here.", "Two"]
+
+
+def test_moses_and_bpe_round_trip(tmp_path):
+    tok = T.moses_tokenize(['Das ist\'s, sagte "er".'], "de")
+    assert tok == ["Das ist &apos; s , sagte &quot; er &quot; ."]  # German: the apostrophe is split off both sides
+    assert T.moses_tokenize(['It\'s "here".'], "en") == ["It &apos;s &quot; here &quot; ."]
+    codes = T.learn_bpe(["das ist ein test", "das sind tests", "ein test ist das"] * 5, 20, tmp_path / "code")
+    bpe = T.BPEApplier(codes)
+    lines = ["das ist ein testlauf", "unbekannt"]
+    assert [T.remove_bpe(x) for x in bpe(lines)] == lines
+    assert any("@@ " in x for x in bpe(lines))
+    assert T.remove_spm("\u2581Hal lo \u2581Welt .") == "Hallo Welt."
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Embedded demo corpus
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_demo_corpus_is_embedded_with_attribution():
+    folder = ROOT / "data_prep" / "demo"
+    pairs = demo.read_tatoeba()
+    assert len(pairs) == 169813
+    assert pairs[0] == ("Hi.", "Hallo!")
+    notice = (folder / "ATTRIBUTION.md").read_text()
+    assert "CC BY 2.0" in notice and "tatoeba.org" in notice and "manythings.org/anki" in notice
+    assert "creativecommons.org/licenses/by/2.0" in (folder / "_about.txt").read_text()
+
+
+def test_demo_split_keeps_valid_and_test_sources_out_of_train():
+    pairs = demo.read_tatoeba()
+    parts = demo.split_pairs(pairs, src_index=1, valid_size=1000, test_size=1000, seed=1)
+    train_src = {demo.source_key(de) for _, de in parts["train"]}
+    for name in ("valid", "test"):
+        keys = [demo.source_key(de) for _, de in parts[name]]
+        assert len(keys) == len(set(keys)) == 1000  # one pair per source sentence
+        assert not train_src & set(keys), f"{name} source sentences occur in train"
+        assert not {de for _, de in parts["train"]} & {de for _, de in parts[name]}  # verbatim too
+    assert not {demo.source_key(de) for _, de in parts["valid"]} & {demo.source_key(de) for _, de in parts["test"]}
+    # Every pair is used once, except the extra translations of valid/test sources (one reference kept).
+    assert len(parts["train"]) + 2000 <= len(pairs)
+    again = demo.split_pairs(pairs, src_index=1, valid_size=1000, test_size=1000, seed=1)
+    assert again == parts  # deterministic
+    other = demo.split_pairs(pairs, src_index=1, valid_size=1000, test_size=1000, seed=2)
+    assert other["test"] != parts["test"]
+
+
+def test_prepare_demo_builds_a_data_bin_that_fairseq_trains_on(tmp_path):
+    dest = tmp_path / "demo"
+    proc = subprocess.run(
+        ["bash", ROOT / "data_prep" / "prepare_demo.sh", "--train-size", "1500", "--valid-size", "50",
+         "--test-size", "50", "--spm-size", "600", "--dest", dest],
+        capture_output=True, text=True, env=dict(os.environ, PYTHON=sys.executable), cwd=tmp_path, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads((dest / "prep.json").read_text())
+    assert info["pairs"] == {"train": 1500, "valid": 50, "test": 50}
+    assert info["remove_bpe"] == "sentencepiece" and info["source_lang"] == "de" and info["target_lang"] == "en"
+    assert (dest / "spm.model").is_file() and (dest / "dict.de.txt").read_text() == (dest / "dict.en.txt").read_text()
+    # The references are the original text; removing the pieces from the binarised text's source gives it back.
+    refs, seg = read_lines(dest / "ref" / "test.en"), read_lines(dest / "text" / "test.en")
+    assert [T.remove_spm(x) for x in seg] == refs
+    train_reads(dest, tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Dataset scripts on tiny inputs in the real file layouts
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_iwslt14_pipeline_on_a_tiny_de_en_folder(tmp_path, capsys):
+    src = make_fake_iwslt14(tmp_path / "orig", n_train=300, n_test=4)
+    files = iwslt14.find_inputs(src, "de", "en")
+    splits = iwslt14.read_splits(files, "de", "en", "bpe")
+    train, valid, test = splits
+    n_text = 300 + 6 * 2  # each talk header contributes its title and description lines
+    kept = len(train) + len(valid)
+    assert kept <= n_text and len(valid) == kept // 23 and len(test) == 5 * 4
+    assert all(line == line.lower() for line in train.tok["en"] + test.tok["de"])
+    # The standard-codes path (--bpe-codes, as with IWSLT'14's published bpe10k/code): codes learned here on train.
+    codes = T.learn_bpe(train.tok["de"] + train.tok["en"], 200, tmp_path / "code")
+    argv = ["--local-dir", src, "--dest", tmp_path / "bin", "--bpe-codes", codes]
+    rc, out, err = run_main(iwslt14, argv, capsys)
+    assert rc == 0, err
+    info = json.loads((tmp_path / "bin" / "prep.json").read_text())
+    assert info["pairs"] == {"train": len(train), "valid": len(valid), "test": 20}
+    assert info["joined_dictionary"] is False and info["bpe_merges"] == 200
+    bpe = T.BPEApplier(codes)
+    for split in splits:
+        assert read_lines(tmp_path / "bin" / "text" / f"{split.name}.de") == bpe(split.tok["de"])
+    bpe_text = read_lines(tmp_path / "bin" / "text" / "test.en")
+    assert [T.remove_bpe(x) for x in bpe_text] == read_lines(tmp_path / "bin" / "ref" / "test.tok.en")
+    # Re-running after success is a no-op.
+    stamp = (tmp_path / "bin" / "prep.json").stat().st_mtime_ns
+    rc, out, _ = run_main(iwslt14, argv, capsys)
+    assert rc == 0 and "nothing to do" in out and (tmp_path / "bin" / "prep.json").stat().st_mtime_ns == stamp
+
+
+def test_multi30k_bpe_on_tiny_files(tmp_path, capsys):
+    """(sentencepiece: test_prepare_demo_..., and on the real Multi30k files in test_data_prep_shared.py)"""
+    src = make_fake_multi30k(tmp_path / "m30k", n_train=200, n_eval=10)
+    dest = tmp_path / "bpe"
+    rc, _, err = run_main(multi30k, ["--local-dir", src, "--dest", dest, "--bpe-size", "150"], capsys)
+    assert rc == 0, err
+    info = json.loads((dest / "prep.json").read_text())
+    assert info["pairs"] == {"train": 200, "valid": 10, "test": 10} and info["segmentation"] == "bpe"
+    assert (dest / "train.en-de.de.bin").is_file() and (dest / "test.en-de.en.idx").is_file()
+    raw = read_lines(src / "raw" / "test_2016_flickr.de.gz")
+    assert read_lines(dest / "ref" / "test.raw.de") == raw
+    assert read_lines(dest / "ref" / "test.tok.de") == multi30k.tokenize(raw, "de")
+    assert [T.remove_bpe(x) for x in read_lines(dest / "text" / "test.de")] == multi30k.tokenize(raw, "de")
+    assert read_lines(dest / "ref" / "test.de") == T.moses_detokenize(multi30k.tokenize(raw, "de"), "de")
+    assert leftovers(tmp_path, {"m30k", "bpe"}) == []
+
+
+def test_wmt16_published_files_are_binarised_as_given(tmp_path, capsys):
+    src = make_fake_wmt16(tmp_path / "wmt", n_train=150, n_eval=10)
+    rc, _, err = run_main(wmt16, ["--local-dir", src, "--dest", tmp_path / "bin"], capsys)
+    assert rc == 0, err
+    for split, stem in (("train", "train.tok.clean"), ("valid", "newstest2013.tok"), ("test", "newstest2014.tok")):
+        for lang in ("en", "de"):
+            assert read_lines(tmp_path / "bin" / "text" / f"{split}.{lang}") == read_lines(
+                src / f"{stem}.bpe.32000.{lang}"
+            )
+    assert read_lines(tmp_path / "bin" / "ref" / "test.de") == read_lines(src / "newstest2014.de")
+    assert (tmp_path / "bin" / "dict.en.txt").read_text() == (tmp_path / "bin" / "dict.de.txt").read_text()
+    assert (tmp_path / "bin" / "bpe.32000").is_file()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Errors: a clear message, a non-zero exit, and nothing left behind
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def m30k(tmp_path):
+    """Uncompressed tiny Multi30k files that the error tests then break."""
+    return make_fake_multi30k(tmp_path / "in", n_train=60, n_eval=5, gz=False) / "raw"
+
+
+def expect_failure(module, argv, capsys, tmp_path, *fragments):
+    rc, _, err = run_main(module, argv, capsys)
+    assert rc == 1
+    for fragment in fragments:
+        assert fragment in err, err
+    assert leftovers(tmp_path, {"in"}) == []  # no output folder, no .partial folder, no lock file
+    return err
+
+
+def test_error_missing_file(m30k, tmp_path, capsys):
+    (m30k / "val.de").unlink()
+    expect_failure(multi30k, ["--local-dir", m30k, "--dest", tmp_path / "out"], capsys, tmp_path,
+                   "missing input file", "val.de", str(m30k))  # fmt: skip
+
+
+def test_error_line_counts_differ(m30k, tmp_path, capsys):
+    lines = (m30k / "train.en").read_text().splitlines()
+    (m30k / "train.en").write_text("\n".join(lines[:-1]) + "\n")
+    expect_failure(multi30k, ["--local-dir", m30k, "--dest", tmp_path / "out"], capsys, tmp_path,
+                   f"{m30k / 'train.en'} has 59 lines but {m30k / 'train.de'} has 60")  # fmt: skip
+
+
+def test_error_empty_file(m30k, tmp_path, capsys):
+    (m30k / "test_2016_flickr.en").write_text("")
+    expect_failure(multi30k, ["--local-dir", m30k, "--dest", tmp_path / "out"], capsys, tmp_path,
+                   f"input file {m30k / 'test_2016_flickr.en'} is empty")  # fmt: skip
+
+
+def test_error_invalid_utf8(m30k, tmp_path, capsys):
+    with open(m30k / "train.de", "ab") as f:
+        f.write(b"Ein Stra\xdfe\n")  # Latin-1, not UTF-8
+    expect_failure(multi30k, ["--local-dir", m30k, "--dest", tmp_path / "out"], capsys, tmp_path,
+                   f"{m30k / 'train.de'} is not valid UTF-8", "(line 61)")  # fmt: skip
+
+
+def test_error_invalid_gzip(m30k, tmp_path, capsys):
+    (m30k / "train.de").rename(m30k / "train.de.gz")  # named .gz but not gzip data
+    expect_failure(multi30k, ["--local-dir", m30k, "--dest", tmp_path / "out"], capsys, tmp_path,
+                   f"cannot read {m30k / 'train.de.gz'}")  # fmt: skip
+
+
+def test_error_unknown_language_pair(m30k, tmp_path, capsys):
+    expect_failure(multi30k, ["--local-dir", m30k, "--src", "fr", "--tgt", "en", "--dest", tmp_path / "out"],
+                   capsys, tmp_path, "unknown language pair fr-en for multi30k", "supported: en-de, de-en")  # fmt: skip
+    expect_failure(demo, ["--src", "de", "--tgt", "cs", "--dest", tmp_path / "out"], capsys, tmp_path,
+                   "unknown language pair de-cs for tatoeba-demo")  # fmt: skip
+
+
+def test_error_iwslt_test_set_line_counts(tmp_path, capsys):
+    src = make_fake_iwslt14(tmp_path / "in", n_train=60, n_test=3)
+    xml = src / "de-en" / "IWSLT14.TED.tst2011.de-en.en.xml"
+    xml.write_text(xml.read_text().replace('<seg id="3">', '<notseg id="3">'))
+    expect_failure(iwslt14, ["--local-dir", src, "--dest", tmp_path / "out"], capsys, tmp_path,
+                   "IWSLT14.TED.tst2011.de-en.de.xml (<seg> lines) has 3 lines but",
+                   "IWSLT14.TED.tst2011.de-en.en.xml (<seg> lines) has 2")  # fmt: skip
+
+
+def test_error_dest_exists_otherwise(m30k, tmp_path, capsys):
+    dest = tmp_path / "out"
+    dest.mkdir()
+    (dest / "mine.txt").write_text("not a data_prep output")
+    rc, _, err = run_main(multi30k, ["--local-dir", m30k, "--dest", dest], capsys)
+    assert rc == 1 and f"{dest} exists but is not a completed data_prep output" in err
+    assert sorted(p.name for p in dest.iterdir()) == ["mine.txt"]  # untouched
+    (dest / "prep.json").write_text(json.dumps({"settings": {"dataset": "multi30k", "bpe_size": 50}}))
+    rc, _, err = run_main(multi30k, ["--local-dir", m30k, "--dest", dest], capsys)
+    assert rc == 1 and f"{dest} already holds data prepared with other settings" in err
+    assert leftovers(tmp_path, {"in", "out"}) == []
+
+
+def test_failure_inside_the_build_leaves_nothing(m30k, tmp_path, capsys, monkeypatch):
+    import data_prep.build as build_module
+
+    def broken_preprocess(*args, **kwargs):
+        raise build_module.DataPrepError("fairseq-preprocess failed (1): simulated")
+
+    monkeypatch.setattr(build_module, "fairseq_preprocess", broken_preprocess)
+    expect_failure(multi30k, ["--local-dir", m30k, "--dest", tmp_path / "out", "--bpe-size", "50"], capsys, tmp_path,
+                   "simulated")  # fmt: skip
+
+
+def test_interrupted_run_leaves_no_output_and_the_rerun_starts_clean(m30k, tmp_path):
+    """SIGKILL while the output is being written: no data-bin appears; the next run removes the leftovers."""
+    dest, partial = tmp_path / "out", tmp_path / ".out.partial"
+    cmd = ["bash", ROOT / "data_prep" / "prepare_multi30k.sh", "--local-dir", m30k, "--dest", dest, "--bpe-size", "50"]
+    env = dict(os.environ, PYTHON=sys.executable)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=True)
+    deadline = time.time() + 120
+    while not partial.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not dest.exists() and partial.exists()  # what a killed run leaves: only the temporary folder
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "removing the leftovers of an interrupted run" in done.stdout
+    assert (dest / "prep.json").is_file() and not partial.exists()
+    assert leftovers(tmp_path, {"in", "out"}) == []
