@@ -95,3 +95,25 @@ def _number(value):
         return float(value)
     except (TypeError, ValueError):
         return value
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_torchrun(nproc: int, args: list, timeout: int = 600) -> subprocess.CompletedProcess:
+    """fairseq-train under torch's launcher with ``nproc`` CPU processes and the gloo backend."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
+                "--master_addr=127.0.0.1", f"--master_port={free_port()}"]  # fmt: skip
+    proc = subprocess.run(
+        [*launcher, "-m", "fairseq_cli.train", *map(str, args), "--distributed-backend", "gloo"],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=timeout,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        raise AssertionError(f"torchrun fairseq-train failed ({proc.returncode}):\n{proc.stderr[-6000:]}")
+    return proc
