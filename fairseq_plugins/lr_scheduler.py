@@ -35,7 +35,7 @@ import logging
 import math
 from collections.abc import Collection
 from dataclasses import dataclass, field
-from typing import List  # noqa: UP035
+from typing import List, Optional  # noqa: UP035
 
 from fairseq.dataclass import FairseqDataclass
 from fairseq.logging import metrics
@@ -77,16 +77,18 @@ class SAGEScheduleConfig(FairseqDataclass):
         metadata={"help": "alpha then rises linearly from 0 to 1 over this many updates (0: a jump; -1: to the end "
                   "of the warmup)"},
     )  # fmt: skip
-    sage_stats_interval: int = field(
-        default=II("common.log_interval"),
-        metadata={"help": "compute the multiplier statistics every N updates (default --log-interval)"},
+    sage_stats_interval: Optional[int] = field(  # noqa: UP045 - fairseq parses typing.Optional
+        default=None,
+        metadata={"help": "compute the multiplier statistics every N updates (default: --log-interval)"},
     )
     sage_stats_samples: int = field(
         default=8192,
         metadata={"help": "entries in the fixed random sample for the multiplier statistics (0: no statistics)"},
     )
+    # no help text: no flag of their own, fairseq fills them from --lr, --max-update and --log-interval
     lr: List[float] = II("optimization.lr")  # noqa: UP006 - fairseq parses typing.List
     max_update: int = II("optimization.max_update")
+    log_interval: int = II("common.log_interval")
 
 
 @dataclass
@@ -95,9 +97,9 @@ class SAGEDecayScheduleConfig(SAGEScheduleConfig):
         default=4000, metadata={"help": "warm the learning rate up linearly over the first N updates (0: none)"}
     )
     end_learning_rate: float = field(default=0.0, metadata={"help": "learning rate at the end of the decay"})
-    total_num_update: int = field(
-        default=II("optimization.max_update"),
-        metadata={"help": "update at which the decay reaches --end-learning-rate (default --max-update)"},
+    total_num_update: Optional[int] = field(  # noqa: UP045
+        default=None,
+        metadata={"help": "update at which the decay reaches --end-learning-rate (default: --max-update)"},
     )
 
 
@@ -122,11 +124,8 @@ class _SAGESchedule(FairseqLRScheduler):
         self.sage_start = cfg.sage_start_updates if cfg.sage_start_updates >= 0 else warmup // 4
         self.sage_ramp = cfg.sage_ramp_updates if cfg.sage_ramp_updates >= 0 else max(warmup - self.sage_start, 0)
         _check(cfg.sage_stats_samples >= 0, "--sage-stats-samples", f"must be >= 0, got {cfg.sage_stats_samples}")
-        _check(
-            cfg.sage_stats_interval is not None and cfg.sage_stats_interval >= 1,
-            "--sage-stats-interval",
-            f"must be >= 1, got {cfg.sage_stats_interval}",
-        )
+        self.stats_interval = cfg.sage_stats_interval if cfg.sage_stats_interval is not None else cfg.log_interval
+        _check(self.stats_interval >= 1, "--sage-stats-interval", f"must be >= 1, got {self.stats_interval}")
         if cfg.warmup_init_lr < 0:
             self.warmup_init_lr = 0.0 if cfg.warmup_updates > 0 else self.peak_lr
         else:
@@ -187,7 +186,7 @@ class _SAGESchedule(FairseqLRScheduler):
         self._sage.set_sage_strength(alpha)
         metrics.log_scalar("sage_alpha", alpha, weight=0, priority=310, round=4)
         self._log_stats()
-        samples, interval = self.cfg.sage_stats_samples, self.cfg.sage_stats_interval
+        samples, interval = self.cfg.sage_stats_samples, self.stats_interval
         if samples > 0 and (num_updates + 1) % interval == 0:
             self._sage.request_sage_stats(num_samples=samples)
         return lr
@@ -220,7 +219,7 @@ class SAGEInverseSqrtSchedule(_SAGESchedule):
 
 class _SAGEDecaySchedule(_SAGESchedule):
     def _check_config(self, cfg) -> None:
-        total = cfg.total_num_update
+        total = self.total_num_update = cfg.total_num_update if cfg.total_num_update is not None else cfg.max_update
         _check(
             total is not None and total > cfg.warmup_updates,
             "--total-num-update",
@@ -230,7 +229,7 @@ class _SAGEDecaySchedule(_SAGESchedule):
         _check(cfg.end_learning_rate >= 0, "--end-learning-rate", f"must be >= 0, got {cfg.end_learning_rate}")
 
     def _progress(self, num_updates: int) -> float:
-        warmup, total = self.cfg.warmup_updates, self.cfg.total_num_update
+        warmup, total = self.cfg.warmup_updates, self.total_num_update
         return min(1.0, (num_updates - warmup) / (total - warmup))
 
 

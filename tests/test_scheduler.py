@@ -38,9 +38,7 @@ def _optimizer(cls=FairseqAdamSAGE, lr=1e-3, **kw):
 
 def _schedule(cls=SAGEInverseSqrtSchedule, optimizer=None, lr=1e-3, **kw):
     dc = SAGEScheduleConfig if cls is SAGEInverseSqrtSchedule else SAGEDecayScheduleConfig
-    kw = {"lr": lr if isinstance(lr, list) else [lr], "max_update": 0, "sage_stats_interval": 100, **kw}
-    if dc is SAGEDecayScheduleConfig:
-        kw.setdefault("total_num_update", kw["max_update"])
+    kw = {"lr": lr if isinstance(lr, list) else [lr], "max_update": 0, "log_interval": 100, **kw}
     return cls(OmegaConf.structured(dc(**kw)), optimizer or _optimizer(lr=kw["lr"][0]))
 
 
