@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-done
 SETUP_INPUTS := constraints.txt requirements.txt pyproject.toml scripts/setup_env.sh scripts/patch_fairseq.py scripts/verify_install.py
 
-.PHONY: setup test lint format verify clean
+.PHONY: setup test lint format verify clean prepare-demo
 
 setup: $(STAMP)
 
@@ -25,6 +25,12 @@ format: $(STAMP)
 
 test: lint
 	$(VENV)/bin/python -m pytest -q tests
+
+# The embedded Tatoeba demo corpus -> $(DEMO_DATA) (README, "Data preparation"); e.g. DEMO_PREP_ARGS='--train-size 20000'.
+DEMO_DATA ?= data-bin/demo
+DEMO_PREP_ARGS ?=
+prepare-demo: $(STAMP)
+	$(PY) -m data_prep.demo --dest $(DEMO_DATA) $(DEMO_PREP_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -50,7 +50,7 @@ def parse_args(argv=None):
     p.add_argument("--tgt", default="de", help="target language (default de)")
     p.add_argument("--spm-sentences", type=int, default=2_000_000, help="sentencepiece training sample (lines)")
     add_segmentation_args(p, "bpe", bpe_size=32000, spm_size=32000)
-    add_output_args(p, "data-bin/wmt16_{src}_{tgt}_{segmentation}")
+    add_output_args(p, "data-bin/wmt16_{src}_{tgt}_{seg}")
     return p.parse_args(argv)
 
 
@@ -103,7 +103,8 @@ def main(argv=None) -> int:
     check_sizes(args)
     if args.segmentation == "bpe" and args.bpe_size != 32000:
         raise DataPrepError("--bpe-size: Google's WMT'16 files come with 32,000 BPE merges; use --segmentation spm")
-    dest = Path(str(args.dest).format(src=args.src, tgt=args.tgt, segmentation=args.segmentation))
+    seg_name = "bpe32k" if args.segmentation == "bpe" else f"spm{args.spm_size}"  # bpe: fairseq README's name
+    dest = Path(str(args.dest).format(src=args.src, tgt=args.tgt, seg=seg_name))
     settings = {
         "dataset": NAME, "src": args.src, "tgt": args.tgt, "segmentation": args.segmentation,
         "spm_size": args.spm_size if args.segmentation == "spm" else None,
