@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -314,3 +315,49 @@ def test_interrupted_run_leaves_no_output_and_the_rerun_starts_clean(m30k, tmp_p
     assert "removing the leftovers of an interrupted run" in done.stdout
     assert (dest / "prep.json").is_file() and not partial.exists()
     assert leftovers(tmp_path, {"in", "out"}) == []
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The download paths, with file:// URLs standing in for the servers
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_iwslt14_download_path_fetches_and_extracts_the_archive(tmp_path, capsys, monkeypatch):
+    src = make_fake_iwslt14(tmp_path / "server", n_train=120, n_test=2)
+    with tarfile.open(tmp_path / "de-en.tgz", "w:gz") as tar:
+        tar.add(src / "de-en", arcname="de-en")
+    missing = (tmp_path / "missing.tgz").as_uri()
+    monkeypatch.setattr(iwslt14, "URLS", [missing, (tmp_path / "de-en.tgz").as_uri()])  # the first one fails
+    argv = ["--download-dir", tmp_path / "dl", "--dest", tmp_path / "bin", "--segmentation", "spm", "--spm-size", "200"]
+    rc, _, err = run_main(iwslt14, argv, capsys)
+    assert rc == 0, err
+    assert (tmp_path / "dl" / "de-en.tgz").read_bytes() == (tmp_path / "de-en.tgz").read_bytes()
+    assert not list((tmp_path / "dl").glob("*.part"))
+    info = json.loads((tmp_path / "bin" / "prep.json").read_text())
+    assert info["pairs"]["test"] == 10 and info["remove_bpe"] == "sentencepiece"
+
+
+def test_multi30k_download_path(tmp_path, capsys, monkeypatch):
+    server = make_fake_multi30k(tmp_path / "server", n_train=80, n_eval=5) / "raw"
+    monkeypatch.setattr(multi30k, "URL", server.as_uri() + "/{name}.gz")
+    monkeypatch.setattr(multi30k, "SPLITS", multi30k.SPLITS[:3])  # the fake server has no test_2017_flickr
+    argv = ["--download-dir", tmp_path / "dl", "--dest", tmp_path / "bin", "--bpe-size", "60"]
+    rc, _, err = run_main(multi30k, argv, capsys)
+    assert rc == 0, err
+    assert sorted(p.name for p in (tmp_path / "dl").iterdir()) == sorted(p.name for p in server.iterdir())
+
+
+def test_download_failure_is_a_clear_error_and_leaves_nothing(tmp_path, capsys, monkeypatch):
+    (tmp_path / "in").mkdir()
+    monkeypatch.setattr(wmt16, "URL", (tmp_path / "nowhere" / "wmt16_en_de.tar.gz").as_uri())
+    expect_failure(wmt16, ["--download-dir", tmp_path / "in" / "dl", "--dest", tmp_path / "out"], capsys, tmp_path,
+                   "download of file://", "failed", "pass the folder with --local-dir")  # fmt: skip
+    assert not (tmp_path / "in" / "dl").exists() or not any((tmp_path / "in" / "dl").iterdir())
+
+
+def test_error_malformed_demo_corpus(tmp_path, capsys):
+    (tmp_path / "in").mkdir()
+    bad = tmp_path / "in" / "deu.txt"
+    bad.write_text("Hi.\tHallo!\nno tab on this line\n")
+    expect_failure(demo, ["--corpus", bad, "--dest", tmp_path / "out"], capsys, tmp_path,
+                   f"{bad} line 2: expected 'English<TAB>German'")  # fmt: skip
