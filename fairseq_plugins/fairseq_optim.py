@@ -56,6 +56,8 @@ def _param_names(params: Sequence[Any]) -> list[str] | None:
     named = _NAMED_PARAMS.get()
     if named is None:
         return None
+    if any("flat_param" in n for n, _ in named):
+        return None  # fully sharded data parallel: the model's tensors are already flattened
     by_id = {id(p): n for n, p in named}
     if all(id(p) in by_id for p in params):
         return [by_id[id(p)] for p in params]
@@ -127,8 +129,8 @@ class _FairseqSAGE(FairseqOptimizer):
         if names is None:
             raise ValueError(
                 f"--sage-params {choice} selects tensors by name, but fairseq handed the optimizer flattened "
-                "parameters (--fp16/--bf16 flatten them). Use --memory-efficient-fp16 (or --memory-efficient-bf16), "
-                "or add --fp16-no-flatten-grads, or use --sage-params all."
+                "parameters (--fp16/--bf16 and --ddp-backend fully_sharded flatten them). Use --memory-efficient-fp16 "
+                "(or --memory-efficient-bf16), or add --fp16-no-flatten-grads, or use --sage-params all."
             )
         check_matches(choice, names, "--sage-params")
         chosen = [p for p, n in zip(params, names, strict=True) if selects(n)]

@@ -78,6 +78,11 @@ def test_names_by_identity_and_by_position():
         assert fairseq_optim._param_names([flat]) is None
     finally:
         fairseq_optim._NAMED_PARAMS.reset(token)
+    token = fairseq_optim._NAMED_PARAMS.set([("_fsdp_wrapped_module.flat_param_0", flat)])  # FSDP's own names
+    try:
+        assert fairseq_optim._param_names([flat]) is None
+    finally:
+        fairseq_optim._NAMED_PARAMS.reset(token)
 
 
 def _fp16_wrapper_cfg(sage_params, no_flatten):
@@ -95,7 +100,7 @@ def _fp16_wrapper_cfg(sage_params, no_flatten):
 def test_name_selection_under_fairseqs_fp16_optimizer(sage_params, no_flatten, monkeypatch):
     from fairseq.optim import FP16Optimizer
 
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)  # fairseq's flattening asks for it; CPU is fine
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: None)  # fairseq keys flat masters by it; CPU: None
 
     layer = _Layer(torch.float16)
     named = list(layer.named_parameters())
