@@ -140,3 +140,25 @@ def test_gradient_overflow_skips_the_update_and_training_goes_on(tiny_data_bin, 
                 assert any(not torch.equal(a, b) for a, b in zip(params, after_params, strict=True))
     assert trainer.get_num_updates() == 5
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+def test_gpu_precision_check_script_runs_its_cpu_modes(tmp_path):
+    """The GPU check script's plumbing, on the modes fairseq can run on a CPU (a GPU runs all of them)."""
+    import importlib.util
+    import json
+
+    from tests.fairseq_utils import ROOT
+
+    spec = importlib.util.spec_from_file_location("gpu_check_precision", ROOT / "scripts/gpu_check_precision.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: run the script itself")
+    with pytest.raises(SystemExit):
+        script.main(["--out", str(tmp_path)])  # refuses without a GPU unless asked
+    script.main(["--out", str(tmp_path), "--updates", "3", "--train-lines", "200", "--allow-cpu"])
+    results = json.loads((tmp_path / "precision.json").read_text())
+    assert results["device"] == "cpu" and set(results["modes"]) == {"fp32", "memory_efficient_fp16"}
+    assert all(len(m["losses"]) == 3 for m in results["modes"].values())
+    assert "max_abs_diff_vs_fp32" in results["modes"]["memory_efficient_fp16"]
+    assert (tmp_path / "precision.png").stat().st_size > 0
