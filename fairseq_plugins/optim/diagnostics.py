@@ -80,36 +80,45 @@ class SAGEStatsMixin:
     def _sage_stats_observe(
         self, acc: list, group: dict[str, Any], params: list[Tensor], grads: list[Tensor], sens: list[Tensor], steps
     ) -> None:
-        """Sampled r of this step for one group; ``sens`` holds Ibar_{t-1}, ``steps`` t - 1 (before the kernel)."""
+        """Gather this group's sampled entries; ``sens`` holds Ibar_{t-1}, ``steps`` t - 1 (before the kernel)."""
         sampler = self._sage_stats_sampler
-        beta3, eps_sq = group["beta3"], group["eps"] ** 2
+        beta3, eps_sq, alpha = group["beta3"], group["eps"] ** 2, float(group["sage_strength"])
         for p, g, s, t in zip(params, grads, sens, steps, strict=True):
             idx = sampler.index.get(id(p))
             if idx is None or idx.numel() == 0:
                 continue
-            dtype = compute_dtype(p.dtype)
-            theta = p.reshape(-1).index_select(0, idx).to(dtype)
-            grad = g.reshape(-1).index_select(0, idx).to(dtype)
-            sens_bar = s.reshape(-1).index_select(0, idx)
             step = float(t) + 1.0
-            sensitivity = (theta * grad).abs()
-            smoothed = sens_bar * beta3 + sensitivity * (1.0 - beta3)
-            if group["bias_correction"]:
-                smoothed = smoothed / (1.0 - beta3**step)
-            r = ((sensitivity - smoothed).abs() + eps_sq) / (smoothed + eps_sq)
-            acc.append((r.float(), sampler.weight[id(p)], float(group["sage_strength"])))
+            bc3 = 1.0 - beta3**step if group["bias_correction"] else 1.0
+            gathered = [x.reshape(-1).index_select(0, idx) for x in (p, g, s)]  # theta_t, g_t, Ibar_{t-1}
+            acc.append((gathered, (beta3, bc3, eps_sq, alpha, sampler.weight[id(p)]), idx.numel()))
 
     def _sage_stats_finish(self, acc: list | None) -> None:
         if acc is None:
             return
         self._sage_stats_sampler = None
-        if not acc:
-            self._sage_stats_result = None
-            return
-        r = torch.cat([x[0].cpu() for x in acc])
-        w = torch.cat([torch.full((x[0].numel(),), x[1]) for x in acc])
-        alpha = torch.cat([torch.full((x[0].numel(),), x[2]) for x in acc])
-        self._sage_stats_result = summarize(r, w, alpha)
+        self._sage_stats_result = _multiplier_stats(acc) if acc else None
+
+
+@torch.no_grad()
+def _multiplier_stats(acc: list) -> dict[str, float]:
+    """r for all gathered entries in one vectorised pass (float64 on the CPU), then the summary."""
+    devices = {gathered[0].device for gathered, _, _ in acc}
+    columns = []
+    for i in range(3):
+        parts = [gathered[i] for gathered, _, _ in acc]
+        if len(devices) == 1:
+            columns.append(torch.cat([x.to(compute_dtype(x.dtype)) for x in parts]).to("cpu", torch.float64))
+        else:
+            columns.append(torch.cat([x.to("cpu", torch.float64) for x in parts]))
+    theta, grad, sens_bar = columns
+    counts = torch.tensor([n for _, _, n in acc])
+    beta3, bc3, eps_sq, alpha, weight = (
+        torch.tensor([m for _, m, _ in acc], dtype=torch.float64).repeat_interleave(counts, dim=0).unbind(1)
+    )
+    sensitivity = (theta * grad).abs()
+    smoothed = (beta3 * sens_bar + (1.0 - beta3) * sensitivity) / bc3
+    r = ((sensitivity - smoothed).abs() + eps_sq) / (smoothed + eps_sq)
+    return summarize(r, weight, alpha)
 
 
 def summarize(r: Tensor, weight: Tensor, alpha: Tensor | float = 1.0) -> dict[str, float]:
