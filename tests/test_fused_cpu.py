@@ -19,8 +19,8 @@ pytestmark = pytest.mark.skipif(not _fused_cpu.available(), reason=f"fused kerne
 
 def _big_params(dtype, seed=0):
     g = torch.Generator().manual_seed(seed)
-    # 300k entries: more than 4 chunks of 32k, so the threaded path runs; chunk boundaries fall inside tensors
-    shapes = [(517, 301), (50001,), (3,), (100, 77)]
+    # 138k entries: more than 4 chunks of 32k, so the threaded path runs; chunk boundaries fall inside tensors
+    shapes = [(300, 301), (40001,), (3,), (100, 77)]
     params = [torch.randn(s, generator=g, dtype=torch.float64).to(dtype) for s in shapes]
     params[2].zero_()
     return params
