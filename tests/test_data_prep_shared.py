@@ -41,24 +41,15 @@ def test_multi30k_tokenisation_agrees_with_the_datasets_own_files():
 
 @pytest.mark.parametrize("seg", ["bpe", "spm"])
 def test_prepare_multi30k_from_the_local_copy_gives_a_data_bin_fairseq_trains_on(tmp_path, capsys, seg):
-    """prepare_multi30k.sh --local-dir ../shared/data/multi30k, first 3,000 training pairs (full size: README)."""
+    """prepare_multi30k.sh --local-dir ../shared/data/multi30k, first 1,000 training pairs (full size: README)."""
     dest = tmp_path / seg
-    size = ["--bpe-size", "2000"] if seg == "bpe" else ["--spm-size", "2000"]
-    argv = [
-        "--local-dir",
-        SHARED_DATA / "multi30k",
-        "--segmentation",
-        seg,
-        *size,
-        "--train-size",
-        "3000",
-        "--dest",
-        dest,
-    ]
+    size = ["--bpe-size", "1000"] if seg == "bpe" else ["--spm-size", "1000"]
+    argv = ["--local-dir", SHARED_DATA / "multi30k", "--segmentation", seg, *size, "--train-size", "1000",
+            "--dest", dest]  # fmt: skip
     rc, _, err = run_main(multi30k, argv, capsys)  # = data_prep/prepare_multi30k.sh ARGS
     assert rc == 0, err
     info = json.loads((dest / "prep.json").read_text())
-    assert info["pairs"] == {"train": 3000, "valid": 1014, "test": 1000, "test1": 1000}
+    assert info["pairs"] == {"train": 1000, "valid": 1014, "test": 1000, "test1": 1000}
     raw = read_lines(SHARED_DATA / "multi30k" / "raw" / "test_2016_flickr.de.gz")
     seg_text = read_lines(dest / "text" / "test.de")
     if seg == "spm":
