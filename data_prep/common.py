@@ -306,14 +306,19 @@ def fairseq_preprocess(
     argv.extend(extra)
     log("fairseq-preprocess " + " ".join(argv))
     import logging
+    import warnings
 
-    root_handlers = list(logging.getLogger().handlers)
-    from fairseq import options
-    from fairseq_cli import preprocess
-
-    if not root_handlers:  # importing fairseq_cli.preprocess configured INFO logging to stdout: keep ours quiet
-        logging.getLogger().setLevel(logging.WARNING)
-    handlers = list(preprocess.logger.handlers)
+    root = logging.getLogger()
+    root_handlers = list(root.handlers)
+    with warnings.catch_warnings():  # fairseq's imports warn about deprecated torch APIs: not the user's concern
+        warnings.simplefilter("ignore")
+        from fairseq import options
+        from fairseq_cli import preprocess
+    for h in root.handlers:
+        if h not in root_handlers:  # importing fairseq_cli.preprocess set up INFO logging to stdout: warnings only
+            h.setLevel(logging.WARNING)
+    handlers, level = list(preprocess.logger.handlers), preprocess.logger.level
+    preprocess.logger.setLevel(logging.INFO)  # its <destdir>/preprocess.log gets the usual record
     try:
         preprocess.main(options.get_preprocessing_parser().parse_args(argv))
     except SystemExit as e:  # argparse
@@ -321,6 +326,7 @@ def fairseq_preprocess(
     except Exception as e:
         raise DataPrepError(f"fairseq-preprocess failed: {type(e).__name__}: {e}") from e
     finally:  # main() adds a FileHandler for <destdir>/preprocess.log on every call: remove and close it
+        preprocess.logger.setLevel(level)
         for h in list(preprocess.logger.handlers):
             if h not in handlers:
                 preprocess.logger.removeHandler(h)
