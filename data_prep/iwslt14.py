@@ -127,7 +127,7 @@ def read_splits(files: dict[str, Path], src: str, tgt: str, segmentation: str) -
     for name in ("train", "valid"):
         idx = parts[name]
         raw = {lang: [raw_train[lang][i].strip() for i in idx] for lang in (src, tgt)}
-        tok = {lang: T.lowercase(T.collapse_ws(tok_train[lang][i]) for i in idx) for lang in (src, tgt)}
+        tok = {lang: T.lowercase(T.clean_line(tok_train[lang][i]) for i in idx) for lang in (src, tgt)}
         origin = {lang: str(files[f"train.{lang}"]) for lang in (src, tgt)}
         splits.append(Split(name, raw=raw, tok=tok if segmentation == "bpe" else None, origin=origin))
     raw_test: dict[str, list[str]] = {src: [], tgt: []}

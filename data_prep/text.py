@@ -83,11 +83,11 @@ def clean_corpus(
     Per pair, as the Perl script: remove ``|`` (Moses tokenisation escapes it, so this never fires on tokenised text),
     collapse white space, drop the pair if a side is empty, has fewer than MIN or more than MAX space-separated words,
     if either length is more than RATIO times the other, or if a word is longer than 1000 characters. The kept lines
-    are the collapsed ones: use :func:`collapse_ws` on them.
+    are the cleaned ones: use :func:`clean_line` on them.
     """
     keep = []
     for i, (s, t) in enumerate(zip(src, tgt, strict=True)):
-        s, t = collapse_ws(s.replace("|", "")), collapse_ws(t.replace("|", ""))
+        s, t = clean_line(s), clean_line(t)
         if not s or not t:
             continue
         ns, nt = s.count(" ") + 1, t.count(" ") + 1
@@ -99,6 +99,11 @@ def clean_corpus(
             continue
         keep.append(i)
     return keep
+
+
+def clean_line(line: str) -> str:
+    """A line as clean-corpus-n.perl writes it out: ``|`` removed, white space collapsed, no outer spaces."""
+    return collapse_ws(line.replace("|", ""))
 
 
 def collapse_ws(line: str) -> str:

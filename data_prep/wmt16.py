@@ -91,7 +91,7 @@ def read_splits(folder: Path, src: str, tgt: str, segmentation: str) -> list[Spl
             a, b = read_parallel(files[src], files[tgt])
             if name == "train":
                 keep = T.clean_corpus(a, b, 1, 80, ratio=9)
-                a, b = [T.collapse_ws(a[i]) for i in keep], [T.collapse_ws(b[i]) for i in keep]
+                a, b = [T.clean_line(a[i]) for i in keep], [T.clean_line(b[i]) for i in keep]
             sp = Split(name, raw={src: a, tgt: b}, origin={k: str(v) for k, v in files.items()})
         splits.append(sp)
     return splits

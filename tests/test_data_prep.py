@@ -155,6 +155,16 @@ def test_iwslt14_pipeline_on_a_tiny_de_en_folder(tmp_path, capsys):
     kept = len(train) + len(valid)
     assert kept <= n_text and len(valid) == kept // 23 and len(test) == 5 * 4
     assert all(line == line.lower() for line in train.tok["en"] + test.tok["de"])
+    # test = the five sets in prepare-iwslt14.sh's order; valid = every 23rd cleaned pair (checked on its source side)
+    xml = [read_lines(files[f"{name}.en"]) for name in iwslt14.TEST_SETS]
+    assert test.raw["en"] == [x for lines in xml for x in iwslt14.seg_text(lines, normalize_quote=False)]
+    tok_de = T.moses_tokenize(iwslt14.train_text(read_lines(files["train.de"])), "de")
+    tok_en = T.moses_tokenize(iwslt14.train_text(read_lines(files["train.en"])), "en")
+    cleaned = [T.clean_line(tok_de[i]).lower() for i in T.clean_corpus(tok_de, tok_en, 1, 175, 1.5)]
+    assert valid.tok["de"] == cleaned[22::23] and train.tok["de"] == [x for n, x in enumerate(cleaned, 1) if n % 23]
+    # sentencepiece keeps the same pairs, in their original form
+    spm_splits = iwslt14.read_splits(files, "de", "en", "spm")
+    assert [sp.raw for sp in spm_splits] == [sp.raw for sp in splits] and spm_splits[0].tok is None
     # The standard-codes path (--bpe-codes, as with IWSLT'14's published bpe10k/code): codes learned here on train.
     codes = T.learn_bpe(train.tok["de"] + train.tok["en"], 200, tmp_path / "code")
     argv = ["--local-dir", src, "--dest", tmp_path / "bin", "--bpe-codes", codes]
