@@ -141,6 +141,17 @@ def test_shell_entry_points_reach_their_module(name):
     assert f"usage: prepare_{name}" in proc.stdout and "--segmentation {bpe,spm}" in proc.stdout
 
 
+def test_shell_entry_point_error_exit_status(tmp_path):
+    proc = subprocess.run(
+        ["bash", ROOT / "data_prep" / "prepare_multi30k.sh", "--local-dir", tmp_path / "nowhere", "--dest",
+         tmp_path / "out"],
+        capture_output=True, text=True, env=dict(os.environ, PYTHON=sys.executable), timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert f"prepare_multi30k: error: --local-dir {tmp_path / 'nowhere'} is not a folder" in proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Dataset scripts on tiny inputs in the real file layouts
 # ---------------------------------------------------------------------------------------------------------------------
