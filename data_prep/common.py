@@ -150,18 +150,9 @@ def atomic_output(dest: Path, settings: dict, log: Callable[[str], None] = print
     - A lock file (``flock``, released by the kernel if the process dies) refuses two runs on the same ``dest``.
     """
     dest = Path(dest).absolute()
-    if is_complete(dest, settings, log):
+    if is_complete(dest, settings, log):  # raises if dest exists with other settings or is not ours
         yield None
         return
-    manifest = read_manifest(dest)
-    if dest.exists():
-        if manifest is not None:
-            raise DataPrepError(
-                f"{dest} already holds data prepared with other settings; remove it or choose another --dest"
-            )
-        raise DataPrepError(
-            f"{dest} exists but is not a completed data_prep output; remove it or choose another --dest"
-        )
     dest.parent.mkdir(parents=True, exist_ok=True)
     lock_path = dest.parent / f".{dest.name}.lock"
     tmp = dest.parent / f".{dest.name}.partial"
@@ -171,6 +162,9 @@ def atomic_output(dest: Path, settings: dict, log: Callable[[str], None] = print
         except OSError:
             raise DataPrepError(f"another data_prep run is writing {dest} (lock {lock_path})") from None
         try:
+            if is_complete(dest, settings, log):  # a concurrent run finished before we got the lock
+                yield None
+                return
             if tmp.exists():
                 log(f"removing the leftovers of an interrupted run: {tmp}")
                 shutil.rmtree(tmp)

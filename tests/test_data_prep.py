@@ -382,3 +382,13 @@ def test_error_malformed_demo_corpus(tmp_path, capsys):
     bad.write_text("Hi.\tHallo!\nno tab on this line\n")
     expect_failure(demo, ["--corpus", bad, "--dest", tmp_path / "out"], capsys, tmp_path,
                    f"{bad} line 2: expected 'English<TAB>German'")  # fmt: skip
+
+
+def test_error_concurrent_run_on_the_same_dest(m30k, tmp_path, capsys):
+    import fcntl
+
+    with open(tmp_path / ".out.lock", "w") as lock:  # another run holds the lock on tmp_path/out
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        rc, _, err = run_main(multi30k, ["--local-dir", m30k, "--dest", tmp_path / "out", "--bpe-size", "50"], capsys)
+    assert rc == 1 and f"another data_prep run is writing {tmp_path / 'out'}" in err
+    assert leftovers(tmp_path, {"in", ".out.lock"}) == []  # no output, no .partial folder; the lock is the other's
