@@ -2,18 +2,20 @@
 # fairseq-train words/s with --optimizer adam_sage versus adam: same model, data and seed; runs interleaved (the order
 # alternates every repetition); prints each run's median words/s and the ratio adam_sage / adam.
 #
-#   bash scripts/bench_train.sh            # 4 repetitions of 60 updates each
-#   REPS=6 UPDATES=80 bash scripts/bench_train.sh
+#   bash scripts/bench_train.sh            # 3 repetitions of 40 updates each, 1 thread
+#   REPS=5 UPDATES=60 THREADS=2 bash scripts/bench_train.sh
 #
 # Model: transformer 2+2 layers, d256, ffn 1024, 4 heads (about 5M parameters) on a generated corpus (4000-word
-# vocabulary, 12k sentence pairs) in fp32 on the CPU with torch's default threads. Words/s is fairseq's own `wps` of the
-# train_inner log lines (target tokens per second, over each interval of 10 updates); the first interval (start-up)
-# is dropped and the median of the rest is the run's figure.
+# vocabulary, 12k sentence pairs) in fp32 on the CPU, max 1024 tokens per batch, THREADS torch threads (default 1:
+# on a shared machine a busy core stalls every multi-threaded op; one thread per run measures more steadily).
+# Words/s is fairseq's own `wps` of the train_inner log lines (target tokens per second, over each interval of 10
+# updates); the first interval (start-up) is dropped and the median of the rest is the run's figure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
-REPS=${REPS:-4}
-UPDATES=${UPDATES:-60}
+REPS=${REPS:-3}
+UPDATES=${UPDATES:-40}
+export OMP_NUM_THREADS=${THREADS:-1} MKL_NUM_THREADS=${THREADS:-1}
 WORK=${WORK:-/tmp/fairseq_sage_bench_train}
 mkdir -p "$WORK"
 
@@ -45,7 +47,7 @@ run() {  # $1 = optimizer, $2 = repetition
     --optimizer "$1" --adam-betas '(0.9, 0.98)' --weight-decay 0.0001 --clip-norm 0.0 \
     --lr 5e-4 --lr-scheduler inverse_sqrt --warmup-updates 100 \
     --criterion label_smoothed_cross_entropy --label-smoothing 0.1 --dropout 0.1 \
-    --max-tokens 2048 --max-update "$UPDATES" --seed 1 --cpu --num-workers 0 \
+    --max-tokens 1024 --max-update "$UPDATES" --seed 1 --cpu --num-workers 0 \
     --save-dir "$WORK/ckpt_$1" --no-save --disable-validation \
     --no-progress-bar --log-format json --log-interval 10 > "$log" 2>&1
   "$PY" - "$log" <<'EOF'
