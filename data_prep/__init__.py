@@ -1,1 +1,7 @@
-"""Dataset preparation for fairseq-sage (see README.md)."""
+"""Dataset preparation for fairseq-sage (see README.md, "Data preparation").
+
+Entry points (each also a ``data_prep/prepare_*.sh`` wrapper): ``demo`` (the embedded Tatoeba corpus), ``multi30k``,
+``iwslt14``, ``wmt16``; checks against the real data: ``check_iwslt14_bpe``, ``check_multi30k_tok``. Shared code:
+``common`` (checked input, atomic output, downloads, fairseq-preprocess), ``text`` (Moses, BPE, sentencepiece),
+``build`` (segment, binarise, references); ``testing`` makes tiny inputs in each source's file layout.
+"""

@@ -10,6 +10,7 @@ import gzip
 from pathlib import Path
 
 from .demo import read_tatoeba
+from .iwslt14 import TEST_SETS
 
 
 def tatoeba_pairs(n: int, offset: int = 0, step: int = 37) -> list[tuple[str, str]]:
@@ -47,8 +48,6 @@ def make_fake_iwslt14(folder: Path, n_train: int = 300, n_test: int = 4) -> Path
             ]
             lines += [p[k] for p in train[t : t + 50]]
         _write(root / f"train.tags.de-en.{lang}", lines)
-        from .iwslt14 import TEST_SETS
-
         for s, name in enumerate(TEST_SETS):
             segs = [p[k] for p in rest[s * n_test : (s + 1) * n_test]]
             xml = ['<?xml version="1.0" encoding="UTF-8"?>', "<mteval>", f'<doc docid="{s}">', "<talkid>1</talkid>"]
