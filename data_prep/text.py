@@ -33,7 +33,7 @@ def moses_tokenize(lines: Iterable[str], lang: str) -> list[str]:
     """``tokenizer.perl -l LANG`` with its defaults: XML escaping on (``&apos;``, ``&quot;`` ...), no ``-a``.
 
     This is how fairseq's prepare-iwslt14.sh and Multi30k's task1-tokenize.sh call the Moses tokenizer
-    (``-threads N`` only splits the work). Blank lines stay blank.
+    (``-threads N`` only splits the work). Blank or white-space-only lines become empty.
     """
     tok = _tokenizer(lang)
     return [tok.tokenize(line, escape=True, aggressive_dash_splits=False, return_str=True) for line in lines]
@@ -56,7 +56,7 @@ def moses_normalize_punct(lines: Iterable[str], lang: str) -> list[str]:
 
 
 def lowercase(lines: Iterable[str]) -> list[str]:
-    """``lowercase.perl`` (Perl's Unicode ``lc``; Python's ``str.lower`` agrees for the Latin script)."""
+    """``lowercase.perl`` (Perl's Unicode ``lc``), as Python's ``str.lower``."""
     return [line.lower() for line in lines]
 
 
