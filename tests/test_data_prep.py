@@ -116,6 +116,7 @@ def test_demo_split_keeps_valid_and_test_sources_out_of_train():
     assert again == parts  # deterministic
 
 
+@pytest.mark.slow
 def test_prepare_demo_builds_a_data_bin_that_fairseq_trains_on(tmp_path, capsys):
     dest = tmp_path / "demo"
     argv = ["--train-size", "1500", "--valid-size", "50", "--test-size", "50", "--spm-size", "600", "--dest", dest]

@@ -41,6 +41,7 @@ def test_multi30k_tokenisation_agrees_with_the_datasets_own_files():
         assert agree == total, f"{name}: {diffs[:3]}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seg", ["bpe", "spm"])
 def test_prepare_multi30k_from_the_local_copy_gives_a_data_bin_fairseq_trains_on(tmp_path, capsys, seg):
     """prepare_multi30k.sh --local-dir ../shared/data/multi30k, first 1,000 training pairs (full size: README)."""
