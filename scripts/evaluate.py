@@ -38,6 +38,7 @@ rest. These options also override what ``prep.json`` says.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import re
@@ -51,11 +52,27 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN_DIR = ROOT / "fairseq_plugins"
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # average_checkpoints.py
 if str(ROOT) not in sys.path:
-    sys.path.insert(1, str(ROOT))  # data_prep
+    sys.path.append(str(ROOT))  # data_prep (also installed with the project)
 
-from average_checkpoints import AverageError, average_checkpoints, last_checkpoints, save_atomic  # noqa: E402
+
+def _average_module():
+    """scripts/average_checkpoints.py (scripts/ is not a package; loaded by path, sys.path stays as it is)."""
+    name = "fairseq_sage_average_checkpoints"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            name, Path(__file__).resolve().with_name("average_checkpoints.py")
+        )
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+_avg = _average_module()
+AverageError, average_checkpoints, last_checkpoints, save_atomic = (
+    _avg.AverageError, _avg.average_checkpoints, _avg.last_checkpoints, _avg.save_atomic
+)  # fmt: skip
 
 LOWERCASED_DATASETS = ("iwslt14", "multi30k")  # their BPE preparations lowercase the text (data_prep)
 COMPOUND_SPLIT_DATASETS = ("wmt16",)
@@ -188,9 +205,6 @@ def resolve_setup(args) -> Setup:
     if remove_bpe in ("none", ""):
         remove_bpe = None
     detok = args.detok or ("moses" if remove_bpe in ("subword_nmt", "@@ ", "@@") else "none")
-    for what, path in (("sacreBLEU reference", ref), ("tokenised reference", tok_ref)):
-        if path is not None and not Path(path).is_file():
-            raise EvalError(f"the {what} {path} does not exist")
     return Setup(src, tgt, remove_bpe, dataset, segmentation, lowercase, detok, kind, ref, tok_ref, prep)
 
 
@@ -202,6 +216,9 @@ def check_data_bin(data_bin: Path, setup: Setup, subset: str) -> None:
     idx = data_bin / f"{subset}.{setup.src}-{setup.tgt}.{setup.tgt}.idx"
     if not idx.is_file():
         raise EvalError(f"{data_bin} has no binarised {subset!r} split for {setup.src}-{setup.tgt}: {idx} is missing")
+    for what, path in (("sacreBLEU reference", setup.ref), ("tokenised reference", setup.tok_ref)):
+        if path is not None and not Path(path).is_file():
+            raise EvalError(f"the {what} {path} does not exist")
 
 
 # ----------------------------------------------------------------------------------------------------------------------

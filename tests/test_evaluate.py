@@ -1,0 +1,250 @@
+"""scripts/evaluate.py end to end on a tiny trained model; its scores against the sacrebleu and fairseq-score CLIs.
+
+One model is trained (module fixture) on a data-bin made by data_prep's WMT'16 script from a tiny synthetic input in
+the layout of Google's WMT'16 folder: a learnable word-for-word "translation" whose target has BPE-split words
+(``b@@ 8``), hyphenated compounds (``x10-y10``, what compound splitting acts on) and a final full stop that Moses
+detokenisation attaches. So the prepared layout (prep.json, ref/, --remove-bpe, compound-split tokenized BLEU, Moses
+detokenisation) is exercised with a model whose BLEU is not zero. A copy of the data-bin without prep.json and ref/
+exercises the "any fairseq data-bin" options.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.fairseq_utils import ROOT, run_cli, train_args
+
+pytestmark = pytest.mark.slow
+
+SCRIPT = ROOT / "scripts" / "evaluate.py"
+SACREBLEU = Path(sys.executable).parent / "sacrebleu"
+_spec = importlib.util.spec_from_file_location("evaluate_script", SCRIPT)
+ev = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = ev  # dataclasses look their module up there
+_spec.loader.exec_module(ev)
+
+JSON_KEYS = {
+    "subset", "n_sentences", "checkpoints", "beam", "lenpen", "bleu_tok", "bleu_tok_kind", "sacrebleu",
+    "sacrebleu_signature", "chrf", "chrf_signature", "bp", "sys_len", "ref_len", "hypotheses",
+}  # fmt: skip
+
+
+def _word(i: int, lang: str) -> str:
+    if lang == "en":
+        return f"a{i}"
+    if i >= 10:
+        return f"x{i}-y{i}"  # a compound: compound splitting applies
+    if i >= 8:
+        return f"b@@ {i}"  # two BPE pieces
+    return f"b{i}"
+
+
+def make_google_wmt16_folder(folder: Path, n_train: int = 400, n_eval: int = 20, seed: int = 0) -> Path:
+    """Google's WMT'16 file layout (what data_prep.wmt16 reads), filled with a synthetic learnable en->de corpus."""
+    from data_prep import text as T
+
+    rng = random.Random(seed)
+    folder.mkdir(parents=True)
+    for name, n in (("train", n_train), ("newstest2013", n_eval), ("newstest2014", n_eval)):
+        seg: dict[str, list[str]] = {"en": [], "de": []}
+        for _ in range(n):
+            ids = [rng.randrange(12) for _ in range(rng.randint(3, 6))]
+            for lang, lines in seg.items():
+                lines.append(" ".join(_word(i, lang) for i in ids) + " .")
+        for lang, lines in seg.items():
+            tok = [T.remove_bpe(x) for x in lines]
+            base = "train.tok.clean" if name == "train" else f"{name}.tok"
+            (folder / f"{base}.bpe.32000.{lang}").write_text("\n".join(lines) + "\n")
+            (folder / f"{base}.{lang}").write_text("\n".join(tok) + "\n")
+            (folder / f"{name}.{lang}").write_text("\n".join(T.moses_detokenize(tok, lang)) + "\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """(prepared data-bin, save dir): 100 updates; update checkpoints at 30 and 60, checkpoint_last at 100."""
+    from data_prep import wmt16
+    from data_prep.common import cli_main
+
+    root = tmp_path_factory.mktemp("evaluate")
+    google = make_google_wmt16_folder(root / "google")
+    data_bin = root / "wmt16-tiny"
+    assert cli_main("prepare_wmt16", wmt16.main, ["--local-dir", str(google), "--dest", str(data_bin)]) == 0
+    save = root / "ckpt"
+    optimizer = ["--optimizer", "adam", "--adam-betas", "(0.9, 0.98)"]
+    extra = ["--lr", "2e-2", "--warmup-updates", "20", "--save-interval-updates", "30"]
+    run_cli("train", train_args(data_bin, save, optimizer, max_update=100, extra=extra))
+    return data_bin, save
+
+
+def sacrebleu_cli(ref: Path, hyp: Path, *extra: str) -> tuple[list[dict], list[str]]:
+    """(JSON records with 15 decimals, the ``-b`` score lines) of ``sacrebleu REF -i HYP -m bleu chrf``."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [str(SACREBLEU), str(ref), "-i", str(hyp), "-m", "bleu", "chrf", *extra]
+    full = subprocess.run([*cmd, "-w", "15"], capture_output=True, text=True, check=True, env=env).stdout
+    short = subprocess.run([*cmd, "-b"], capture_output=True, text=True, check=True, env=env).stdout
+    return json.loads(full), [x.strip(",") for x in short.split() if x not in "[]"]
+
+
+def assert_sacrebleu_equals_cli(result: dict, ref: Path, *extra: str) -> None:
+    records, short = sacrebleu_cli(ref, Path(result["hypotheses"]), *extra)
+    bleu, chrf = records
+    assert bleu["name"] == "BLEU" and chrf["name"] == "chrF2"
+    assert bleu["score"] == float(f"{result['sacrebleu']:.15f}")
+    assert chrf["score"] == float(f"{result['chrf']:.15f}")
+    assert bleu["signature"] == result["sacrebleu_signature"]
+    assert chrf["signature"] == result["chrf_signature"]
+    assert short == [f"{result['sacrebleu']:.1f}", f"{result['chrf']:.1f}"]  # the CLI's default output
+    assert f"hyp_len = {result['sys_len']} ref_len = {result['ref_len']}" in bleu["verbose_score"]
+
+
+def test_prepared_data_bin_end_to_end_through_the_command_line(trained):
+    data_bin, save = trained
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    cmd = [sys.executable, SCRIPT, "--data-bin", data_bin, "--checkpoint", save, "--beam", "4", "--lenpen", "0.6",
+           "--max-tokens", "2000", "--cpu"]  # fmt: skip
+    proc = subprocess.run(list(map(str, cmd)), capture_output=True, text=True, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = proc.stdout.strip().splitlines()[-1]
+    out = save / "eval.test.json"
+    assert summary.startswith("evaluate: test (20 sentences)") and summary.endswith(f"-> {out}")
+    r = json.loads(out.read_text())
+    assert JSON_KEYS <= set(r)
+    assert r["checkpoints"] == [str((save / "checkpoint_last.pt").resolve())]  # no checkpoint_best.pt
+    assert (r["subset"], r["n_sentences"], r["beam"], r["lenpen"]) == ("test", 20, 4, 0.6)
+    assert (r["bleu_tok_kind"], r["remove_bpe"], r["detokenizer"]) == ("compound_split", "subword_nmt", "moses")
+    assert r["bleu_tok"] > 1 and r["sacrebleu"] > 1 and r["chrf"] > 1, "the trained model translates a little"
+
+    # tokenized BLEU: the reference is ref/test.tok.de compound-split as compound_split_bleu.sh does
+    tok_ref = (data_bin / "ref" / "test.tok.de").read_text().splitlines()
+    assert Path(r["tokenized_references"]).read_text().splitlines() == [ev.compound_split(x) for x in tok_ref]
+    assert any("x10 ##AT##-##AT## y10" in x for x in Path(r["tokenized_references"]).read_text().splitlines())
+    # hypotheses: one per source sentence, BPE removed, Moses-detokenised (no " ." left)
+    hyps = Path(r["hypotheses"]).read_text().splitlines()
+    assert len(hyps) == 20 and not any("@@" in h or h.endswith(" .") for h in hyps)
+
+    # our tokenized BLEU == fairseq-score on the same files
+    score = run_cli("score", ["--sys", r["tokenized_hypotheses"], "--ref", r["tokenized_references"]])
+    assert score.stdout.strip().splitlines()[-1] == r["bleu_tok_string"]
+    assert r["bleu_tok_string"].startswith(f"BLEU4 = {r['bleu_tok']:.2f}, ")
+    # our sacreBLEU and chrF == the sacrebleu command line on ref/test.de and our hypotheses file
+    assert r["sacrebleu_reference"] == str(data_bin / "ref" / "test.de") and not r["sacrebleu_lowercase"]
+    assert_sacrebleu_equals_cli(r, data_bin / "ref" / "test.de")
+
+
+def test_any_data_bin_with_explicit_options_and_averaging(trained, tmp_path, capsys):
+    data_bin, save = trained
+    plain = tmp_path / "plain-bin"  # a fairseq data-bin without prep.json and ref/
+    plain.mkdir()
+    for path in data_bin.glob("*"):
+        if path.is_file() and (path.name.startswith("dict.") or path.name.startswith("test.")):
+            shutil.copy(path, plain / path.name)
+    ref = tmp_path / "reference.de"
+    shutil.copy(data_bin / "ref" / "test.de", ref)
+    out = tmp_path / "results" / "avg.json"
+    argv = ["--data-bin", plain, "--checkpoint", save, "--average-last", "2", "--remove-bpe", "--ref", ref,
+            "--lowercase", "--cpu", "--batch-size", "7", "--out", out]  # fmt: skip
+    rc = ev.main([str(a) for a in argv])
+    assert rc == 0, capsys.readouterr().err
+    r = json.loads(out.read_text())
+    assert (r["source_lang"], r["target_lang"]) == ("en", "de")  # from the data-bin's file names
+    assert r["checkpoints"] == [str((save / n).resolve()) for n in ("checkpoint_4_30.pt", "checkpoint_7_60.pt")]
+    averaged = torch.load(r["checkpoint"], map_location="cpu", weights_only=False)
+    states = [torch.load(save / n, map_location="cpu", weights_only=False)["model"] for n in r["checkpoints"]]
+    name = "decoder.layers.0.fc1.weight"
+    torch.testing.assert_close(averaged["model"][name], (states[0][name] + states[1][name]) / 2)
+    assert (r["bleu_tok_kind"], r["bleu_tok_reference"]) == ("tokenized", "T- lines of fairseq-generate")
+    assert r["sacrebleu_lowercase"] and "case:lc" in r["sacrebleu_signature"] and "case:lc" in r["chrf_signature"]
+    assert Path(r["hypotheses"]) == tmp_path / "results" / "avg.hyp.de"
+    targets = [x.split("\t", 1)[1] for x in Path(r["generate_output"]).read_text().splitlines() if x.startswith("T-")]
+    assert sorted(Path(r["tokenized_references"]).read_text().splitlines()) == sorted(targets)
+    assert_sacrebleu_equals_cli(r, ref, "-lc", "--chrf-lowercase")
+
+
+def test_settings_from_prep_json_of_each_preparation(tmp_path):
+    def setup(prep: dict):
+        folder = tmp_path / str(len(list(tmp_path.iterdir())))
+        (folder / "ref").mkdir(parents=True)
+        (folder / "ref" / "test.en").write_text("x\n")
+        (folder / "prep.json").write_text(json.dumps(prep))
+        args = ev.parse_args(["--data-bin", str(folder), "--checkpoint", "unused.pt"])
+        return ev.resolve_setup(args)
+
+    def prep(dataset, segmentation, remove_bpe):
+        return {"settings": {"dataset": dataset}, "source_lang": "de", "target_lang": "en",
+                "segmentation": segmentation, "remove_bpe": remove_bpe}  # fmt: skip
+
+    s = setup(prep("iwslt14", "bpe", "subword_nmt"))  # lowercased, Moses-tokenised
+    assert (s.lowercase, s.detok, s.bleu_tok_kind, s.remove_bpe) == (True, "moses", "tokenized", "subword_nmt")
+    s = setup(prep("iwslt14", "spm", "sentencepiece"))  # original cased text
+    assert (s.lowercase, s.detok, s.bleu_tok_kind, s.tok_ref) == (False, "none", "tokenized", None)
+    s = setup(prep("multi30k", "bpe", "subword_nmt"))
+    assert s.lowercase and s.detok == "moses"
+    s = setup(prep("tatoeba-demo", "spm", "sentencepiece"))
+    assert (s.lowercase, s.detok, s.remove_bpe) == (False, "none", "sentencepiece")
+    s = setup(prep("wmt16", "bpe", "subword_nmt"))
+    assert (s.lowercase, s.bleu_tok_kind) == (False, "compound_split")
+    assert s.ref.name == "test.en" and s.ref.parent.name == "ref"
+
+
+def test_compound_split_is_the_scaling_nmt_perl_rule():
+    # scripts/compound_split_bleu.sh: perl -ple 's{(\S)-(\S)}{$1 ##AT##-##AT## $2}g'
+    lines = ["die Mitte-links-Regierung", "a - b", "-x x- 3-4", "Ab-c-d-e", "über-fällig", ""]
+    expected = [
+        "die Mitte ##AT##-##AT## links ##AT##-##AT## Regierung",
+        "a - b",
+        "-x x- 3 ##AT##-##AT## 4",
+        "Ab ##AT##-##AT## c-d ##AT##-##AT## e",  # non-overlapping matches, left to right, as Perl's /g
+        "über ##AT##-##AT## fällig",
+        "",
+    ]
+    assert [ev.compound_split(x) for x in lines] == expected
+    if shutil.which("perl"):
+        perl = subprocess.run(
+            ["perl", "-ple", r"s{(\S)-(\S)}{$1 ##AT##-##AT## $2}g"],
+            input="\n".join(lines) + "\n", capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        assert perl.stdout.splitlines() == expected
+
+
+def test_errors_name_the_path(trained, tmp_path, capsys):
+    data_bin, save = trained
+
+    def fails(*argv) -> str:
+        rc = ev.main([str(a) for a in argv])
+        err = capsys.readouterr().err
+        assert rc == 1 and err.startswith("evaluate: error: "), err
+        return err
+
+    missing = tmp_path / "nothing"
+    assert f"--data-bin {missing} is not a folder" in fails("--data-bin", missing, "--checkpoint", save)
+    assert f"checkpoint {missing}.pt does not exist" in fails("--data-bin", data_bin, "--checkpoint", f"{missing}.pt")
+    err = fails("--data-bin", data_bin, "--checkpoint", save, "--average-last", "5")
+    assert f"cannot average the last 5 checkpoints: {save} has 2 update checkpoints" in err
+    err = fails("--data-bin", data_bin, "--checkpoint", save / "checkpoint_last.pt", "--average-last", "2")
+    assert "--average-last needs a save dir" in err
+    empty = tmp_path / "empty-save"
+    empty.mkdir()
+    assert "has neither checkpoint_best.pt nor checkpoint_last.pt" in fails(
+        "--data-bin", data_bin, "--checkpoint", empty
+    )
+    no_refs = tmp_path / "no-refs"  # a prepared folder whose ref/ went missing
+    shutil.copytree(data_bin, no_refs, ignore=shutil.ignore_patterns("ref"))
+    err = fails("--data-bin", no_refs, "--checkpoint", save)
+    assert f"the sacreBLEU reference {no_refs / 'ref' / 'test.de'} does not exist" in err
+    err = fails("--data-bin", data_bin, "--checkpoint", save, "--subset", "test1")
+    assert f"{data_bin / 'test1.en-de.de.idx'} is missing" in err
+    out = tmp_path / "out" / "eval.json"
+    err = fails("--data-bin", data_bin, "--checkpoint", save, "--ref", missing, "--out", out)
+    assert f"the sacreBLEU reference {missing} does not exist" in err
+    assert not out.parent.exists()  # nothing written
