@@ -31,6 +31,7 @@ EXPERIMENTS = sorted({name.rsplit("_", 1)[0] for name in CONFIGS})
 TYPED = ["common", "common_eval", "distributed_training", "dataset", "optimization", "checkpoint", "bmuf",
          "generation", "eval_lm", "interactive", "ema"]  # fmt: skip
 CHOICES = ["task", "criterion", "optimizer", "lr_scheduler"]
+OTHER_OPTIM = ["adamax_sage", "sage_cosine", "sage_linear"]  # configs/optim/ choices no top-level config uses
 
 # the model shrunk (every config), the tiny corpus, CPU: enough to build a trainer and take an update
 _SIZES = (("embed_dim", 16), ("ffn_embed_dim", 32), ("attention_heads", 2), ("layers", 1))
@@ -172,9 +173,13 @@ def test_adam_and_sage_differ_only_in_optimizer_scheduler_and_lr(experiment):
 
 
 def test_the_optimizer_is_a_composable_choice():
+    assert sorted(p.stem for p in (ROOT / "configs" / "optim").glob("*.yaml")) == sorted(["adam", "sage", *OTHER_OPTIM])
     cfg = hydra_cfg("iwslt14_de_en_sage", ["optim=adamax_sage"])
     assert cfg.optimizer._name == "adamax_sage" and cfg.optimizer.sage_beta3 == 0.85
     assert cfg.lr_scheduler._name == "sage_inverse_sqrt" and cfg.optimizer.weight_decay == 0.0001
+    cfg = hydra_cfg("iwslt14_de_en_sage", ["optim=sage_cosine", "lr_scheduler.end_learning_rate=1e-5"])
+    assert cfg.optimizer._name == "adam_sage" and cfg.lr_scheduler._name == "sage_cosine"
+    assert cfg.lr_scheduler.end_learning_rate == 1e-5 and cfg.lr_scheduler.warmup_updates == 4000
 
 
 @pytest.fixture(scope="module")
@@ -189,13 +194,19 @@ def joined_data_bin(tmp_path_factory):
     return dest
 
 
-@pytest.mark.parametrize("name", CONFIGS)
-def test_every_config_builds_a_trainer_and_trains_one_update(name, joined_data_bin, tmp_path):
+@pytest.mark.parametrize(
+    "name, choice",
+    [(name, None) for name in CONFIGS] + [("iwslt14_de_en_sage", f"optim={o}") for o in OTHER_OPTIM],
+)
+def test_every_config_builds_a_trainer_and_trains_one_update(name, choice, joined_data_bin, tmp_path):
     import torch
     from fairseq import tasks
     from fairseq.trainer import Trainer
 
-    cfg = hydra_cfg(name, [f"task.data={joined_data_bin}", f"checkpoint.save_dir={tmp_path}", *SMALL, *TINY_RUN])
+    overrides = [f"task.data={joined_data_bin}", f"checkpoint.save_dir={tmp_path}", *SMALL, *TINY_RUN]
+    if choice in ("optim=sage_cosine", "optim=sage_linear"):
+        overrides.append("lr_scheduler.total_num_update=8000")  # decays after the 4000-update warmup
+    cfg = hydra_cfg(name, overrides + ([choice] if choice else []))
     torch.manual_seed(1)
     task = tasks.setup_task(cfg.task)
     task.load_dataset("train")
@@ -206,7 +217,13 @@ def test_every_config_builds_a_trainer_and_trains_one_update(name, joined_data_b
     log = trainer.train_step([next(itr)])
     assert trainer.get_num_updates() == 1 and math.isfinite(log["loss"])
     inner = trainer.optimizer.optimizer
-    if name.endswith("_sage"):
+    if choice:
+        expected = {"optim=adamax_sage": "AdamaxSAGE/SAGEInverseSqrtSchedule",
+                    "optim=sage_cosine": "AdamSAGE/SAGECosineSchedule",
+                    "optim=sage_linear": "AdamSAGE/SAGELinearSchedule"}[choice]  # fmt: skip
+        assert f"{type(inner).__name__}/{type(trainer.lr_scheduler).__name__}" == expected
+        assert inner.sage_strength == 0.0
+    elif name.endswith("_sage"):
         assert type(inner).__name__ == "AdamSAGE" and type(trainer.lr_scheduler).__name__ == "SAGEInverseSqrtSchedule"
         warmup = cfg.lr_scheduler.warmup_updates
         assert (trainer.lr_scheduler.sage_start, trainer.lr_scheduler.sage_ramp) == (warmup // 4, warmup - warmup // 4)
