@@ -139,3 +139,21 @@ def test_diagnostics_appear_in_fairseqs_json_log(tiny_data_bin, tmp_path):
             assert 0 <= r["sage_r_q10"] <= r["sage_r_q50"] <= r["sage_r_q90"] and 0 <= r["sage_r_gt1"] <= 1
     assert records[1]["sage_mult_mean"] == 1.0  # update 2 ran with alpha 0 (set after update 1)
     assert records[3]["sage_mult_mean"] == pytest.approx(records[3]["sage_r_mean"], abs=1e-3)  # alpha 1
+
+
+def test_low_precision_parameters_are_measured_in_fp32():
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(50, dtype=torch.bfloat16))
+    opt = AdamSAGE([p], lr=1e-2)
+    for step in range(1, 4):
+        p.grad = torch.randn(50, generator=torch.Generator().manual_seed(step)).to(torch.bfloat16)
+        state = opt.state.get(p, {})
+        sens = state.get("exp_avg_sens", torch.zeros(50))
+        assert sens.dtype == torch.float32
+        t = int(state["step"]) + 1 if state else 1
+        sensitivity = (p.float() * p.grad.float()).abs().double()
+        smoothed = (0.75 * sens.double() + 0.25 * sensitivity) / (1 - 0.75**t)
+        r = ((sensitivity - smoothed).abs() + 1e-16) / (smoothed + 1e-16)
+        opt.request_sage_stats(num_samples=1000)
+        opt.step()
+        assert opt.pop_sage_stats()["r_mean"] == pytest.approx(float(r.mean()), rel=1e-5)
