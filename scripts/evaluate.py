@@ -17,7 +17,8 @@ Steps:
    (``prep.json`` dataset ``wmt16``) both sides are compound-split first as fairseq's
    ``scripts/compound_split_bleu.sh`` does (examples/scaling_nmt/README.md): every ``-`` between two non-space
    characters becomes `` ##AT##-##AT## ``. IWSLT'14/Multi30k BPE preparations are lowercased and Moses-tokenised, so
-   this is the usual lowercased tokenized BLEU.
+   this is the usual lowercased tokenized BLEU. For sentencepiece preparations there is no tokenised reference: the
+   H-/T- lines are detokenised text split at spaces (fairseq-generate's own BLEU); report sacreBLEU for them.
 4. sacreBLEU (BLEU and chrF, default settings, 13a tokenisation) on the detokenised hypotheses against
    ``ref/{subset}.{tgt}``: BPE preparations are Moses-detokenised (sacremoses, the target language), sentencepiece
    output is already detokenised by ``--remove-bpe sentencepiece``. Lowercased preparations (IWSLT'14 and Multi30k
@@ -480,6 +481,12 @@ def evaluate(args) -> dict:
             )
             + "; sacrebleu/chrf/bp/sys_len/ref_len: sacreBLEU on hypotheses vs sacrebleu_reference"
             + (", lowercased (lowercased preparation)" if setup.lowercase else "")
+            + (
+                "; sentencepiece: bleu_tok splits the detokenised text at spaces (fairseq-generate's own BLEU), "
+                "not comparable with published tokenized BLEU: report sacreBLEU"
+                if setup.remove_bpe == "sentencepiece"
+                else ""
+            )
         ),  # fmt: skip
         "fairseq_generate_bleu": generate_bleu,
         "hypotheses": str(files["hyp"].resolve()),
