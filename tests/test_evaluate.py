@@ -27,7 +27,8 @@ from tests.fairseq_utils import ROOT, run_cli, train_args
 pytestmark = pytest.mark.slow
 
 SCRIPT = ROOT / "scripts" / "evaluate.py"
-SACREBLEU = Path(sys.executable).parent / "sacrebleu"
+_SACREBLEU_SCRIPT = Path(sys.executable).parent / "sacrebleu"  # the venv's console script
+SACREBLEU = [str(_SACREBLEU_SCRIPT)] if _SACREBLEU_SCRIPT.is_file() else [sys.executable, "-m", "sacrebleu"]
 _spec = importlib.util.spec_from_file_location("evaluate_script", SCRIPT)
 ev = importlib.util.module_from_spec(_spec)
 sys.modules[_spec.name] = ev  # dataclasses look their module up there
@@ -90,7 +91,7 @@ def trained(tmp_path_factory):
 def sacrebleu_cli(ref: Path, hyp: Path, *extra: str) -> tuple[list[dict], list[str]]:
     """(JSON records with 15 decimals, the ``-b`` score lines) of ``sacrebleu REF -i HYP -m bleu chrf``."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [str(SACREBLEU), str(ref), "-i", str(hyp), "-m", "bleu", "chrf", *extra]
+    cmd = [*SACREBLEU, str(ref), "-i", str(hyp), "-m", "bleu", "chrf", *extra]
     full = subprocess.run([*cmd, "-w", "15"], capture_output=True, text=True, check=True, env=env).stdout
     short = subprocess.run([*cmd, "-b"], capture_output=True, text=True, check=True, env=env).stdout
     return json.loads(full), [x.strip(",") for x in short.split() if x not in "[]"]
