@@ -137,6 +137,15 @@ class _SAGESchedule(FairseqLRScheduler):
                 f"(0 until update {self.sage_start}, then a ramp to 1 over {self.sage_ramp} updates)"
             )
         full = self.sage_start + self.sage_ramp
+        stats = (
+            f"multiplier statistics every {self.stats_interval} updates on {cfg.sage_stats_samples} sampled entries"
+            if cfg.sage_stats_samples
+            else "no multiplier statistics"
+        )
+        logger.info(
+            f"{self.name}: peak lr {self.peak_lr} after {cfg.warmup_updates} warmup updates; SAGE strength 0 until "
+            f"update {self.sage_start}, 1 from update {full}; {stats}"
+        )
         if cfg.max_update and full > cfg.max_update:
             logger.warning(
                 f"SAGE never reaches full strength: alpha reaches 1 at update {full} "
