@@ -144,17 +144,22 @@ def test_iwslt14_equals_the_fairseq_recipe_field_by_field():
     assert ours["criterion"]["label_smoothing"] == 0.1 and ours["dataset"]["max_tokens"] == 4096
 
 
-def test_wmt16_big_equals_the_ott_et_al_recipe():
+@pytest.mark.parametrize(
+    "size, arch, dropout",
+    [("big", "transformer_vaswani_wmt_en_de_big", "0.3"), ("base", "transformer_wmt_en_de", "0.1")],
+)
+def test_wmt16_equals_the_ott_et_al_recipe(size, arch, dropout):
+    """The scaling_nmt command (for the base model: its arch with the base dropout of Vaswani et al.)."""
     recipe = [
-        "data-bin/wmt16_en_de_bpe32k", "--arch", "transformer_vaswani_wmt_en_de_big", "--share-all-embeddings",
+        "data-bin/wmt16_en_de_bpe32k", "--arch", arch, "--share-all-embeddings",
         "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--clip-norm", "0.0", "--lr", "0.0005",
         "--lr-scheduler", "inverse_sqrt", "--warmup-updates", "4000", "--warmup-init-lr", "1e-07",
-        "--dropout", "0.3", "--weight-decay", "0.0", "--criterion", "label_smoothed_cross_entropy",
+        "--dropout", dropout, "--weight-decay", "0.0", "--criterion", "label_smoothed_cross_entropy",
         "--label-smoothing", "0.1", "--max-tokens", "3584", "--fp16",
     ]  # fmt: skip
     additions = ["--source-lang", "en", "--target-lang", "de", "--max-update", "300000", "--user-dir", PLUGIN_DIR,
-                 "--log-format", "simple", "--save-dir", "checkpoints/wmt16_en_de_big_adam"]  # fmt: skip
-    assert_same(effective(hydra_cfg("wmt16_en_de_big_adam")), effective(flags_cfg(recipe + additions)))
+                 "--log-format", "simple", "--save-dir", f"checkpoints/wmt16_en_de_{size}_adam"]  # fmt: skip
+    assert_same(effective(hydra_cfg(f"wmt16_en_de_{size}_adam")), effective(flags_cfg(recipe + additions)))
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
