@@ -157,6 +157,8 @@ class _SAGESchedule(FairseqLRScheduler):
     def _sage_optimizer(cls, optimizer):
         """The inner torch optimizer (also inside fairseq's FP16/MemoryEfficientFP16 wrappers), checked for SAGE."""
         inner = getattr(optimizer, "optimizer", None) if optimizer is not None else None
+        if inner is not None and hasattr(getattr(inner, "optim", None), "set_sage_strength"):
+            return _ShardedSAGE(inner)  # --zero-sharding os: fairscale's OSS around this rank's SAGE optimizer
         if inner is None or not hasattr(inner, "set_sage_strength"):
             got = type(inner if inner is not None else optimizer).__name__
             raise ValueError(
@@ -206,6 +208,30 @@ class _SAGESchedule(FairseqLRScheduler):
             return
         for key, value in stats.items():
             metrics.log_scalar(f"sage_{key}", value, weight=1, priority=320, round=4)
+
+
+class _ShardedSAGE:
+    """The SAGE interface of fairscale's OSS (``--zero-sharding os``): the strength goes into OSS's own param groups,
+    which it copies to this rank's optimizer before each step; the statistics are those of this rank's share of the
+    tensors (fairseq logs rank 0's)."""
+
+    def __init__(self, oss):
+        self.oss = oss
+
+    @property
+    def sage_strength(self) -> float:
+        return self.oss.optim.sage_strength
+
+    def set_sage_strength(self, alpha: float) -> None:
+        self.oss.optim.set_sage_strength(alpha)
+        for group in self.oss.param_groups:
+            group["sage_strength"] = float(alpha)
+
+    def request_sage_stats(self, **kwargs) -> None:
+        self.oss.optim.request_sage_stats(**kwargs)
+
+    def pop_sage_stats(self):
+        return self.oss.optim.pop_sage_stats()
 
 
 @register_lr_scheduler("sage_inverse_sqrt", dataclass=SAGEScheduleConfig)

@@ -137,6 +137,31 @@ def test_adamax_sage_and_the_fp16_wrapper_are_accepted():
     assert wrapped.optimizer.sage_strength == 0.25
 
 
+def test_the_zero_sharded_optimizer_is_accepted(tmp_path):
+    """--zero-sharding os wraps the SAGE optimizer in fairscale's OSS: alpha and the statistics reach it."""
+    pytest.importorskip("fairscale", reason="fairscale is installed by `make setup`")
+    import torch.distributed as dist
+    from fairseq.optim.shard import shard_
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        wrapper = _optimizer()
+        shard_(wrapper, dist.group.WORLD)
+        s = _schedule(optimizer=wrapper, sage_start_updates=0, sage_ramp_updates=4, log_interval=2)
+        oss = wrapper.optimizer
+        assert type(oss).__name__ == "FairseqOSS"
+        for n in range(1, 3):
+            for p in oss.optim.param_groups[0]["params"]:
+                p.grad = torch.randn_like(p)
+            wrapper.step()
+            has_stats = oss.optim._sage_stats_result is not None
+            s.step_update(n)
+            assert has_stats == (n == 2)
+        assert oss.optim.sage_strength == 0.5 and all(g["sage_strength"] == 0.5 for g in oss.param_groups)
+    finally:
+        dist.destroy_process_group()
+
+
 def test_a_plain_optimizer_is_refused_at_start_up():
     from fairseq.optim.adam import FairseqAdam, FairseqAdamConfig
 
