@@ -1,0 +1,177 @@
+"""scripts/analyze_redundancy.py on a tiny trained model: pruning, the loss it measures, outputs and errors.
+
+One model is trained (module fixture, plain Adam, 30 updates on the generated tiny corpus) and analysed once through
+the command line under two names (the two records must then be identical), plus in-process checks of the ranking and
+pruning functions against the model's own tensors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import re
+import sys
+
+import pytest
+import torch
+
+from tests.fairseq_utils import ROOT, run_cli, train_args
+
+pytestmark = pytest.mark.slow
+
+SCRIPT = ROOT / "scripts" / "analyze_redundancy.py"
+_spec = importlib.util.spec_from_file_location("analyze_redundancy_script", SCRIPT)
+ar = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = ar
+_spec.loader.exec_module(ar)
+
+SPARSITIES = [0.0, 0.3, 0.6]
+
+
+def sha256(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def analysed(tiny_data_bin, tmp_path_factory):
+    """(checkpoint, its sha256 before the analysis, the output folder, the JSON, stdout) of one CLI run."""
+    root = tmp_path_factory.mktemp("redundancy")
+    save = root / "ckpt"
+    optimizer = ["--optimizer", "adam", "--adam-betas", "(0.9, 0.98)"]
+    run_cli("train", train_args(tiny_data_bin, save, optimizer, max_update=30, extra=["--lr", "1e-2"]))
+    ckpt = save / "checkpoint_last.pt"
+    digest, mtime = sha256(ckpt), ckpt.stat().st_mtime_ns
+    out = root / "out"
+    proc = run_script(
+        "--data-bin", tiny_data_bin, "--checkpoints", f"first={ckpt}", f"second={save}", "--out", out,
+        "--sparsities", *map(str, SPARSITIES), "--batches", "2", "--max-len-a", "1", "--max-len-b", "4", "--cpu",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    assert sha256(ckpt) == digest and ckpt.stat().st_mtime_ns == mtime  # the checkpoint is only read
+    return ckpt, out, json.loads((out / "redundancy.json").read_text()), proc.stdout
+
+
+def run_script(*argv):
+    import os
+    import subprocess
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    return subprocess.run([sys.executable, str(SCRIPT), *map(str, argv)], capture_output=True, text=True, env=env,
+                          cwd=ROOT, timeout=600)  # fmt: skip
+
+
+def test_curves_json_plots_and_table(analysed, tiny_data_bin):
+    ckpt, out, result, stdout = analysed
+    assert (out / "pruning_curves.png").stat().st_size > 10_000
+    assert (out / "sensitivity_by_layer_type.png").stat().st_size > 10_000
+    assert result["sparsities"] == SPARSITIES and result["methods"] == ["sensitivity", "magnitude"]
+    assert "dim >= 2" in result["scope"] and "globally" in result["scope"]
+    first, second = result["models"]["first"], result["models"]["second"]
+    assert first["checkpoint"] == second["checkpoint"] == str(ckpt.resolve())  # a save dir -> checkpoint_last.pt
+    # the same checkpoint twice: the analysis is deterministic
+    assert first["results"] == second["results"] and first["unpruned"] == second["unpruned"]
+
+    # scope: 2-D tensors only, the tied decoder embedding / output projection counted once, every layer type present
+    names = [t["name"] for t in first["tensors"]]
+    assert all(len(t["shape"]) == 2 for t in first["tensors"]) and len(set(names)) == len(names)
+    assert not any("layer_norm" in n or n.endswith(".bias") for n in names)
+    assert not any("output_projection" in n for n in names)  # --share-decoder-input-output-embed
+    assert first["entries_in_scope"] == sum(t["shape"][0] * t["shape"][1] for t in first["tensors"])
+    assert set(first["log10_sensitivity_by_layer_type"]) == {"embeddings", "attention", "feed-forward"}
+    # fairseq's BetterTransformer copies of the encoder layer weights take no part in the forward pass: left out
+    assert set(first["excluded_unused_tensors"]) == {
+        f"encoder.layers.0.{w}_weight" for w in ("in_proj", "out_proj", "fc1", "fc2")
+    }
+    assert not set(first["excluded_unused_tensors"]) & set(names)
+
+    # the loss at sparsity 0 is the unpruned model's loss, and both equal fairseq-validate's valid loss
+    validate = run_cli("validate", [tiny_data_bin, "--path", ckpt, "--user-dir", ROOT / "fairseq_plugins",
+                                    "--task", "translation", "--valid-subset", "valid", "--cpu"])  # fmt: skip
+    m = re.search(r"valid on 'valid' subset \| loss ([0-9.]+) \| nll_loss ([0-9.]+)", validate.stdout + validate.stderr)
+    assert m, validate.stderr[-3000:]
+    assert first["unpruned"]["loss"] == pytest.approx(float(m.group(1)), abs=6e-4)
+    assert first["unpruned"]["nll_loss"] == pytest.approx(float(m.group(2)), abs=6e-4)
+    total = first["entries_in_scope"]
+    for method, rows in first["results"].items():
+        assert [r["sparsity"] for r in rows] == SPARSITIES
+        zero, _, most = rows
+        assert zero["loss"] == first["unpruned"]["loss"] and zero["bleu"] == first["unpruned"]["bleu"]
+        assert zero["n_pruned"] == 0
+        for r in rows[1:]:
+            assert r["n_pruned"] == round(r["sparsity"] * total)
+            assert abs(r["zero_fraction"] - r["sparsity"]) <= 0.5 / total + 1e-12, method
+        assert most["loss"] > zero["loss"], method
+        assert most["loss_increase"] == pytest.approx(most["loss"] - zero["loss"])
+        assert all(0 <= r["bleu"] <= 100 for r in rows)
+    # the two rankings prune different entries
+    overlap = first["pruned_set_overlap_sensitivity_vs_magnitude"]
+    assert set(overlap) == {"0.3", "0.6"} and all(0 < v < 1 for v in overlap.values())
+    # the printed table: one line per model, method and sparsity
+    assert len([line for line in stdout.splitlines() if line.startswith(("first ", "second "))]) == 2 * 2 * 3
+
+
+def test_pruning_zeroes_the_lowest_ranked_entries_and_restores(analysed, tiny_data_bin):
+    ckpt = analysed[0]
+    model, task, _, criterion = ar.load(ckpt, tiny_data_bin, use_cuda=False)
+    params = [p for _, p in ar.pruned_parameters(model)]
+    args = type("A", (), {"subset": "valid", "max_tokens": 4096, "batches": 2, "seed": 1})()
+    sens, used = ar.sensitivities(model, criterion, task, params, args, use_cuda=False)
+    params = [p for p, u in zip(params, used, strict=True) if u]
+    sens = [s for s, u in zip(sens, used, strict=True) if u]
+    original = [p.detach().clone() for p in params]
+    total = sum(p.numel() for p in params)
+    assert all(p.grad is None for p in model.parameters())  # gradients are not left behind
+    flat_sens = torch.cat([s.reshape(-1) for s in sens])
+    flat_mag = torch.cat([p.detach().abs().reshape(-1) for p in params])
+    masks = {}
+    for method, scores, flat in (("sensitivity", sens, flat_sens), ("magnitude", [p.abs() for p in params], flat_mag)):
+        order = ar.ranking(scores)
+        k = ar.num_pruned(0.4, total)
+        ar.prune_(params, order, k)
+        zeroed = torch.cat([(p == 0).reshape(-1) for p in params])
+        assert int(zeroed.sum()) == k
+        # every zeroed entry scores no higher than every kept one
+        assert flat[zeroed].max() <= flat[~zeroed].min()
+        masks[method] = zeroed
+        with torch.no_grad():
+            for p, o in zip(params, original, strict=True):
+                p.copy_(o)
+    assert not torch.equal(masks["sensitivity"], masks["magnitude"])
+    # ties are broken by position: a constant score prunes the first k entries in order
+    order = ar.ranking([torch.zeros(3, 2), torch.zeros(4)])
+    assert order.tolist() == list(range(10))
+    # layer types
+    assert ar.layer_type("encoder.layers.0.self_attn.k_proj.weight") == "attention"
+    assert ar.layer_type("decoder.layers.0.encoder_attn.out_proj.weight") == "attention"
+    assert ar.layer_type("decoder.layers.0.fc2.weight") == "feed-forward"
+    assert ar.layer_type("decoder.embed_tokens.weight") == "embeddings"
+    assert ar.layer_type("decoder.output_projection.weight") == "embeddings"
+
+
+def test_errors(analysed, tiny_data_bin, tmp_path, capsys):
+    ckpt = analysed[0]
+
+    def fails(*argv) -> str:
+        try:
+            code = ar.main([str(a) for a in argv])
+        except SystemExit as e:  # argparse errors
+            code = e.code
+        assert code not in (0, None)
+        return capsys.readouterr().err
+
+    base = ["--out", tmp_path / "o", "--no-bleu", "--cpu"]
+    assert "does not exist" in fails("--data-bin", tiny_data_bin, "--checkpoints", f"a={tmp_path}/none.pt", *base)
+    assert "neither checkpoint_best.pt" in fails("--data-bin", tiny_data_bin, "--checkpoints", f"a={tmp_path}", *base)
+    assert "NAME=PATH" in fails("--data-bin", tiny_data_bin, "--checkpoints", str(ckpt), *base)
+    assert "twice" in fails("--data-bin", tiny_data_bin, "--checkpoints", f"a={ckpt}", f"a={ckpt}", *base)
+    assert "not a folder" in fails("--data-bin", tmp_path / "missing", "--checkpoints", f"a={ckpt}", *base)
+    assert "not a fairseq data-bin" in fails("--data-bin", tmp_path, "--checkpoints", f"a={ckpt}", *base)
+    assert "no binarised 'dev' split" in fails("--data-bin", tiny_data_bin, "--checkpoints", f"a={ckpt}",
+                                               "--subset", "dev", *base)  # fmt: skip
+    for bad in ("1", "1.5", "-0.1"):
+        err = fails("--data-bin", tiny_data_bin, "--checkpoints", f"a={ckpt}", "--sparsities", "0", bad, *base)
+        assert "[0, 1)" in err
+    assert "--batches must be positive" in fails("--data-bin", tiny_data_bin, "--checkpoints", f"a={ckpt}",
+                                                 "--batches", "0", *base)  # fmt: skip
+    assert not (tmp_path / "o").exists()
