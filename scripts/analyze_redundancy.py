@@ -27,11 +27,12 @@ when its least important weights are removed. This script makes that visible. Fo
    ``named_parameters`` order, each flattened), so the ranking is deterministic.
 4. For each sparsity s in ``--sparsities`` (each in [0, 1)) and each method: zero the ``round(s * N)`` lowest-ranked
    of the N entries in scope, evaluate, then restore the weights. Metrics over the whole ``--subset``: the criterion's
-   loss per target token in base 2 (what fairseq reports as ``valid_loss``), the NLL per token (base 2) when the
-   criterion reports it, and, unless ``--no-bleu``, sacreBLEU of the detokenised greedy (``--beam``) translations,
-   produced in-process by fairseq's SequenceGenerator and scored as ``scripts/evaluate.py`` scores them (the
-   data-bin's ``prep.json`` decides ``--remove-bpe``, detokenisation, lowercasing and the reference; without it the
-   T- lines of the binarised target are the reference). The checkpoint file is only read.
+   loss divided by its sample size (target tokens, unless the model was trained with ``--sentence-avg``), in base 2:
+   what fairseq reports as ``valid_loss``; the NLL per target token (base 2) when the criterion reports it; and,
+   unless ``--no-bleu``, sacreBLEU of the detokenised greedy (``--beam``) translations, produced in-process by
+   fairseq's SequenceGenerator and scored as ``scripts/evaluate.py`` scores them (the data-bin's ``prep.json`` decides
+   ``--remove-bpe``, detokenisation, lowercasing and the reference; without it the T- lines of the binarised target
+   are the reference). The checkpoint file is only read.
 
 Outputs in ``--out``: ``redundancy.json`` (settings, the scope, per model: the unpruned metrics, per method and
 sparsity: loss, nll_loss, BLEU, the measured fraction of zeros in the scope, the overlap of the two methods' pruned
@@ -123,15 +124,24 @@ def prune_(params: list, order, k: int) -> None:
 
     if k == 0:
         return
-    chosen = order[:k]
+    total = sum(p.numel() for p in params)
+    mask = torch.zeros(total, dtype=torch.bool)
+    mask[order[:k]] = True
     offset = 0
     with torch.no_grad():
         for p in params:
             n = p.numel()
-            idx = chosen[(chosen >= offset) & (chosen < offset + n)] - offset
-            if idx.numel():
-                p.view(-1)[idx.to(p.device)] = 0
+            p.view(-1).masked_fill_(mask[offset : offset + n].to(p.device), 0)
             offset += n
+
+
+def overlap_fraction(order_a, order_b, k: int) -> float:
+    """The fraction of the k entries pruned by ranking a that ranking b prunes too."""
+    import torch
+
+    mask = torch.zeros(order_a.numel(), dtype=torch.bool)
+    mask[order_a[:k]] = True
+    return int(mask[order_b[:k]].sum()) / k
 
 
 def zero_fraction(params: list) -> float:
@@ -245,8 +255,13 @@ class BleuScorer:
         except ev.EvalError as e:
             raise AnalysisError(str(e)) from e
         self.refs = None
-        if self.setup.ref is not None and Path(self.setup.ref).is_file():
+        if self.setup.ref is not None:
+            if not Path(self.setup.ref).is_file():
+                raise AnalysisError(f"the sacreBLEU reference {self.setup.ref} (from prep.json) does not exist")
             self.refs = ev.read_text_lines(self.setup.ref)
+            n = len(task.dataset(args.subset))
+            if len(self.refs) != n:
+                raise AnalysisError(f"the reference {self.setup.ref} has {len(self.refs)} lines, {args.subset} has {n}")
         self.args = args
 
     def __call__(self, model, task, use_cuda: bool) -> dict:
@@ -276,12 +291,12 @@ class BleuScorer:
                     tgts[sid] = tgt_dict.string(target, remove_bpe, escape_unk=True, extra_symbols_to_ignore=strip)
         ids = sorted(hyps)
         hyp_lines = self.ev.detokenize([hyps[i] for i in ids], self.setup.detok, self.setup.tgt)
-        if self.refs is not None and len(self.refs) == len(ids):
+        if self.refs is not None:
             refs = [self.refs[i] for i in ids]
         else:
             refs = self.ev.detokenize([tgts[i] for i in ids], self.setup.detok, self.setup.tgt)
         sb = self.ev.sacrebleu_scores(hyp_lines, refs, self.setup.lowercase)
-        return {"bleu": sb["sacrebleu"], "bleu_signature": sb["sacrebleu_signature"], "n_sentences": len(ids)}
+        return {"bleu": sb["sacrebleu"], "bleu_signature": sb["sacrebleu_signature"], "bleu_sentences": len(ids)}
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -339,7 +354,9 @@ def analyze_model(name: str, checkpoint: Path, args, use_cuda: bool, bleu_scorer
 
     scorer = None
     if args.bleu:
-        scorer = bleu_scorer_cache.setdefault("scorer", BleuScorer(task, args))
+        if "scorer" not in bleu_scorer_cache:  # the data-bin's settings and references, read once
+            bleu_scorer_cache["scorer"] = BleuScorer(task, args)
+        scorer = bleu_scorer_cache["scorer"]
 
     def measure() -> dict:
         m = validation_loss(model, criterion, task, args, use_cuda)
@@ -373,9 +390,7 @@ def analyze_model(name: str, checkpoint: Path, args, use_cuda: bool, bleu_scorer
         for s in args.sparsities:
             k = num_pruned(s, total)
             if k:
-                a = set(orders["sensitivity"][:k].tolist())
-                b = set(orders["magnitude"][:k].tolist())
-                overlap[f"{s:g}"] = len(a & b) / k
+                overlap[f"{s:g}"] = overlap_fraction(orders["sensitivity"], orders["magnitude"], k)
     summary, values = quantiles_by_type(names, sens)
     tensors = [{"name": n, "shape": list(p.shape), "layer_type": layer_type(n)} for n, p in scope]
     record = {
