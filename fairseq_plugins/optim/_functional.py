@@ -364,21 +364,30 @@ def _fused(
     adamax, fallback, params, grads, firsts, seconds, sens, steps, lr, b1, b2, b3, eps, wd, bias_correction, alpha
 ):
     """The fused kernel on every eligible tensor (one call per dtype), ``fallback`` on the others."""
-    step_values = torch.stack([s.detach().reshape(()).cpu() for s in steps]).tolist()
+    try:
+        step_values = torch.stack(steps).tolist()  # one op for the usual 0-dim CPU step counters
+    except RuntimeError:
+        step_values = [float(s) for s in steps]
     buckets: dict[torch.dtype, list[int]] = defaultdict(list)
     rest: list[int] = []
+    eligible = _fused_cpu.eligible
     for i, p in enumerate(params):
-        state = (firsts[i], seconds[i]) if sens is None else (firsts[i], seconds[i], sens[i])
-        if _fused_cpu.eligible(p, grads[i], *state) and all(s.dtype == compute_dtype(p.dtype) for s in state):
+        ok = (
+            eligible(p, grads[i], firsts[i], seconds[i])
+            if sens is None
+            else eligible(p, grads[i], firsts[i], seconds[i], sens[i])
+        )
+        if ok:
             buckets[p.dtype].append(i)
         else:
             rest.append(i)
+    corrections = {}  # step value -> (step size, bc3): tensors usually share a step count
+    for step in set(step_values):
+        bc1, bc2, bc3 = _bias_corrections(step, b1, b2, b3, bias_correction)
+        corrections[step] = (lr if adamax else lr * math.sqrt(bc2) / bc1, bc3)
     for idx in buckets.values():
-        sizes, bc3s = [], []
-        for i in idx:
-            bc1, bc2, bc3 = _bias_corrections(step_values[i], b1, b2, b3, bias_correction)
-            sizes.append(lr if adamax else lr * math.sqrt(bc2) / bc1)
-            bc3s.append(bc3)
+        sizes = [corrections[step_values[i]][0] for i in idx]
+        bc3s = [corrections[step_values[i]][1] for i in idx]
         _fused_cpu.step(
             adamax,
             [params[i] for i in idx],

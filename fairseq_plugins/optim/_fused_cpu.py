@@ -265,16 +265,21 @@ def available() -> bool:
     return load() is not None
 
 
+_STATE_DTYPE = {torch.float32: torch.float32, torch.float64: torch.float64}
+_STATE_DTYPE.update({torch.float16: torch.float32, torch.bfloat16: torch.float32})
+
+
 def eligible(p: Tensor, g: Tensor, *state: Tensor) -> bool:
-    """Whether the fused kernel can update this tensor: CPU, contiguous, same dtype for parameter and gradient."""
-    return (
-        p.device.type == "cpu"
-        and p.dtype in _DTYPES
-        and g.dtype == p.dtype
-        and p.is_contiguous()
-        and g.is_contiguous()
-        and all(s.is_contiguous() for s in state)
-    )
+    """Whether the fused kernel can update this tensor: CPU, contiguous, same dtype for parameter and gradient, state
+    in the compute dtype (fp32, or fp64 for fp64 parameters)."""
+    dtype = p.dtype
+    sdtype = _STATE_DTYPE.get(dtype)
+    if sdtype is None or g.dtype != dtype or p.device.type != "cpu" or not (p.is_contiguous() and g.is_contiguous()):
+        return False
+    for s in state:
+        if s.dtype != sdtype or not s.is_contiguous():
+            return False
+    return True
 
 
 def _pointers(tensors) -> ctypes.Array:
