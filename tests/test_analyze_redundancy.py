@@ -7,10 +7,13 @@ pruning functions against the model's own tensors.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import importlib.util
 import json
+import os
 import re
+import subprocess
 import sys
 
 import pytest
@@ -33,36 +36,50 @@ def sha256(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+
+
+def popen(*argv) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, *map(str, argv)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=ENV, cwd=ROOT)  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def analysed(tiny_data_bin, tmp_path_factory):
-    """(checkpoint, its sha256 before the analysis, the output folder, the JSON, stdout) of one CLI run."""
+    """One CLI run of the analysis on a tiny trained model, given twice; beside it (in parallel) fairseq-validate
+    and scripts/evaluate.py --beam 1 on the same checkpoint, as independent references."""
     root = tmp_path_factory.mktemp("redundancy")
     save = root / "ckpt"
     optimizer = ["--optimizer", "adam", "--adam-betas", "(0.9, 0.98)"]
     run_cli("train", train_args(tiny_data_bin, save, optimizer, max_update=30, extra=["--lr", "1e-2"]))
     ckpt = save / "checkpoint_last.pt"
     digest, mtime = sha256(ckpt), ckpt.stat().st_mtime_ns
+    plugin = ROOT / "fairseq_plugins"
+    validate = popen("-m", "fairseq_cli.validate", tiny_data_bin, "--path", ckpt, "--user-dir", plugin, "--task",
+                     "translation", "--max-tokens", "4096", "--cpu")  # fmt: skip
+    evaluate = popen(ROOT / "scripts" / "evaluate.py", "--data-bin", tiny_data_bin, "--checkpoint", ckpt, "--subset",
+                     "valid", "--beam", "1", "--max-tokens", "4096", "--cpu", "--out", root / "eval.json")  # fmt: skip
     out = root / "out"
-    proc = run_script(
-        "--data-bin", tiny_data_bin, "--checkpoints", f"first={ckpt}", f"second={save}", "--out", out,
-        "--sparsities", *map(str, SPARSITIES), "--batches", "2", "--max-len-a", "1", "--max-len-b", "4", "--cpu",
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--data-bin", str(tiny_data_bin), "--checkpoints", f"first={ckpt}",
+         f"second={save}", "--out", str(out), "--sparsities", *map(str, SPARSITIES), "--batches", "2",
+         "--max-len-a", "1", "--max-len-b", "4", "--cpu"],
+        capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=600,
     )  # fmt: skip
+    validate_out = validate.communicate(timeout=600)[0]
+    evaluate_out = evaluate.communicate(timeout=600)[0]
     assert proc.returncode == 0, proc.stderr[-5000:]
+    assert validate.returncode == 0, validate_out[-3000:]
+    assert evaluate.returncode == 0, evaluate_out[-3000:]
     assert sha256(ckpt) == digest and ckpt.stat().st_mtime_ns == mtime  # the checkpoint is only read
-    return ckpt, out, json.loads((out / "redundancy.json").read_text()), proc.stdout
-
-
-def run_script(*argv):
-    import os
-    import subprocess
-
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
-    return subprocess.run([sys.executable, str(SCRIPT), *map(str, argv)], capture_output=True, text=True, env=env,
-                          cwd=ROOT, timeout=600)  # fmt: skip
+    return {
+        "ckpt": ckpt, "out": out, "result": json.loads((out / "redundancy.json").read_text()), "stdout": proc.stdout,
+        "validate": validate_out, "evaluate": json.loads((root / "eval.json").read_text()),
+    }  # fmt: skip
 
 
 def test_curves_json_plots_and_table(analysed, tiny_data_bin):
-    ckpt, out, result, stdout = analysed
+    ckpt, out, result, stdout = (analysed[k] for k in ("ckpt", "out", "result", "stdout"))
     assert (out / "pruning_curves.png").stat().st_size > 10_000
     assert (out / "sensitivity_by_layer_type.png").stat().st_size > 10_000
     assert result["sparsities"] == SPARSITIES and result["methods"] == ["sensitivity", "magnitude"]
@@ -86,10 +103,8 @@ def test_curves_json_plots_and_table(analysed, tiny_data_bin):
     assert not set(first["excluded_unused_tensors"]) & set(names)
 
     # the loss at sparsity 0 is the unpruned model's loss, and both equal fairseq-validate's valid loss
-    validate = run_cli("validate", [tiny_data_bin, "--path", ckpt, "--user-dir", ROOT / "fairseq_plugins",
-                                    "--task", "translation", "--max-tokens", "4096", "--cpu"])  # fmt: skip
-    m = re.search(r"valid on 'valid' subset \| loss ([0-9.]+) \| nll_loss ([0-9.]+)", validate.stdout + validate.stderr)
-    assert m, validate.stderr[-3000:]
+    m = re.search(r"valid on 'valid' subset \| loss ([0-9.]+) \| nll_loss ([0-9.]+)", analysed["validate"])
+    assert m, analysed["validate"][-3000:]
     assert first["unpruned"]["loss"] == pytest.approx(float(m.group(1)), abs=6e-4)
     assert first["unpruned"]["nll_loss"] == pytest.approx(float(m.group(2)), abs=6e-4)
     total = first["entries_in_scope"]
@@ -112,7 +127,7 @@ def test_curves_json_plots_and_table(analysed, tiny_data_bin):
 
 
 def test_pruning_zeroes_the_lowest_ranked_entries_and_restores(analysed, tiny_data_bin):
-    ckpt = analysed[0]
+    ckpt = analysed["ckpt"]
     model, task, _, criterion = ar.load(ckpt, tiny_data_bin, use_cuda=False)
     params = [p for _, p in ar.pruned_parameters(model)]
     args = type("A", (), {"subset": "valid", "max_tokens": 4096, "batches": 2, "seed": 1})()
@@ -138,6 +153,16 @@ def test_pruning_zeroes_the_lowest_ranked_entries_and_restores(analysed, tiny_da
             for p, o in zip(params, original, strict=True):
                 p.copy_(o)
     assert not torch.equal(masks["sensitivity"], masks["magnitude"])
+    assert all(torch.equal(p, o) for p, o in zip(params, original, strict=True))
+
+    # BLEU of the unpruned model, in-process, at fairseq's default maximum length: scripts/evaluate.py's sacreBLEU
+    bleu_args = argparse.Namespace(data_bin=tiny_data_bin, subset="valid", beam=1, max_len_a=0.0, max_len_b=200,
+                                   max_tokens=4096, seed=1)  # fmt: skip
+    bleu = ar.BleuScorer(task, bleu_args)(model, task, use_cuda=False)
+    reference = analysed["evaluate"]
+    assert bleu["bleu_sentences"] == reference["n_sentences"] == 40
+    assert bleu["bleu"] == pytest.approx(reference["sacrebleu"], abs=1e-9)
+    assert bleu["bleu_signature"] == reference["sacrebleu_signature"]
     # ties are broken by position: a constant score prunes the first k entries in order
     order = ar.ranking([torch.zeros(3, 2), torch.zeros(4)])
     assert order.tolist() == list(range(10))
@@ -150,7 +175,7 @@ def test_pruning_zeroes_the_lowest_ranked_entries_and_restores(analysed, tiny_da
 
 
 def test_errors(analysed, tiny_data_bin, tmp_path, capsys):
-    ckpt = analysed[0]
+    ckpt = analysed["ckpt"]
 
     def fails(*argv) -> str:
         try:
