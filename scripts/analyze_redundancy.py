@@ -282,11 +282,10 @@ class BleuScorer:
                     continue
                 out = task.inference_step(generator, [model], _to(sample, use_cuda))
                 for i, sid in enumerate(sample["id"].tolist()):
-                    _, hyp, _ = utils.post_process_prediction(
-                        hypo_tokens=out[i][0]["tokens"].int().cpu(), src_str="", alignment=None, align_dict=None,
-                        tgt_dict=tgt_dict, remove_bpe=remove_bpe, extra_symbols_to_ignore=strip,
-                    )  # fmt: skip
-                    hyps[sid] = hyp
+                    # the H- line text of fairseq-generate (utils.post_process_prediction's string; not that
+                    # function itself: with --remove-bpe it re-encodes the string and adds its words to the dictionary)
+                    hyp_tokens = out[i][0]["tokens"].int().cpu()
+                    hyps[sid] = tgt_dict.string(hyp_tokens, remove_bpe, extra_symbols_to_ignore=strip)
                     target = utils.strip_pad(sample["target"][i], tgt_dict.pad()).int().cpu()
                     tgts[sid] = tgt_dict.string(target, remove_bpe, escape_unk=True, extra_symbols_to_ignore=strip)
         ids = sorted(hyps)

@@ -126,7 +126,7 @@ def test_curves_json_plots_and_table(analysed, tiny_data_bin):
     assert len([line for line in stdout.splitlines() if line.startswith(("first ", "second "))]) == 2 * 2 * 3
 
 
-def test_pruning_zeroes_the_lowest_ranked_entries_and_restores(analysed, tiny_data_bin):
+def test_pruning_zeroes_the_lowest_ranked_entries_and_restores(analysed, tiny_data_bin, monkeypatch):
     ckpt = analysed["ckpt"]
     model, task, _, criterion = ar.load(ckpt, tiny_data_bin, use_cuda=False)
     params = [p for _, p in ar.pruned_parameters(model)]
@@ -163,6 +163,18 @@ def test_pruning_zeroes_the_lowest_ranked_entries_and_restores(analysed, tiny_da
     assert bleu["bleu_sentences"] == reference["n_sentences"] == 40
     assert bleu["bleu"] == pytest.approx(reference["sacrebleu"], abs=1e-9)
     assert bleu["bleu_signature"] == reference["sacrebleu_signature"]
+    # with --remove-bpe, scoring leaves the target dictionary alone (fairseq's post_process_prediction re-encodes the
+    # text with add_if_not_exist: new words grew the dictionary and the next generation failed): the same BLEU twice
+    scorer = ar.BleuScorer(task, bleu_args)
+    scorer.setup.remove_bpe = "subword_nmt"
+    bleu_args.max_len_b = 4
+
+    def no_new_symbols(*_, **__):
+        raise AssertionError("the target dictionary was written to")
+
+    monkeypatch.setattr(task.target_dictionary, "add_symbol", no_new_symbols)
+    first = scorer(model, task, use_cuda=False)
+    assert scorer(model, task, use_cuda=False) == first
     # ties are broken by position: a constant score prunes the first k entries in order
     order = ar.ranking([torch.zeros(3, 2), torch.zeros(4)])
     assert order.tolist() == list(range(10))
