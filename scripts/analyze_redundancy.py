@@ -26,13 +26,19 @@ when its least important weights are removed. This script makes that visible. Fo
    ``|theta|`` for magnitude pruning (the control). Ties are broken by position (a stable sort over the tensors in
    ``named_parameters`` order, each flattened), so the ranking is deterministic.
 4. For each sparsity s in ``--sparsities`` (each in [0, 1)) and each method: zero the ``round(s * N)`` lowest-ranked
-   of the N entries in scope, evaluate, then restore the weights. Metrics over the whole ``--subset``: the criterion's
+   of the N entries in scope (one-shot: the ranking comes from the unpruned model, no retraining or re-ranking),
+   evaluate, then restore the weights. Metrics over the whole ``--subset``: the criterion's
    loss divided by its sample size (target tokens, unless the model was trained with ``--sentence-avg``), in base 2:
    what fairseq reports as ``valid_loss``; the NLL per target token (base 2) when the criterion reports it; and,
    unless ``--no-bleu``, sacreBLEU of the detokenised greedy (``--beam``) translations, produced in-process by
    fairseq's SequenceGenerator and scored as ``scripts/evaluate.py`` scores them (the data-bin's ``prep.json`` decides
    ``--remove-bpe``, detokenisation, lowercasing and the reference; without it the T- lines of the binarised target
    are the reference). The checkpoint file is only read.
+
+Cost: the sensitivity is ``--batches`` forward/backward passes; every (method, sparsity) point, and the unpruned model,
+is one pass over the subset for the loss and, with BLEU, one decoding of it. A heavily pruned model may translate
+every sentence to the length limit (``--max-len-a``/``--max-len-b``, fairseq-generate's defaults 0 and 200): on a CPU
+prefer ``--no-bleu`` or a lower limit; on a GPU a Multi30k/IWSLT'14 validation set is quick.
 
 Outputs in ``--out``: ``redundancy.json`` (settings, the scope, per model: the unpruned metrics, per method and
 sparsity: loss, nll_loss, BLEU, the measured fraction of zeros in the scope, the overlap of the two methods' pruned
@@ -582,6 +588,7 @@ def run(args) -> dict:
         "subset": args.subset,
         "scope": SCOPE,
         "sensitivity": f"mean over {args.batches} batches of |theta * grad| of the per-token training loss, eval mode",
+        "pruning": "one-shot: entries zeroed in ranking order of the unpruned model, weights restored after each level",
         "loss": "criterion loss per target token, base 2 (fairseq's valid_loss), over the whole subset",
         "bleu": (
             f"sacreBLEU of detokenised beam-{args.beam} output over the whole subset (scripts/evaluate.py settings)"
