@@ -127,7 +127,7 @@ def flat_adam_sage_step(p, g, m, v, s, step_size, decay, bc3, beta1, beta2, beta
     """AdamW-SAGE on flat buffers as plain torch ops, for torch.compile (one fused element-wise kernel). Every scalar
     that changes between steps is a 0-dim tensor, so a new step count or lr does not recompile. In place."""
     m.lerp_(g, 1 - beta1)
-    v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+    v.mul_(beta2).add_((1 - beta2) * g * g)  # no Python-number argument: beta2 may be a tensor
     sens = (p * g).abs()
     s.lerp_(sens, 1 - beta3)
     floor = bc3 * eps * eps
