@@ -347,6 +347,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--verbose", action="store_true", help="show every line of fairseq's output")
     parser.add_argument("override", nargs="*", help="Hydra overrides for every run, e.g. optimization.max_update=100")
     args = parser.parse_args(argv)
+    args.data, args.out = args.data.absolute(), args.out.absolute()  # the runs start in the repository root
     for config in args.configs:
         if not (CONFIG_DIR / f"{config}.yaml").exists():
             parser.error(f"--configs: no config {CONFIG_DIR / config}.yaml")

@@ -383,6 +383,10 @@ def parse_args(argv=None):
     g.add_argument("--bleu-tok-kind", choices=("tokenized", "compound_split"),
                    help="tokenized BLEU variant (default: compound_split for WMT'16, else tokenized)")  # fmt: skip
     args = p.parse_args(argv)
+    # fairseq-generate runs from the repository root: make the user's relative paths absolute first
+    for name in ("data_bin", "checkpoint", "out", "ref", "tok_ref"):
+        if getattr(args, name, None) is not None:
+            setattr(args, name, Path(getattr(args, name)).absolute())
     for name in ("beam", "max_tokens", "batch_size"):
         value = getattr(args, name)
         if value is not None and value < 1:
