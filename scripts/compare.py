@@ -27,6 +27,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "configs"
 _print_lock = threading.Lock()
+MALLOC_ENV = {
+    "MALLOC_MMAP_THRESHOLD_": "4294967296",
+    "MALLOC_TRIM_THRESHOLD_": "4294967296",
+    "MALLOC_TOP_PAD_": "536870912",
+}
 
 
 def say(message: str) -> None:
@@ -132,6 +137,10 @@ class Run:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
+        # keep freed tensor memory in the process instead of returning it to the OS after every step: on this
+        # project's CPU machine it cut the system time of a demo training run from 12.4 s to 1.5 s per 30 updates
+        for key, value in MALLOC_ENV.items():
+            env.setdefault(key, value)
         # wall-clock of training (validation included), summed over resumptions; "complete" once fairseq finished
         timing_file = self.dir / "timing.json"
         timing = json.loads(timing_file.read_text()) if timing_file.exists() else {"train_seconds": 0.0}
