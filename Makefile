@@ -41,7 +41,7 @@ DEMO_SEEDS ?= 1
 demo: $(STAMP)
 	$(PY) -m data_prep.demo --dest $(DEMO_BIN) --train-size $(DEMO_TRAIN_SIZE) --valid-size 500
 	$(PY) scripts/compare.py --configs demo_adam demo_sage --seeds $(DEMO_SEEDS) --data $(DEMO_BIN) \
-		--out $(DEMO_OUT) --jobs 2 --cpu --validate-every 250
+		--out $(DEMO_OUT) --jobs 2 --cpu
 
 clean:
 	rm -rf $(VENV) build *.egg-info
