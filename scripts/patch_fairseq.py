@@ -11,6 +11,8 @@ fairseq's last release predates both. Three fixes (see ../shared/docs/FAIRSEQ.md
    ranks) pass ``weights_only=False``: these are the user's own files.
 3. After a checkpoint load, TransformerEncoderLayer switches to a BetterTransformer fast path that fails on
    new torch ("Mask Type should be defined"); it is kept off.
+4. When training stops mid-epoch (--max-update), fairseq's batch-prefetching daemon thread is still inside torch at
+   interpreter exit and the process aborts (exit -6) after saving; the threads are stopped and joined at exit.
 
 Usage: ``python scripts/patch_fairseq.py [--check]``. With ``--check`` nothing is written and the exit status
 says whether every fix is in place. Running it twice changes nothing the second time.
@@ -52,6 +54,45 @@ _LITERAL_EDITS = [
         "distributed/utils.py",
         'obj = torch.load(buffer, map_location="cpu")',
         'obj = torch.load(buffer, map_location="cpu", weights_only=False)',
+    ),
+    # 4. a daemon thread that prefetches batches (BufferedIterator) is still inside torch when the interpreter exits
+    #    mid-epoch (training stopped by --max-update): the process aborts ("terminate called without an active
+    #    exception", exit -6) after everything was saved. Stop and join those threads at exit instead.
+    (
+        "data/iterators.py",
+        "        self.count = 0\n        self.cuda_device = cuda_device\n",
+        "        self.count = 0\n        self.cuda_device = cuda_device\n"
+        "        self.stopping = False  # fairseq-sage patch: set at interpreter exit\n",
+    ),
+    (
+        "data/iterators.py",
+        "            for item in self._source:\n                self._queue.put(item)\n",
+        "            for item in self._source:\n                if self.stopping:  # fairseq-sage patch\n"
+        "                    return\n                self._queue.put(item)\n",
+    ),
+    (
+        "data/iterators.py",
+        "        self._consumer.daemon = True\n        self._consumer.start()\n",
+        "        self._consumer.daemon = True\n        self._consumer.start()\n"
+        "        _live_consumers.add(self._consumer)  # fairseq-sage patch\n",
+    ),
+    (
+        "data/iterators.py",
+        "class BackgroundConsumer(Thread):\n",
+        "import atexit as _atexit  # fairseq-sage patch: stop prefetching threads before the interpreter exits\n"
+        "import weakref as _weakref\n\n_live_consumers = _weakref.WeakSet()\n\n\n"
+        "@_atexit.register\n"
+        "def _stop_background_consumers():\n"
+        "    for consumer in list(_live_consumers):\n"
+        "        consumer.stopping = True\n"
+        "        while consumer.is_alive():\n"
+        "            try:  # unblock a put() on a full queue\n"
+        "                while True:\n"
+        "                    consumer._queue.get_nowait()\n"
+        "            except queue.Empty:\n"
+        "                pass\n"
+        "            consumer.join(timeout=0.1)\n\n\n"
+        "class BackgroundConsumer(Thread):\n",
     ),
     (
         "modules/transformer_layer.py",
