@@ -11,7 +11,9 @@ when its least important weights are removed. This script makes that visible. Fo
 1. Load it in-process (``checkpoint_utils.load_model_ensemble_and_task``, the plugin in ``fairseq_plugins`` imported
    first, the data-bin given here overriding the one saved in the checkpoint) and build its criterion from the
    checkpoint's own configuration (for the recipes: label-smoothed cross-entropy).
-2. Sensitivity: the mean over ``--batches`` batches of the ``--subset`` split of ``|theta * grad|``, entry by entry,
+2. Sensitivity: the mean over ``--batches`` batches of the ``--sensitivity-subset`` split (default ``train``: not the
+   split the loss is measured on, where every embedding row of a token absent from the measured text would score 0 and
+   be pruned for free) of ``|theta * grad|``, entry by entry,
    where grad is the gradient of the criterion's loss divided by the batch's sample size (the per-token loss, the
    gradient fairseq's optimizer sees). The model is in eval mode (no dropout). The batches are the subset's
    length-bucketed batches in a shuffled order with a fixed seed (``--seed``), so short and long sentences both count.
@@ -206,7 +208,7 @@ def sensitivities(model, criterion, task, params, args, use_cuda: bool) -> tuple
     sums = [torch.zeros_like(p, dtype=torch.float32) for p in params]
     used = [False] * len(params)
     n = 0
-    for sample in batches(task, model, args.subset, args.max_tokens, shuffle=True, seed=args.seed):
+    for sample in batches(task, model, args.sensitivity_subset, args.max_tokens, shuffle=True, seed=args.seed):
         if n == args.batches:
             break
         if not sample or "net_input" not in sample:
@@ -222,7 +224,7 @@ def sensitivities(model, criterion, task, params, args, use_cuda: bool) -> tuple
         n += 1
     model.zero_grad(set_to_none=True)
     if n == 0:
-        raise AnalysisError(f"the {args.subset!r} split gave no batches")
+        raise AnalysisError(f"the {args.sensitivity_subset!r} split gave no batches")
     return [s / n for s in sums], used
 
 
@@ -539,7 +541,10 @@ def parse_args(argv=None):
         help="checkpoints to analyse (a file, or a save dir: checkpoint_best.pt, else checkpoint_last.pt)",
     )
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--subset", default="valid", help="split for sensitivity, loss and BLEU (default valid)")
+    p.add_argument("--subset", default="valid", help="split for loss and BLEU (default valid)")
+    p.add_argument(
+        "--sensitivity-subset", default="train", help="split whose batches estimate the sensitivity (default train)"
+    )
     p.add_argument("--batches", type=int, default=8, help="batches for the sensitivity estimate (default 8)")
     p.add_argument(
         "--sparsities",
@@ -575,8 +580,9 @@ def run(args) -> dict:
         raise AnalysisError(f"--data-bin {args.data_bin} is not a folder")
     if not any(args.data_bin.glob("dict.*.txt")):
         raise AnalysisError(f"--data-bin {args.data_bin} is not a fairseq data-bin (no dict.*.txt)")
-    if not any(args.data_bin.glob(f"{args.subset}.*.idx")):
-        raise AnalysisError(f"--data-bin {args.data_bin} has no binarised {args.subset!r} split")
+    for split in (args.subset, args.sensitivity_subset):
+        if not any(args.data_bin.glob(f"{split}.*.idx")):
+            raise AnalysisError(f"--data-bin {args.data_bin} has no binarised {split!r} split")
     checkpoints = parse_checkpoints(args.checkpoints)
     use_cuda = torch.cuda.is_available() and not args.cpu
     args.out.mkdir(parents=True, exist_ok=True)
@@ -586,6 +592,7 @@ def run(args) -> dict:
     result = {
         "data_bin": str(args.data_bin.resolve()),
         "subset": args.subset,
+        "sensitivity_subset": args.sensitivity_subset,
         "scope": SCOPE,
         "sensitivity": f"mean over {args.batches} batches of |theta * grad| of the per-token training loss, eval mode",
         "pruning": "one-shot: entries zeroed in ranking order of the unpruned model, weights restored after each level",

@@ -116,7 +116,11 @@ def test_curves_json_plots_and_table(analysed, tiny_data_bin):
         for r in rows[1:]:
             assert r["n_pruned"] == round(r["sparsity"] * total)
             assert abs(r["zero_fraction"] - r["sparsity"]) <= 0.5 / total + 1e-12, method
-        assert most["loss"] > zero["loss"], method
+        # pruning 60 % changes the model; for this barely trained tiny model only magnitude pruning reliably hurts
+        # (train-batch sensitivity can even lower its validation loss slightly)
+        assert most["loss"] != zero["loss"], method
+        if method == "magnitude":
+            assert most["loss"] > zero["loss"]
         assert most["loss_increase"] == pytest.approx(most["loss"] - zero["loss"])
         assert all(0 <= r["bleu"] <= 100 for r in rows)
     # the two rankings prune different entries
@@ -130,7 +134,9 @@ def test_pruning_zeroes_the_lowest_ranked_entries_and_restores(analysed, tiny_da
     ckpt = analysed["ckpt"]
     model, task, _, criterion = ar.load(ckpt, tiny_data_bin, use_cuda=False)
     params = [p for _, p in ar.pruned_parameters(model)]
-    args = type("A", (), {"subset": "valid", "max_tokens": 4096, "batches": 2, "seed": 1})()
+    args = type(
+        "A", (), {"subset": "valid", "sensitivity_subset": "train", "max_tokens": 4096, "batches": 2, "seed": 1}
+    )()
     sens, used = ar.sensitivities(model, criterion, task, params, args, use_cuda=False)
     params = [p for p, u in zip(params, used, strict=True) if u]
     sens = [s for s, u in zip(sens, used, strict=True) if u]
