@@ -342,6 +342,9 @@ def analyze_model(name: str, checkpoint: Path, args, use_cuda: bool, bleu_scorer
 
     start = time.time()
     model, task, cfg, criterion = load(checkpoint, args.data_bin, use_cuda)
+    for split in dict.fromkeys((args.subset, args.sensitivity_subset)):  # the BLEU scorer reads args.subset's size
+        if split not in task.datasets:
+            task.load_dataset(split, combine=False, epoch=1)
     candidates = pruned_parameters(model)
     sens, used = sensitivities(model, criterion, task, [p for _, p in candidates], args, use_cuda)
     unused = [n for (n, _), u in zip(candidates, used, strict=True) if not u]
