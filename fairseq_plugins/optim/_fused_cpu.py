@@ -74,6 +74,17 @@ struct Scalars {
   double beta1, beta2, beta3, eps, lr, weight_decay, strength;
 };
 
+// The applied SAGE multiplier 1 + alpha * (r - 1) of one entry; updates its smoothed sensitivity s in place.
+// r = (|bc3 * I - Ibar| + bc3 * eps^2) / (Ibar + bc3 * eps^2), I = |p * g|, Ibar = s + (1 - beta3) * (I - s).
+template <typename C>
+inline C sage_multiplier(C pi, C gi, C& s, C w3, C cbc3, C floor, C alpha, C one_minus_alpha) {
+  const C sens = std::fabs(pi * gi);
+  const C si = s + w3 * (sens - s);
+  const C r = (std::fabs(cbc3 * sens - si) + floor) / (si + floor);
+  s = si;
+  return alpha * r + one_minus_alpha;
+}
+
 template <typename S, typename C, bool SAGE>
 inline void adam_range(S* __restrict p, const S* __restrict g, C* __restrict m, C* __restrict v, C* __restrict s,
                        int64_t begin, int64_t end, const Scalars& k, double step_size, double bc3) {
@@ -87,13 +98,7 @@ inline void adam_range(S* __restrict p, const S* __restrict g, C* __restrict m, 
     const C mi = m[i] + w1 * (gi - m[i]);
     const C vi = b2 * v[i] + w2 * gi * gi;
     C upd = mi / (std::sqrt(vi) + eps);
-    if (SAGE) {
-      const C sens = std::fabs(pi * gi);
-      const C si = s[i] + w3 * (sens - s[i]);
-      const C r = (std::fabs(cbc3 * sens - si) + floor) / (si + floor);
-      upd = (alpha * r + one_minus_alpha) * upd;
-      s[i] = si;
-    }
+    if (SAGE) upd *= sage_multiplier(pi, gi, s[i], w3, cbc3, floor, alpha, one_minus_alpha);
     m[i] = mi;
     v[i] = vi;
     Conv<S, C>::store(p, i, pi * decay + neg_step * upd);
@@ -113,13 +118,7 @@ inline void adamax_range(S* __restrict p, const S* __restrict g, C* __restrict m
     const C decayed = b2 * u[i], ag = std::fabs(gi) + eps;
     const C ui = decayed > ag ? decayed : ag;
     C upd = mi / (ui + eps) + wd * pi;
-    if (SAGE) {
-      const C sens = std::fabs(pi * gi);
-      const C si = s[i] + w3 * (sens - s[i]);
-      const C r = (std::fabs(cbc3 * sens - si) + floor) / (si + floor);
-      upd = (alpha * r + one_minus_alpha) * upd;
-      s[i] = si;
-    }
+    if (SAGE) upd *= sage_multiplier(pi, gi, s[i], w3, cbc3, floor, alpha, one_minus_alpha);
     m[i] = mi;
     u[i] = ui;
     Conv<S, C>::store(p, i, pi + neg_lr * upd);
