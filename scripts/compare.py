@@ -70,10 +70,14 @@ def _number(value):
 
 
 class Run:
-    def __init__(self, args: argparse.Namespace, config: str, seed: int):
-        self.args, self.config, self.seed = args, config, seed
-        self.dir = args.out / config / f"seed{seed}"
-        self.name = f"{config}/seed{seed}"
+    """One training run: OUT/TAG/seedN (TAG: the config name unless given), trained with extra Hydra overrides."""
+
+    def __init__(
+        self, args: argparse.Namespace, config: str, seed: int, overrides: list[str] = (), tag: str | None = None
+    ):
+        self.args, self.config, self.seed, self.overrides = args, config, seed, list(overrides)
+        self.dir = args.out / (tag or config) / f"seed{seed}"
+        self.name = f"{tag or config}/seed{seed}"
         self.eval_file = self.dir / "eval.test.json"
 
     @property
@@ -110,6 +114,7 @@ class Run:
             self.config,
             *overrides,
             *self.args.override,
+            *self.overrides,
         ]
 
     def eval_command(self) -> list[str]:
@@ -135,12 +140,15 @@ class Run:
         if self.finished:
             say(f"[{self.name}] finished earlier: skipped ({self.eval_file})")
             return
+        self.train(threads)
+        self._stream(self.eval_command(), run_env(threads), self.dir / "eval.out")
+        result = json.loads(self.eval_file.read_text())
+        say(f"[{self.name}] test BLEU {result['bleu_tok']:.2f} (tokenized), sacreBLEU {result['sacrebleu']:.2f}")
+
+    def train(self, threads: int) -> None:
+        """Train (or resume) unless an earlier call completed the run."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
-        # keep freed tensor memory in the process instead of returning it to the OS after every step: on this
-        # project's CPU machine it cut the system time of a demo training run from 12.4 s to 1.5 s per 30 updates
-        for key, value in MALLOC_ENV.items():
-            env.setdefault(key, value)
+        env = run_env(threads)
         # wall-clock of training (validation included), summed over resumptions; "complete" once fairseq finished
         timing_file = self.dir / "timing.json"
         timing = json.loads(timing_file.read_text()) if timing_file.exists() else {"train_seconds": 0.0}
@@ -159,9 +167,6 @@ class Run:
             valid = log["valid"][-1] if log["valid"] else {}
             say(f"[{self.name}] trained in {timing['train_seconds']:.0f} s; "
                 f"valid loss {valid.get('valid_loss', float('nan')):.3f}")  # fmt: skip
-        self._stream(self.eval_command(), env, self.dir / "eval.out")
-        result = json.loads(self.eval_file.read_text())
-        say(f"[{self.name}] test BLEU {result['bleu_tok']:.2f} (tokenized), sacreBLEU {result['sacrebleu']:.2f}")
 
     def _stream(self, command: list[str], env: dict, logfile: Path) -> None:
         """Run a command, keep its output in logfile, and show fairseq's progress lines prefixed by the run."""
@@ -208,6 +213,16 @@ class Run:
                 for r in valid
             ],
         }
+
+
+def run_env(threads: int) -> dict[str, str]:
+    """The environment of a training or evaluation subprocess: its thread count, unbuffered output, glibc malloc."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
+    # keep freed tensor memory in the process instead of returning it to the OS after every step: on this
+    # project's CPU machine it cut the system time of a demo training run from 12.4 s to 1.5 s per 30 updates
+    for key, value in MALLOC_ENV.items():
+        env.setdefault(key, value)
+    return env
 
 
 def _progress(line: str) -> str | None:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import subprocess
-import sys
 
 import pytest
 
@@ -16,16 +14,6 @@ pytestmark = pytest.mark.slow
 spec = importlib.util.spec_from_file_location("compare", ROOT / "scripts" / "compare.py")
 compare = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(compare)
-
-
-@pytest.fixture(scope="module")
-def demo_bin(tmp_path_factory):
-    """The embedded Tatoeba corpus, prepared the way `make demo` does, at a tiny size."""
-    dest = tmp_path_factory.mktemp("demo") / "bin"
-    sizes = ["--train-size", "1000", "--valid-size", "30", "--test-size", "30", "--spm-size", "400"]
-    subprocess.run([sys.executable, "-m", "data_prep.demo", "--dest", str(dest), *sizes], check=True, cwd=ROOT,
-                   capture_output=True)  # fmt: skip
-    return dest
 
 
 def _run(demo_bin, out, capsys):

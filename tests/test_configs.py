@@ -41,7 +41,14 @@ TINY_RUN = ["task.source_lang=src", "task.target_lang=tgt", "common.cpu=true", "
 
 
 def test_the_expected_configs_exist():
-    assert EXPERIMENTS == ["demo", "iwslt14_de_en", "multi30k_en_de", "wmt16_en_de_base", "wmt16_en_de_big"]
+    assert EXPERIMENTS == [
+        "demo",
+        "iwslt14_de_en",
+        "multi30k_de_en",
+        "multi30k_en_de",
+        "wmt16_en_de_base",
+        "wmt16_en_de_big",
+    ]
     assert CONFIGS == [f"{e}_{o}" for e in EXPERIMENTS for o in ("adam", "sage")]
 
 

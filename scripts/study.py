@@ -1,0 +1,429 @@
+#!/usr/bin/env python
+"""A tuned Adam-versus-SAGE study from one spec file: grid on validation, seeds, length penalty, test table, plots.
+
+    python scripts/study.py studies/multi30k_de_en.yaml [--out runs/multi30k_de_en] [--jobs 2]
+
+The spec (YAML; studies/multi30k_de_en.yaml is the one RESULTS.md reports) names the data-bin, a Hydra config per
+optimizer and, per optimizer, a grid of settings (each a list of Hydra overrides). The protocol keeps the test sets
+out of every decision:
+
+1. Grid: every setting trained with ``tune_seed``; each final checkpoint (``checkpoint_last.pt``: every run has the
+   same update budget) translated on the validation set, beam ``beam``, length penalty 1.0. The setting with the highest
+   validation sacreBLEU wins (ties: the lower final validation loss).
+2. Seeds: the winning setting trained with every seed of ``seeds`` (the tune seed's run is the grid's, reused).
+3. Length penalty: each seed's model translates the validation set with every value of ``lenpens``; per optimizer the
+   value with the highest mean validation sacreBLEU over its seeds is chosen.
+4. Test: each seed's model translates every subset of ``test_subsets`` with length penalty 1.0 and with the chosen one.
+
+Outputs in OUT: one folder per run (``OPTIMIZER/SETTING/seedN``: fairseq's log and checkpoints, ``eval.SUBSET.lpX.json``
+from scripts/evaluate.py), ``study.json`` (everything measured), ``study.md`` (the tables) and ``learning_curves.png``,
+``grid_curves.png``, ``lenpen.png``. Re-running resumes: finished trainings and evaluations are read, not redone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import os
+import statistics
+import sys
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _compare_module():
+    """scripts/compare.py (scripts/ is not a package; loaded by path): its Run trains, its log reader reads."""
+    name = "fairseq_sage_compare"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().with_name("compare.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+compare = _compare_module()
+SPEC_KEYS = {"data", "out", "jobs", "beam", "tune_seed", "seeds", "lenpens", "test_subsets", "subset_names",
+             "optimizers", "overrides", "validate_every", "valid_bleu", "description"}  # fmt: skip
+
+
+class StudyError(Exception):
+    """A user-facing error in the spec or the data; the message names the key or file at fault."""
+
+
+def load_spec(path: Path) -> dict:
+    from omegaconf import OmegaConf
+
+    if not path.is_file():
+        raise StudyError(f"study spec {path}: no such file")
+    spec = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    unknown = sorted(set(spec) - SPEC_KEYS)
+    if unknown:
+        raise StudyError(f"study spec {path}: unknown key(s) {unknown}; known: {sorted(SPEC_KEYS)}")
+    for key in ("data", "optimizers", "seeds"):
+        if key not in spec:
+            raise StudyError(f"study spec {path}: '{key}' is missing")
+    spec.setdefault("jobs", 1)
+    spec.setdefault("beam", 5)
+    spec.setdefault("lenpens", [1.0])
+    spec.setdefault("test_subsets", ["test"])
+    spec.setdefault("subset_names", {})
+    spec.setdefault("overrides", [])
+    spec.setdefault("validate_every", 0)
+    spec.setdefault("valid_bleu", True)
+    spec.setdefault("tune_seed", spec["seeds"][0])
+    if spec["tune_seed"] not in spec["seeds"]:
+        raise StudyError(f"study spec {path}: tune_seed {spec['tune_seed']} is not one of seeds {spec['seeds']}")
+    if 1.0 not in spec["lenpens"]:
+        raise StudyError(f"study spec {path}: lenpens {spec['lenpens']} must include 1.0 (the grid's and the baseline)")
+    for name, opt in spec["optimizers"].items():
+        if not isinstance(opt, dict) or "config" not in opt or not opt.get("grid"):
+            raise StudyError(f"study spec {path}: optimizers.{name} needs 'config' and a non-empty 'grid'")
+        if not (compare.CONFIG_DIR / f"{opt['config']}.yaml").exists():
+            raise StudyError(
+                f"study spec {path}: optimizers.{name}.config: no {compare.CONFIG_DIR / opt['config']}.yaml"
+            )
+        for setting, overrides in opt["grid"].items():
+            if not isinstance(overrides, list) or not all(isinstance(o, str) and "=" in o for o in overrides):
+                raise StudyError(
+                    f"study spec {path}: optimizers.{name}.grid.{setting} must be a list of Hydra overrides KEY=VALUE"
+                )
+    sizes = {len(opt["grid"]) for opt in spec["optimizers"].values()}
+    if len(sizes) != 1:
+        raise StudyError(f"study spec {path}: every optimizer needs a grid of the same size (found {sorted(sizes)})")
+    return spec
+
+
+class Study:
+    def __init__(self, spec: dict, out: Path, jobs: int, cpu: bool):
+        self.spec, self.out = spec, out
+        self.data = (ROOT / spec["data"]).resolve() if not Path(spec["data"]).is_absolute() else Path(spec["data"])
+        if not any(self.data.glob("dict.*.txt")):
+            raise StudyError(f"data {self.data}: not a fairseq data-bin (no dict.*.txt); prepare it with data_prep/")
+        self.jobs = max(1, jobs)
+        self.threads = max(1, (os.cpu_count() or 1) // self.jobs)
+        self.cpu = cpu
+        # what compare.Run reads from its argparse namespace
+        self.run_args = argparse.Namespace(
+            data=self.data, out=out, override=list(spec["overrides"]), valid_bleu=spec["valid_bleu"],
+            validate_every=spec["validate_every"], verbose=False, beam=spec["beam"], lenpen=1.0, cpu=cpu,
+        )  # fmt: skip
+        self.pool = ThreadPoolExecutor(max_workers=self.jobs)
+        self._lock = threading.Lock()
+
+    # -- units of work (each runs in the pool) ------------------------------------------------------------------
+
+    def run(self, optimizer: str, setting: str, seed: int):
+        opt = self.spec["optimizers"][optimizer]
+        return compare.Run(self.run_args, opt["config"], seed, opt["grid"][setting], tag=f"{optimizer}/{setting}")
+
+    def evaluate(self, run, subset: str, lenpen: float) -> dict:
+        """scripts/evaluate.py on the final checkpoint; cached in the run's folder."""
+        out = run.dir / f"eval.{subset}.lp{lenpen:g}.json"
+        if not out.exists():
+            command = [
+                sys.executable, str(ROOT / "scripts" / "evaluate.py"), "--data-bin", str(self.data),
+                "--checkpoint", str(run.dir / "checkpoint_last.pt"), "--subset", subset,
+                "--beam", str(self.spec["beam"]), "--lenpen", str(lenpen), "--out", str(out),
+                *(["--cpu"] if self.cpu else []),
+            ]  # fmt: skip
+            run._stream(command, compare.run_env(self.threads), run.dir / "eval.out")
+        return json.loads(out.read_text())
+
+    def train_and_validate(self, run, tolerate_failure: bool = False) -> dict:
+        """Train, then translate the validation set. A grid run that fails (a setting that diverges: fairseq stops on
+        NaN/Inf gradients) is recorded in failed.json and loses the grid instead of ending the study."""
+        failed = run.dir / "failed.json"
+        if failed.exists():
+            return json.loads(failed.read_text())
+        try:
+            run.train(self.threads)
+        except RuntimeError as e:
+            if not tolerate_failure:
+                raise
+            compare.say(f"[{run.name}] FAILED: {e}")
+            failed.write_text(json.dumps({"failed": str(e), "sacrebleu": None, "bleu_tok": None, "bp": None}))
+            return json.loads(failed.read_text())
+        result = self.evaluate(run, "valid", 1.0)
+        compare.say(f"[{run.name}] valid sacreBLEU {result['sacrebleu']:.2f} (beam {self.spec['beam']}, lenpen 1)")
+        return result
+
+    def submit(self, fn, *args) -> Future:
+        return self.pool.submit(fn, *args)
+
+    # -- the protocol ----------------------------------------------------------------------------------------------
+
+    def optimizer_track(self, optimizer: str, grid_futures: dict[str, Future]) -> dict:
+        """Steps 2-4 for one optimizer, once its grid is done (runs in its own thread, not in the pool)."""
+        spec = self.spec
+        grid = {setting: future.result() for setting, future in grid_futures.items()}
+        scores = {}
+        for setting in grid:
+            run = self.run(optimizer, setting, spec["tune_seed"])
+            scores[setting] = {
+                "valid_sacrebleu": grid[setting]["sacrebleu"],
+                "valid_bleu_tok": grid[setting]["bleu_tok"],
+                "valid_bp": grid[setting]["bp"],
+                "final_valid_loss": _final_valid_loss(run),
+                "overrides": spec["optimizers"][optimizer]["grid"][setting],
+                "failed": grid[setting].get("failed"),
+            }
+        ok = [s for s in scores if not scores[s]["failed"]]
+        if not ok:
+            raise StudyError(f"[{optimizer}] every grid setting failed; see {self.out / optimizer}/*/train.out")
+        best = max(ok, key=lambda s: (scores[s]["valid_sacrebleu"], -(scores[s]["final_valid_loss"] or math.inf)))
+        compare.say(f"[{optimizer}] best setting on valid: {best} ({scores[best]['valid_sacrebleu']:.2f})")
+        runs = [self.run(optimizer, best, seed) for seed in spec["seeds"]]
+        trained = [self.submit(self.train_and_validate, run) for run in runs]
+        for future in trained:
+            future.result()
+        sweeps = {
+            (run.seed, lp): self.submit(self.evaluate, run, "valid", lp) for run in runs for lp in spec["lenpens"]
+        }
+        mean_by_lenpen = {
+            lp: statistics.mean(sweeps[(run.seed, lp)].result()["sacrebleu"] for run in runs) for lp in spec["lenpens"]
+        }
+        lenpen = max(spec["lenpens"], key=lambda lp: (mean_by_lenpen[lp], -abs(lp - 1.0)))
+        compare.say(f"[{optimizer}] length penalty on valid: {lenpen:g} (mean sacreBLEU {mean_by_lenpen[lenpen]:.2f})")
+        tests = {
+            (run.seed, subset, lp): self.submit(self.evaluate, run, subset, lp)
+            for run in runs
+            for subset in spec["test_subsets"]
+            for lp in sorted({1.0, lenpen})
+        }
+        seeds = []
+        for run in runs:
+            entry = {"seed": run.seed, "dir": str(run.dir), **_training_summary(run)}
+            entry["valid"] = {f"{lp:g}": _scores(sweeps[(run.seed, lp)].result()) for lp in spec["lenpens"]}
+            entry["test"] = {
+                subset: {f"{lp:g}": _scores(tests[(run.seed, subset, lp)].result()) for lp in sorted({1.0, lenpen})}
+                for subset in spec["test_subsets"]
+            }
+            seeds.append(entry)
+        return {
+            "config": spec["optimizers"][optimizer]["config"],
+            "grid": scores,
+            "best_setting": best,
+            "overrides": spec["optimizers"][optimizer]["grid"][best],
+            "valid_sacrebleu_by_lenpen": {f"{lp:g}": v for lp, v in mean_by_lenpen.items()},
+            "lenpen": lenpen,
+            "seeds": seeds,
+            "grid_curves": {s: _training_summary(self.run(optimizer, s, spec["tune_seed"]))["curve"] for s in grid},
+        }
+
+    def execute(self) -> dict:
+        spec = self.spec
+        names = list(spec["optimizers"])
+        settings = {name: list(spec["optimizers"][name]["grid"]) for name in names}
+        # interleave the optimizers (first setting of each, then the second ...): both grids finish at about one time
+        grid_futures: dict[str, dict[str, Future]] = {name: {} for name in names}
+        for i in range(max(len(s) for s in settings.values())):
+            for name in names:
+                if i < len(settings[name]):
+                    run = self.run(name, settings[name][i], spec["tune_seed"])
+                    grid_futures[name][settings[name][i]] = self.submit(self.train_and_validate, run, True)
+        with ThreadPoolExecutor(max_workers=len(names)) as tracks:
+            futures = {name: tracks.submit(self.optimizer_track, name, grid_futures[name]) for name in names}
+            results = {name: future.result() for name, future in futures.items()}
+        self.pool.shutdown()
+        return results
+
+
+def _final_valid_loss(run) -> float | None:
+    valid = compare.read_log(run.dir / "train.log")["valid"]
+    return valid[-1]["valid_loss"] if valid else None
+
+
+def _training_summary(run) -> dict:
+    log = compare.read_log(run.dir / "train.log")
+    timing_file = run.dir / "timing.json"
+    timing = json.loads(timing_file.read_text()) if timing_file.exists() else {}
+    inner = log["train_inner"]
+    wps = [r["wps"] for r in inner if isinstance(r.get("wps"), float)]
+    return {
+        "final_valid_loss": log["valid"][-1]["valid_loss"] if log["valid"] else None,
+        "updates": int(max((r["num_updates"] for r in inner), default=0)),
+        "train_wall_s": timing.get("train_seconds"),
+        "words_per_s": statistics.median(wps) if wps else None,
+        "curve": [
+            {
+                "update": int(r.get("valid_num_updates", 0)),
+                "valid_loss": r.get("valid_loss"),
+                "valid_bleu": r.get("valid_bleu"),
+            }
+            for r in log["valid"]
+        ],  # fmt: skip
+    }
+
+
+def _scores(result: dict) -> dict:
+    keys = ("bleu_tok", "sacrebleu", "chrf", "bp", "sys_len", "ref_len", "sacrebleu_signature")
+    return {k: result.get(k) for k in keys}
+
+
+# -- report --------------------------------------------------------------------------------------------------------
+
+
+def _mean_std(values: list[float], digits: int = 2) -> str:
+    values = [v for v in values if isinstance(v, (int, float))]
+    if not values:
+        return "n/a"
+    mean = statistics.mean(values)
+    if len(values) == 1:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def report(spec: dict, results: dict) -> str:
+    names = list(results)
+    lines = [f"# {spec.get('description', 'Adam vs SAGE')}", ""]
+    lines += [f"## Grid (seed {spec['tune_seed']}, validation, beam {spec['beam']}, lenpen 1)", ""]
+    lines += ["| optimizer | setting | overrides | valid sacreBLEU | valid tok. BLEU | BP | final valid loss |"]
+    lines += ["|---|---|---|---|---|---|---|"]
+    for name in names:
+        for setting, g in results[name]["grid"].items():
+            if g["failed"]:
+                lines.append(f"| {name} | {setting} | `{' '.join(g['overrides'])}` | failed | | | |")
+                continue
+            mark = " **(best)**" if setting == results[name]["best_setting"] else ""
+            lines.append(
+                f"| {name} | {setting}{mark} | `{' '.join(g['overrides'])}` | {g['valid_sacrebleu']:.2f} | "
+                f"{g['valid_bleu_tok']:.2f} | {g['valid_bp']:.3f} | {g['final_valid_loss']:.3f} |"
+            )
+    lines += ["", "## Length penalty (mean validation sacreBLEU over the seeds)", ""]
+    lenpens = [f"{lp:g}" for lp in spec["lenpens"]]
+    lines += ["| optimizer | " + " | ".join(f"lenpen {lp}" for lp in lenpens) + " | chosen |"]
+    lines += ["|---|" + "---|" * (len(lenpens) + 1)]
+    for name in names:
+        by = results[name]["valid_sacrebleu_by_lenpen"]
+        lines.append(
+            f"| {name} | " + " | ".join(f"{by[lp]:.2f}" for lp in lenpens) + f" | {results[name]['lenpen']:g} |"
+        )
+    for label, which in (("tuned length penalty", "tuned"), ("length penalty 1.0", "1")):
+        lines += ["", f"## Test, {label} (mean ± std over {len(spec['seeds'])} seeds)", ""]
+        head = "| optimizer | lenpen | final valid loss |"
+        for subset in spec["test_subsets"]:
+            shown = spec["subset_names"].get(subset, subset)
+            head += f" {shown} tok. BLEU | {shown} sacreBLEU | {shown} BP |"
+        lines += [head, "|" + "---|" * (3 + 3 * len(spec["test_subsets"]))]
+        for name in names:
+            lp = f"{results[name]['lenpen']:g}" if which == "tuned" else "1"
+            seeds = results[name]["seeds"]
+            row = f"| {name} | {lp} | {_mean_std([s['final_valid_loss'] for s in seeds], 3)} |"
+            for subset in spec["test_subsets"]:
+                cells = [s["test"][subset][lp] for s in seeds]
+                row += f" {_mean_std([c['bleu_tok'] for c in cells])} | {_mean_std([c['sacrebleu'] for c in cells])} |"
+                row += f" {_mean_std([c['bp'] for c in cells], 3)} |"
+            lines.append(row)
+    lines += ["", "## Per seed (tuned length penalty)", ""]
+    head = "| optimizer | seed | final valid loss | valid sacreBLEU |"
+    for subset in spec["test_subsets"]:
+        shown = spec["subset_names"].get(subset, subset)
+        head += f" {shown} tok. BLEU | {shown} sacreBLEU | {shown} BP |"
+    lines += [head + " train time (s) |", "|" + "---|" * (5 + 3 * len(spec["test_subsets"]))]
+    for name in names:
+        lp = f"{results[name]['lenpen']:g}"
+        for s in results[name]["seeds"]:
+            row = f"| {name} | {s['seed']} | {s['final_valid_loss']:.3f} | {s['valid'][lp]['sacrebleu']:.2f} |"
+            for subset in spec["test_subsets"]:
+                c = s["test"][subset][lp]
+                row += f" {c['bleu_tok']:.2f} | {c['sacrebleu']:.2f} | {c['bp']:.3f} |"
+            lines.append(row + f" {s['train_wall_s'] or float('nan'):.0f} |")
+    signatures = sorted(
+        {c["sacrebleu_signature"] for n in names for s in results[n]["seeds"] for t in s["test"].values()
+         for c in t.values() if c.get("sacrebleu_signature")}
+    )  # fmt: skip
+    lines += [
+        "",
+        "Tokenized BLEU: fairseq's scorer on the lowercased Moses-tokenised text (the Multi30k/IWSLT'14 way);",
+    ]
+    lines += [
+        "sacreBLEU on detokenised output. BP: sacreBLEU's brevity penalty. Validation loss: label-smoothed, base 2."
+    ]
+    lines += [f"sacreBLEU signature: `{s}`" for s in signatures]
+    return "\n".join(lines) + "\n"
+
+
+def plots(out: Path, spec: dict, results: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = dict(zip(results, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
+    fig, (ax_loss, ax_bleu) = plt.subplots(1, 2, figsize=(11, 4))
+    for name, r in results.items():
+        for i, s in enumerate(r["seeds"]):
+            curve = s["curve"]
+            label = f"{name} {r['best_setting']}" if i == 0 else None
+            ups = [c["update"] for c in curve]
+            ax_loss.plot(ups, [c["valid_loss"] for c in curve], color=colors[name], alpha=0.8, label=label)
+            bleu = [c for c in curve if isinstance(c.get("valid_bleu"), float)]
+            ax_bleu.plot([c["update"] for c in bleu], [c["valid_bleu"] for c in bleu], color=colors[name], alpha=0.8,
+                         label=label)  # fmt: skip
+    ax_loss.set(xlabel="update", ylabel="validation loss (label-smoothed, base 2)", title="validation loss, each seed")
+    ax_bleu.set(xlabel="update", ylabel="validation BLEU (greedy)", title="validation BLEU, each seed")
+    for ax in (ax_loss, ax_bleu):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "learning_curves.png", dpi=110)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, len(results), figsize=(5.5 * len(results), 4), squeeze=False)
+    for ax, (name, r) in zip(axes[0], results.items(), strict=True):
+        for setting, curve in r["grid_curves"].items():
+            ax.plot([c["update"] for c in curve], [c["valid_loss"] for c in curve], marker=".", label=setting)
+        ax.set(xlabel="update", ylabel="validation loss", title=f"{name} grid (seed {spec['tune_seed']})")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "grid_curves.png", dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for name, r in results.items():
+        lps = [float(k) for k in r["valid_sacrebleu_by_lenpen"]]
+        for s in r["seeds"]:
+            ax.plot(lps, [s["valid"][f"{lp:g}"]["sacrebleu"] for lp in lps], color=colors[name], alpha=0.4)
+        ax.plot(lps, list(r["valid_sacrebleu_by_lenpen"].values()), color=colors[name], lw=2.5, label=f"{name} mean")
+    ax.set(xlabel="length penalty", ylabel=f"validation sacreBLEU (beam {spec['beam']})", title="length penalty")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "lenpen.png", dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("spec", type=Path, help="study spec (YAML), e.g. studies/multi30k_de_en.yaml")
+    parser.add_argument("--out", type=Path, help="output folder (default: the spec's 'out')")
+    parser.add_argument("--jobs", type=int, help="trainings/evaluations at the same time (default: the spec's)")
+    parser.add_argument("--gpu", dest="cpu", action="store_false", help="translate on the GPU (default: CPU)")
+    args = parser.parse_args(argv)
+    try:
+        spec = load_spec(args.spec)
+        out = (args.out or Path(spec.get("out") or parser.error("--out: the spec has no 'out'"))).absolute()
+        out.mkdir(parents=True, exist_ok=True)
+        study = Study(spec, out, args.jobs or spec["jobs"], args.cpu)
+    except StudyError as e:
+        parser.error(str(e))
+    results = study.execute()
+    summary = {"spec": spec, "spec_file": str(args.spec), "results": results}
+    (out / "study.json").write_text(json.dumps(summary, indent=1))
+    text = report(spec, results)
+    (out / "study.md").write_text(text)
+    plots(out, spec, results)
+    compare.say("\n" + text)
+    compare.say(f"wrote {out / 'study.md'}, {out / 'study.json'}, learning_curves.png, grid_curves.png, lenpen.png")
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""scripts/study.py: the tuning protocol end to end on a tiny prepared corpus (grid on validation, seeds, length
+penalty, test), a grid setting that fails, resumption, and the spec's errors."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+
+from tests.fairseq_utils import ROOT
+
+spec = importlib.util.spec_from_file_location("study", ROOT / "scripts" / "study.py")
+study = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(study)
+
+TINY = ["optimization.max_update=4", "dataset.max_tokens=1024", "common.log_interval=2",
+        "dataset.validate_interval_updates=2"]  # fmt: skip
+
+
+def write_spec(path, data, **changes):
+    spec = {
+        "data": str(data),
+        "jobs": 2,
+        "beam": 2,
+        "seeds": [1, 2],
+        "lenpens": [1.0, 1.5],
+        "test_subsets": ["test"],
+        "subset_names": {"test": "tatoeba-test"},
+        "overrides": TINY,
+        "optimizers": {
+            "adam": {
+                "config": "demo_adam",
+                "grid": {"lr1": ["optimization.lr=[0.001]"], "lr2": ["optimization.lr=[0.002]"]},
+            },
+            # beta3 outside [0, 1): the optimizer refuses it at start-up, so this setting's run fails
+            "sage": {
+                "config": "demo_sage",
+                "grid": {"ok": ["optimizer.sage_beta3=0.8"], "bad": ["optimizer.sage_beta3=1.5"]},
+            },
+        },  # fmt: skip
+    }
+    spec.update(changes)
+    path.write_text(json.dumps(spec))  # JSON is YAML
+    return path
+
+
+@pytest.mark.slow
+def test_protocol_end_to_end_with_a_failing_setting_and_resumption(demo_bin, tmp_path, capsys):
+    spec_file = write_spec(tmp_path / "spec.yaml", demo_bin)
+    out = tmp_path / "study"
+    summary = study.main([str(spec_file), "--out", str(out)])
+    printed = capsys.readouterr().out
+    results = summary["results"]
+
+    adam, sage = results["adam"], results["sage"]
+    # the grid: both Adam settings scored on validation; the SAGE setting that could not start is recorded, not fatal
+    assert set(adam["grid"]) == {"lr1", "lr2"} and not any(g["failed"] for g in adam["grid"].values())
+    assert sage["grid"]["bad"]["failed"] and "sage_beta3" in (out / "sage/bad/seed1/train.out").read_text()
+    assert sage["best_setting"] == "ok" and "[sage/bad/seed1] FAILED" in printed
+    best = max(adam["grid"], key=lambda s: adam["grid"][s]["valid_sacrebleu"])
+    assert adam["grid"][best]["valid_sacrebleu"] == adam["grid"][adam["best_setting"]]["valid_sacrebleu"]
+    # the grid's score is the evaluation file of the tune seed's run, on the validation set at length penalty 1
+    lp1 = json.loads((out / "adam" / adam["best_setting"] / "seed1" / "eval.valid.lp1.json").read_text())
+    assert lp1["sacrebleu"] == adam["grid"][adam["best_setting"]]["valid_sacrebleu"] and lp1["lenpen"] == 1.0
+    assert "test" not in json.dumps(adam["grid"])  # no test number took part in the choice
+
+    for r in (adam, sage):
+        assert [s["seed"] for s in r["seeds"]] == [1, 2]
+        means = r["valid_sacrebleu_by_lenpen"]
+        assert set(means) == {"1", "1.5"} and r["lenpen"] in (1.0, 1.5)
+        assert means[f"{r['lenpen']:g}"] == max(means.values())
+        for s in r["seeds"]:
+            assert s["updates"] == 4 and [c["update"] for c in s["curve"]] == [2, 4]
+            assert set(s["test"]["test"]) == {"1", f"{r['lenpen']:g}"}
+            for scores in s["test"]["test"].values():
+                assert 0 <= scores["sacrebleu"] <= 100 and scores["sacrebleu_signature"].startswith("nrefs:1")
+        mean = sum(s["valid"]["1"]["sacrebleu"] for s in r["seeds"]) / 2
+        assert means["1"] == pytest.approx(mean)
+    ev = json.loads((out / "adam" / adam["best_setting"] / "seed2" / "eval.test.lp1.json").read_text())
+    assert ev["subset"] == "test" and ev["lenpen"] == 1.0 and ev["checkpoint"].endswith("seed2/checkpoint_last.pt")
+    table = (out / "study.md").read_text()
+    assert "| sage | bad | `optimizer.sage_beta3=1.5` | failed |" in table and "tatoeba-test sacreBLEU" in table
+    assert json.loads((out / "study.json").read_text())["results"] == json.loads(json.dumps(results))
+    for png in ("learning_curves.png", "grid_curves.png", "lenpen.png"):
+        assert (out / png).stat().st_size > 10_000
+
+    logs = {p: p.stat().st_mtime_ns for p in out.rglob("train.log")}
+    evals = {p: p.stat().st_mtime_ns for p in out.rglob("eval.*.json")}
+    again = study.main([str(spec_file), "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert "training" not in printed and "FAILED" not in printed, "a finished study re-reads, it does not rerun"
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("train.log")} == logs
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("eval.*.json")} == evals
+    assert again["results"] == results
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"tune_seed": 7}, "tune_seed 7 is not one of seeds"),
+        ({"lenpens": [0.6, 0.8]}, "must include 1.0"),
+        ({"bogus": 1}, "unknown key(s) ['bogus']"),
+        ({"optimizers": {"adam": {"config": "no_such_config", "grid": {"a": ["x=1"]}}}}, "no_such_config"),
+        ({"optimizers": {"adam": {"config": "demo_adam", "grid": {"a": "optimization.lr=[0.1]"}}}}, "list of Hydra"),
+        (
+            {
+                "optimizers": {
+                    "adam": {"config": "demo_adam", "grid": {"a": ["x=1"]}},
+                    "sage": {"config": "demo_sage", "grid": {"a": ["x=1"], "b": ["x=2"]}},
+                }
+            },
+            "grid of the same size",
+        ),  # fmt: skip
+    ],
+)
+def test_spec_errors_name_the_key(tmp_path, change, message):
+    spec_file = write_spec(tmp_path / "spec.yaml", tmp_path, **change)
+    with pytest.raises(study.StudyError) as err:
+        study.load_spec(spec_file)
+    assert message in str(err.value) and str(spec_file) in str(err.value)
+
+
+def test_missing_spec_and_data_are_named(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        study.main([str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "o")])
+    assert "nope.yaml: no such file" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        study.main([str(write_spec(tmp_path / "s.yaml", tmp_path / "empty")), "--out", str(tmp_path / "o")])
+    assert "not a fairseq data-bin" in capsys.readouterr().err
+
+
+def test_the_committed_spec_is_valid_and_balanced():
+    spec = study.load_spec(ROOT / "studies" / "multi30k_de_en.yaml")
+    assert len(spec["seeds"]) >= 3 and spec["tune_seed"] in spec["seeds"]
+    assert {len(o["grid"]) for o in spec["optimizers"].values()} == {4}
+    assert spec["optimizers"]["sage"]["config"] == "multi30k_de_en_sage"
