@@ -47,6 +47,9 @@ sparsity: loss, nll_loss, BLEU, the measured fraction of zeros in the scope, the
 sets; quantiles of log10 sensitivity per layer type), ``pruning_curves.png`` (loss, loss increase and BLEU against
 sparsity: one colour per model, one line style per method), ``sensitivity_by_layer_type.png`` (histograms of log10
 sensitivity per layer type: embeddings, attention, feed-forward; one colour per model), and a table on stdout.
+Models named ``GROUP/NAME`` (``adam/seed1=... adam/seed2=... sage/seed1=...``) share their group's colour, and for
+each group of two or more the JSON (``groups``) and the table add the mean ± standard deviation over its models of the
+loss increase and BLEU drop at every sparsity.
 """
 
 from __future__ import annotations
@@ -427,6 +430,37 @@ def analyze_model(name: str, checkpoint: Path, args, use_cuda: bool, bleu_scorer
 LINESTYLES = {"sensitivity": "-", "magnitude": "--"}
 
 
+def group_of(name: str) -> str:
+    """Models named GROUP/ANYTHING (e.g. adam/seed1, adam/seed2) form a group: one colour, one summary."""
+    return name.split("/", 1)[0]
+
+
+def group_summary(models: dict) -> dict:
+    """Per group (of two or more models), method and sparsity: mean and standard deviation over the group's models of
+    the loss increase and, where measured, the BLEU drop and BLEU."""
+    import statistics
+
+    groups: dict[str, list[str]] = {}
+    for name in models:
+        groups.setdefault(group_of(name), []).append(name)
+    out = {}
+    for group, names in groups.items():
+        if len(names) < 2:
+            continue
+        out[group] = {"models": names}
+        for method in models[names[0]]["results"]:
+            rows = []
+            for i, first in enumerate(models[names[0]]["results"][method]):
+                row = {"sparsity": first["sparsity"]}
+                for key in ("loss", "loss_increase", "bleu", "bleu_drop"):
+                    values = [models[n]["results"][method][i].get(key) for n in names]
+                    if all(isinstance(v, (int, float)) for v in values):
+                        row[key] = {"mean": statistics.mean(values), "std": statistics.stdev(values)}
+                rows.append(row)
+            out[group][method] = rows
+    return out
+
+
 def plot_curves(models: dict, path: Path, bleu: bool) -> None:
     import matplotlib
 
@@ -438,13 +472,19 @@ def plot_curves(models: dict, path: Path, bleu: bool) -> None:
         panels.append(("bleu", "BLEU (sacreBLEU)"))
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    groups = list(dict.fromkeys(group_of(name) for name in models))
+    color = {g: colors[i % len(colors)] for i, g in enumerate(groups)}
     for ax, (key, label) in zip(axes[0], panels, strict=True):
-        for i, (name, rec) in enumerate(models.items()):
+        labelled = set()
+        for name, rec in models.items():
+            group = group_of(name)
             for method, rows in rec["results"].items():
                 xs = [100 * r["sparsity"] for r in rows]
                 ys = [r.get(key) for r in rows]
-                ax.plot(xs, ys, LINESTYLES.get(method, ":"), marker="o", ms=3, color=colors[i % len(colors)],
-                        label=f"{name}, {method}")  # fmt: skip
+                shown = group if group != name else name  # a group's models share one legend entry per method
+                ax.plot(xs, ys, LINESTYLES.get(method, ":"), marker="o", ms=3, color=color[group], alpha=0.8,
+                        label=None if (shown, method) in labelled else f"{shown}, {method}")  # fmt: skip
+                labelled.add((shown, method))
         ax.set_xlabel("sparsity (% of entries in scope zeroed)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
@@ -465,16 +505,18 @@ def plot_sensitivities(values: dict, path: Path) -> None:
     kinds = [k for k in LAYER_TYPES if any(k in v and len(v[k]) for v in values.values())]
     fig, axes = plt.subplots(1, max(1, len(kinds)), figsize=(4.5 * max(1, len(kinds)), 3.8), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    groups = list(dict.fromkeys(group_of(name) for name in values))
+    color = {g: colors[i % len(colors)] for i, g in enumerate(groups)}
     finite = [v for model in values.values() for v in model.values() if len(v)]
     lo = min(float(np.min(v)) for v in finite) if finite else -12
     hi = max(float(np.max(v)) for v in finite) if finite else 0
     bins = np.linspace(lo, hi + 1e-9, 60)
     for ax, kind in zip(axes[0], kinds, strict=False):
-        for i, (name, model) in enumerate(values.items()):
+        for name, model in values.items():
             v = model.get(kind)
             if v is None or not len(v):
                 continue
-            ax.hist(v, bins=bins, density=True, histtype="step", lw=1.5, color=colors[i % len(colors)],
+            ax.hist(v, bins=bins, density=True, histtype="step", lw=1.5, color=color[group_of(name)], alpha=0.8,
                     label=f"{name} (median {np.median(v):.2f})")  # fmt: skip
         ax.set_title(kind)
         ax.set_xlabel("log10 sensitivity |theta*grad| (non-zero entries)")
@@ -505,6 +547,13 @@ def table(models: dict) -> str:
                 bleu = f"{r['bleu']:7.2f}" if "bleu" in r else f"{'-':>7}"
                 lines.append(f"{name:<16} {method:<12} {r['sparsity']:8.2f} {r['loss']:9.4f} {r['loss_increase']:9.4f} "
                              f"{bleu} {r['zero_fraction']:7.3f}")  # fmt: skip
+    for group, rec in group_summary(models).items():
+        lines.append(f"\n{group}: mean ± std over {len(rec['models'])} models ({', '.join(rec['models'])})")
+        for method in (m for m in rec if m != "models"):
+            for r in rec[method]:
+                cells = [f"{key} {r[key]['mean']:.4f} ± {r[key]['std']:.4f}" for key in ("loss_increase", "bleu_drop")
+                         if key in r]  # fmt: skip
+                lines.append(f"  {method:<12} {r['sparsity']:4.2f}: " + ", ".join(cells))
     return "\n".join(lines)
 
 
@@ -610,6 +659,7 @@ def run(args) -> dict:
         "max_tokens": args.max_tokens,
         "device": "cuda" if use_cuda else "cpu",
         "models": models,
+        "groups": group_summary(models),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     ev = _evaluate_module()

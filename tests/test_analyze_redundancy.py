@@ -218,3 +218,25 @@ def test_errors(analysed, tiny_data_bin, tmp_path, capsys):
     assert "--batches must be positive" in fails("--data-bin", tiny_data_bin, "--checkpoints", f"a={ckpt}",
                                                  "--batches", "0", *base)  # fmt: skip
     assert not (tmp_path / "o").exists()
+
+
+def test_group_summary_is_the_mean_and_spread_over_a_groups_models():
+    import statistics
+
+    def record(increase, bleu):
+        rows = [{"sparsity": 0.0, "loss": 5.0, "loss_increase": 0.0, "bleu": 30.0, "bleu_drop": 0.0,
+                 "zero_fraction": 0.0},
+                {"sparsity": 0.5, "loss": 5.0 + increase, "loss_increase": increase, "bleu": bleu,
+                 "bleu_drop": 30.0 - bleu, "zero_fraction": 0.5}]  # fmt: skip
+        return {"results": {"sensitivity": rows}}
+
+    models = {"adam/seed1": record(0.2, 25.0), "adam/seed2": record(0.4, 21.0), "sage": record(1.0, 10.0)}
+    groups = ar.group_summary(models)
+    assert list(groups) == ["adam"]  # a model alone is no group
+    assert groups["adam"]["models"] == ["adam/seed1", "adam/seed2"]
+    row = groups["adam"]["sensitivity"][1]
+    assert row["sparsity"] == 0.5
+    assert row["loss_increase"]["mean"] == pytest.approx(0.3)
+    assert row["loss_increase"]["std"] == pytest.approx(statistics.stdev([0.2, 0.4]))
+    assert row["bleu_drop"] == {"mean": pytest.approx(7.0), "std": pytest.approx(statistics.stdev([5.0, 9.0]))}
+    assert "adam: mean ± std over 2 models (adam/seed1, adam/seed2)" in ar.table(models)
