@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-done
 SETUP_INPUTS := constraints.txt requirements.txt pyproject.toml scripts/setup_env.sh scripts/patch_fairseq.py scripts/verify_install.py
 
-.PHONY: setup test lint format verify clean prepare-demo demo
+.PHONY: setup test lint format verify clean prepare-demo demo multi30k-study multi30k-redundancy
 
 setup: $(STAMP)
 
@@ -42,6 +42,21 @@ demo: $(STAMP)
 	$(PY) -m data_prep.demo --dest $(DEMO_BIN) --train-size $(DEMO_TRAIN_SIZE) --valid-size 500
 	$(PY) scripts/compare.py --configs demo_adam demo_sage --seeds $(DEMO_SEEDS) --data $(DEMO_BIN) \
 		--out $(DEMO_OUT) --jobs 2 --cpu
+
+# The Multi30k De->En study of RESULTS.md (about 2 hours on 2 CPU cores): data (from ../shared/data/multi30k where it
+# exists, else downloaded), the tuning grid on validation, 3 seeds, the length penalty, the test table and plots.
+MULTI30K_LOCAL ?= $(wildcard ../shared/data/multi30k)
+STUDY ?= studies/multi30k_de_en.yaml
+STUDY_OUT ?= runs/multi30k_de_en
+multi30k-study: $(STAMP)
+	$(PY) -m data_prep.multi30k --src de --tgt en $(if $(MULTI30K_LOCAL),--local-dir $(MULTI30K_LOCAL))
+	$(PY) scripts/study.py $(STUDY) --out $(STUDY_OUT)
+
+# Redundancy of the study's final models (every seed of both optimizers): pruning curves, sensitivity per layer type.
+multi30k-redundancy: multi30k-study
+	$(PY) scripts/analyze_redundancy.py --data-bin data-bin/multi30k.de-en.bpe --out $(STUDY_OUT)/redundancy \
+		--checkpoints $$($(PY) scripts/study.py $(STUDY) --out $(STUDY_OUT) --list-checkpoints) \
+		--batches 64 --max-len-a 1.2 --max-len-b 10 --cpu
 
 clean:
 	rm -rf $(VENV) build *.egg-info

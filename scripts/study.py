@@ -400,16 +400,37 @@ def plots(out: Path, spec: dict, results: dict) -> None:
     plt.close(fig)
 
 
+def list_checkpoints(out: Path) -> dict:
+    """The final models of a finished study, as analyze_redundancy.py's NAME=PATH arguments (printed on one line)."""
+    summary_file = out / "study.json"
+    if not summary_file.exists():
+        raise StudyError(f"{summary_file}: no finished study there (run scripts/study.py SPEC first)")
+    results = json.loads(summary_file.read_text())["results"]
+    entries = {
+        f"{name}/seed{s['seed']}": str(Path(s["dir"]) / "checkpoint_last.pt") for name, r in results.items()
+        for s in r["seeds"]
+    }  # fmt: skip
+    print(" ".join(f"{name}={path}" for name, path in entries.items()))
+    return entries
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("spec", type=Path, help="study spec (YAML), e.g. studies/multi30k_de_en.yaml")
     parser.add_argument("--out", type=Path, help="output folder (default: the spec's 'out')")
     parser.add_argument("--jobs", type=int, help="trainings/evaluations at the same time (default: the spec's)")
     parser.add_argument("--gpu", dest="cpu", action="store_false", help="translate on the GPU (default: CPU)")
+    parser.add_argument(
+        "--list-checkpoints",
+        action="store_true",
+        help="print OPTIMIZER/seedN=PATH of the finished study's final checkpoints (for analyze_redundancy.py)",
+    )
     args = parser.parse_args(argv)
     try:
         spec = load_spec(args.spec)
         out = (args.out or Path(spec.get("out") or parser.error("--out: the spec has no 'out'"))).absolute()
+        if args.list_checkpoints:
+            return list_checkpoints(out)
         out.mkdir(parents=True, exist_ok=True)
         study = Study(spec, out, args.jobs or spec["jobs"], args.cpu)
     except StudyError as e:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 
@@ -94,6 +95,12 @@ def test_protocol_end_to_end_with_a_failing_setting_and_resumption(demo_bin, tmp
     assert {p: p.stat().st_mtime_ns for p in out.rglob("eval.*.json")} == evals
     assert again["results"] == results
 
+    listed = study.main([str(spec_file), "--out", str(out), "--list-checkpoints"])
+    assert list(listed) == ["adam/seed1", "adam/seed2", "sage/seed1", "sage/seed2"]
+    assert listed["sage/seed2"] == str(out / "sage" / "ok" / "seed2" / "checkpoint_last.pt")
+    assert all(Path(path).is_file() for path in listed.values())
+    assert capsys.readouterr().out.split() == [f"{name}={path}" for name, path in listed.items()]
+
 
 @pytest.mark.parametrize(
     "change, message",
@@ -128,6 +135,9 @@ def test_missing_spec_and_data_are_named(tmp_path, capsys):
     with pytest.raises(SystemExit):
         study.main([str(write_spec(tmp_path / "s.yaml", tmp_path / "empty")), "--out", str(tmp_path / "o")])
     assert "not a fairseq data-bin" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        study.main([str(write_spec(tmp_path / "s.yaml", tmp_path)), "--out", str(tmp_path / "o"), "--list-checkpoints"])
+    assert "no finished study there" in capsys.readouterr().err
 
 
 def test_the_committed_spec_is_valid_and_balanced():
