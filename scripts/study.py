@@ -279,6 +279,12 @@ def _mean_std(values: list[float], digits: int = 2) -> str:
     return f"{mean:.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
+def _difference(a: list[float], b: list[float], digits: int) -> str:
+    """mean(b) - mean(a) ± the standard error of that difference (two independent samples)."""
+    se = math.sqrt(statistics.variance(a) / len(a) + statistics.variance(b) / len(b))
+    return f"{statistics.mean(b) - statistics.mean(a):+.{digits}f} ± {se:.{digits}f}"
+
+
 def report(spec: dict, results: dict) -> str:
     names = list(results)
     lines = [f"# {spec.get('description', 'Adam vs SAGE')}", ""]
@@ -311,15 +317,26 @@ def report(spec: dict, results: dict) -> str:
             shown = spec["subset_names"].get(subset, subset)
             head += f" {shown} tok. BLEU | {shown} sacreBLEU | {shown} BP |"
         lines += [head, "|" + "---|" * (3 + 3 * len(spec["test_subsets"]))]
+        columns = {}  # name -> the per-seed values of every column, for the difference row
         for name in names:
             lp = f"{results[name]['lenpen']:g}" if which == "tuned" else "1"
             seeds = results[name]["seeds"]
-            row = f"| {name} | {lp} | {_mean_std([s['final_valid_loss'] for s in seeds], 3)} |"
+            values = [([s["final_valid_loss"] for s in seeds], 3)]
             for subset in spec["test_subsets"]:
                 cells = [s["test"][subset][lp] for s in seeds]
-                row += f" {_mean_std([c['bleu_tok'] for c in cells])} | {_mean_std([c['sacrebleu'] for c in cells])} |"
-                row += f" {_mean_std([c['bp'] for c in cells], 3)} |"
-            lines.append(row)
+                values += [
+                    ([c[key] for c in cells], digits) for key, digits in (("bleu_tok", 2), ("sacrebleu", 2), ("bp", 3))
+                ]
+            columns[name] = values
+            lines.append(f"| {name} | {lp} | " + " | ".join(_mean_std(v, d) for v, d in values) + " |")
+        if len(names) == 2 and all(len(results[n]["seeds"]) > 1 for n in names):
+            first, second = names
+            cells = [_difference(a, b, d) for (a, d), (b, _) in zip(columns[first], columns[second], strict=True)]
+            lines.append(f"| {second} − {first} | | " + " | ".join(cells) + " |")
+            lines += [
+                "",
+                "Last row: difference of the means ± its standard error, sqrt(s1²/n1 + s2²/n2) (seeds unpaired).",
+            ]
     lines += ["", "## Per seed (tuned length penalty)", ""]
     head = "| optimizer | seed | final valid loss | valid sacreBLEU |"
     for subset in spec["test_subsets"]:

@@ -82,6 +82,7 @@ def test_protocol_end_to_end_with_a_failing_setting_and_resumption(demo_bin, tmp
     assert ev["subset"] == "test" and ev["lenpen"] == 1.0 and ev["checkpoint"].endswith("seed2/checkpoint_last.pt")
     table = (out / "study.md").read_text()
     assert "| sage | bad | `optimizer.sage_beta3=1.5` | failed |" in table and "tatoeba-test sacreBLEU" in table
+    assert table.count("| sage − adam | |") == 2  # the difference row under both test tables
     assert json.loads((out / "study.json").read_text())["results"] == json.loads(json.dumps(results))
     for png in ("learning_curves.png", "grid_curves.png", "lenpen.png"):
         assert (out / png).stat().st_size > 10_000
@@ -145,3 +146,8 @@ def test_the_committed_spec_is_valid_and_balanced():
     assert len(spec["seeds"]) >= 3 and spec["tune_seed"] in spec["seeds"]
     assert {len(o["grid"]) for o in spec["optimizers"].values()} == {4}
     assert spec["optimizers"]["sage"]["config"] == "multi30k_de_en_sage"
+
+
+def test_difference_is_the_mean_difference_and_its_standard_error():
+    assert study._difference([1.0, 2.0, 3.0], [2.0, 4.0, 6.0], 2) == "+2.00 ± 1.29"  # sqrt(1/3 + 4/3)
+    assert study._difference([2.0, 4.0], [1.0, 1.0], 3) == "-2.000 ± 1.000"  # sqrt(2/2 + 0/2)
