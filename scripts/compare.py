@@ -48,10 +48,14 @@ def read_log(path: Path) -> dict[str, list[dict]]:
     records: dict[str, list[dict]] = {"train_inner": [], "train": [], "valid": []}
     if not path.exists():
         return records
+    seen = set()
     for line in path.read_text(errors="replace").splitlines():
         start = line.find('{"')
-        if start < 0:
+        if start < 0 or line[start:] in seen:
+            # fairseq 0.12's progress_bar() adds one more FileHandler for common.log_file at every call (each epoch),
+            # so from epoch k on every record is written k times: keep the first copy
             continue
+        seen.add(line[start:])
         try:
             raw = json.loads(line[start:])
         except json.JSONDecodeError:

@@ -9,8 +9,6 @@ import pytest
 
 from tests.fairseq_utils import ROOT
 
-pytestmark = pytest.mark.slow
-
 spec = importlib.util.spec_from_file_location("compare", ROOT / "scripts" / "compare.py")
 compare = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(compare)
@@ -23,6 +21,7 @@ def _run(demo_bin, out, capsys):
     return results, capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_runner_trains_evaluates_tabulates_and_resumes(demo_bin, tmp_path, capsys):
     out = tmp_path / "cmp"
     results, printed = _run(demo_bin, out, capsys)
@@ -54,3 +53,14 @@ def test_runner_refuses_unknown_config_and_data(tmp_path):
         compare.main(["--configs", "no_such_config", "--data", str(tmp_path), "--out", str(tmp_path / "o")])
     with pytest.raises(SystemExit):
         compare.main(["--data", str(tmp_path), "--out", str(tmp_path / "o")])  # not a data-bin
+
+
+def test_log_reader_keeps_one_copy_of_the_lines_fairseq_repeats(tmp_path):
+    """fairseq 0.12 adds a log-file handler per progress bar, so epoch k writes each record k times."""
+    inner = '[2026-01-01 00:00:0{i}][train_inner][INFO] - {{"epoch": 2, "loss": "5.1", "num_updates": "{u}"}}'
+    valid = '[2026-01-01 00:00:09][valid][INFO] - {"epoch": 2, "valid_loss": "4.9", "valid_num_updates": "20"}'
+    lines = [inner.format(i=1, u=10), inner.format(i=2, u=20), inner.format(i=2, u=20), valid, valid]
+    (tmp_path / "train.log").write_text("\n".join(lines) + "\n")
+    log = compare.read_log(tmp_path / "train.log")
+    assert [r["num_updates"] for r in log["train_inner"]] == [10.0, 20.0]
+    assert [r["valid_num_updates"] for r in log["valid"]] == [20.0]
