@@ -121,22 +121,25 @@ class Run:
             *self.overrides,
         ]
 
-    def eval_command(self) -> list[str]:
+    def eval_command(
+        self, subset: str = "test", lenpen: float | None = None, out: Path | None = None, checkpoint: Path | None = None
+    ) -> list[str]:
+        """scripts/evaluate.py on this run (default: its save dir's best/last checkpoint, the test set, --lenpen)."""
         return [
             sys.executable,
             str(ROOT / "scripts" / "evaluate.py"),
             "--data-bin",
             str(self.args.data),
             "--checkpoint",
-            str(self.dir),
+            str(checkpoint or self.dir),
             "--subset",
-            "test",
+            subset,
             "--beam",
             str(self.args.beam),
             "--lenpen",
-            str(self.args.lenpen),
+            str(self.args.lenpen if lenpen is None else lenpen),
             "--out",
-            str(self.eval_file),
+            str(out or self.eval_file),
             *(["--cpu"] if self.args.cpu else []),
         ]
 
@@ -190,11 +193,6 @@ class Run:
 
     def summary(self) -> dict:
         result = json.loads(self.eval_file.read_text())
-        log = read_log(self.dir / "train.log")
-        inner, valid = log["train_inner"], log["valid"]
-        wps = [r["wps"] for r in inner if isinstance(r.get("wps"), float)]
-        wps = wps or [r["train_wps"] for r in log["train"] if isinstance(r.get("train_wps"), float)]
-        timing = json.loads((self.dir / "timing.json").read_text())
         return {
             "config": self.config,
             "seed": self.seed,
@@ -203,10 +201,24 @@ class Run:
             "chrf": result.get("chrf"),
             "bp": result.get("bp"),
             "sacrebleu_signature": result.get("sacrebleu_signature"),
+            **self.training_summary(),
+        }
+
+    def training_summary(self) -> dict:
+        """What fairseq's log and timing.json say of the training: losses, updates, time, speed, validation curve."""
+        log = read_log(self.dir / "train.log")
+        inner, valid = log["train_inner"], log["valid"]
+        wps = [r["wps"] for r in inner if isinstance(r.get("wps"), float)]
+        wps = wps or [r["train_wps"] for r in log["train"] if isinstance(r.get("train_wps"), float)]
+        timing_file = self.dir / "timing.json"
+        timing = json.loads(timing_file.read_text()) if timing_file.exists() else {}
+        return {
             "best_valid_loss": min((r["valid_loss"] for r in valid), default=None),
             "final_valid_loss": valid[-1]["valid_loss"] if valid else None,
-            "updates": int(max([r["num_updates"] for r in inner] + [r["train_num_updates"] for r in log["train"]])),
-            "train_wall_s": timing["train_seconds"],
+            "updates": int(
+                max([r["num_updates"] for r in inner] + [r["train_num_updates"] for r in log["train"]], default=0)
+            ),  # fmt: skip
+            "train_wall_s": timing.get("train_seconds"),
             "words_per_s": statistics.median(wps) if wps else None,
             "curve": [
                 {

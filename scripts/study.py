@@ -29,7 +29,6 @@ import math
 import os
 import statistics
 import sys
-import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -114,7 +113,6 @@ class Study:
             validate_every=spec["validate_every"], verbose=False, beam=spec["beam"], lenpen=1.0, cpu=cpu,
         )  # fmt: skip
         self.pool = ThreadPoolExecutor(max_workers=self.jobs)
-        self._lock = threading.Lock()
 
     # -- units of work (each runs in the pool) ------------------------------------------------------------------
 
@@ -126,12 +124,7 @@ class Study:
         """scripts/evaluate.py on the final checkpoint; cached in the run's folder."""
         out = run.dir / f"eval.{subset}.lp{lenpen:g}.json"
         if not out.exists():
-            command = [
-                sys.executable, str(ROOT / "scripts" / "evaluate.py"), "--data-bin", str(self.data),
-                "--checkpoint", str(run.dir / "checkpoint_last.pt"), "--subset", subset,
-                "--beam", str(self.spec["beam"]), "--lenpen", str(lenpen), "--out", str(out),
-                *(["--cpu"] if self.cpu else []),
-            ]  # fmt: skip
+            command = run.eval_command(subset, lenpen, out, checkpoint=run.dir / "checkpoint_last.pt")
             run._stream(command, compare.run_env(self.threads), run.dir / "eval.out")
         return json.loads(out.read_text())
 
@@ -147,14 +140,12 @@ class Study:
             if not tolerate_failure:
                 raise
             compare.say(f"[{run.name}] FAILED: {e}")
-            failed.write_text(json.dumps({"failed": str(e), "sacrebleu": None, "bleu_tok": None, "bp": None}))
-            return json.loads(failed.read_text())
+            record = {"failed": str(e), "sacrebleu": None, "bleu_tok": None, "bp": None}
+            failed.write_text(json.dumps(record))
+            return record
         result = self.evaluate(run, "valid", 1.0)
         compare.say(f"[{run.name}] valid sacreBLEU {result['sacrebleu']:.2f} (beam {self.spec['beam']}, lenpen 1)")
         return result
-
-    def submit(self, fn, *args) -> Future:
-        return self.pool.submit(fn, *args)
 
     # -- the protocol ----------------------------------------------------------------------------------------------
 
@@ -169,7 +160,7 @@ class Study:
                 "valid_sacrebleu": grid[setting]["sacrebleu"],
                 "valid_bleu_tok": grid[setting]["bleu_tok"],
                 "valid_bp": grid[setting]["bp"],
-                "final_valid_loss": _final_valid_loss(run),
+                "final_valid_loss": run.training_summary()["final_valid_loss"],
                 "overrides": spec["optimizers"][optimizer]["grid"][setting],
                 "failed": grid[setting].get("failed"),
             }
@@ -179,11 +170,11 @@ class Study:
         best = max(ok, key=lambda s: (scores[s]["valid_sacrebleu"], -(scores[s]["final_valid_loss"] or math.inf)))
         compare.say(f"[{optimizer}] best setting on valid: {best} ({scores[best]['valid_sacrebleu']:.2f})")
         runs = [self.run(optimizer, best, seed) for seed in spec["seeds"]]
-        trained = [self.submit(self.train_and_validate, run) for run in runs]
+        trained = [self.pool.submit(self.train_and_validate, run) for run in runs]
         for future in trained:
             future.result()
         sweeps = {
-            (run.seed, lp): self.submit(self.evaluate, run, "valid", lp) for run in runs for lp in spec["lenpens"]
+            (run.seed, lp): self.pool.submit(self.evaluate, run, "valid", lp) for run in runs for lp in spec["lenpens"]
         }
         mean_by_lenpen = {
             lp: statistics.mean(sweeps[(run.seed, lp)].result()["sacrebleu"] for run in runs) for lp in spec["lenpens"]
@@ -191,14 +182,14 @@ class Study:
         lenpen = max(spec["lenpens"], key=lambda lp: (mean_by_lenpen[lp], -abs(lp - 1.0)))
         compare.say(f"[{optimizer}] length penalty on valid: {lenpen:g} (mean sacreBLEU {mean_by_lenpen[lenpen]:.2f})")
         tests = {
-            (run.seed, subset, lp): self.submit(self.evaluate, run, subset, lp)
+            (run.seed, subset, lp): self.pool.submit(self.evaluate, run, subset, lp)
             for run in runs
             for subset in spec["test_subsets"]
             for lp in sorted({1.0, lenpen})
         }
         seeds = []
         for run in runs:
-            entry = {"seed": run.seed, "dir": str(run.dir), **_training_summary(run)}
+            entry = {"seed": run.seed, "dir": str(run.dir), **run.training_summary()}
             entry["valid"] = {f"{lp:g}": _scores(sweeps[(run.seed, lp)].result()) for lp in spec["lenpens"]}
             entry["test"] = {
                 subset: {f"{lp:g}": _scores(tests[(run.seed, subset, lp)].result()) for lp in sorted({1.0, lenpen})}
@@ -213,7 +204,7 @@ class Study:
             "valid_sacrebleu_by_lenpen": {f"{lp:g}": v for lp, v in mean_by_lenpen.items()},
             "lenpen": lenpen,
             "seeds": seeds,
-            "grid_curves": {s: _training_summary(self.run(optimizer, s, spec["tune_seed"]))["curve"] for s in grid},
+            "grid_curves": {s: self.run(optimizer, s, spec["tune_seed"]).training_summary()["curve"] for s in grid},
         }
 
     def execute(self) -> dict:
@@ -226,39 +217,12 @@ class Study:
             for name in names:
                 if i < len(settings[name]):
                     run = self.run(name, settings[name][i], spec["tune_seed"])
-                    grid_futures[name][settings[name][i]] = self.submit(self.train_and_validate, run, True)
+                    grid_futures[name][settings[name][i]] = self.pool.submit(self.train_and_validate, run, True)
         with ThreadPoolExecutor(max_workers=len(names)) as tracks:
             futures = {name: tracks.submit(self.optimizer_track, name, grid_futures[name]) for name in names}
             results = {name: future.result() for name, future in futures.items()}
         self.pool.shutdown()
         return results
-
-
-def _final_valid_loss(run) -> float | None:
-    valid = compare.read_log(run.dir / "train.log")["valid"]
-    return valid[-1]["valid_loss"] if valid else None
-
-
-def _training_summary(run) -> dict:
-    log = compare.read_log(run.dir / "train.log")
-    timing_file = run.dir / "timing.json"
-    timing = json.loads(timing_file.read_text()) if timing_file.exists() else {}
-    inner = log["train_inner"]
-    wps = [r["wps"] for r in inner if isinstance(r.get("wps"), float)]
-    return {
-        "final_valid_loss": log["valid"][-1]["valid_loss"] if log["valid"] else None,
-        "updates": int(max((r["num_updates"] for r in inner), default=0)),
-        "train_wall_s": timing.get("train_seconds"),
-        "words_per_s": statistics.median(wps) if wps else None,
-        "curve": [
-            {
-                "update": int(r.get("valid_num_updates", 0)),
-                "valid_loss": r.get("valid_loss"),
-                "valid_bleu": r.get("valid_bleu"),
-            }
-            for r in log["valid"]
-        ],  # fmt: skip
-    }
 
 
 def _scores(result: dict) -> dict:
@@ -372,25 +336,10 @@ def plots(out: Path, spec: dict, results: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colors = dict(zip(results, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
-    fig, (ax_loss, ax_bleu) = plt.subplots(1, 2, figsize=(11, 4))
-    for name, r in results.items():
-        for i, s in enumerate(r["seeds"]):
-            curve = s["curve"]
-            label = f"{name} {r['best_setting']}" if i == 0 else None
-            ups = [c["update"] for c in curve]
-            ax_loss.plot(ups, [c["valid_loss"] for c in curve], color=colors[name], alpha=0.8, label=label)
-            bleu = [c for c in curve if isinstance(c.get("valid_bleu"), float)]
-            ax_bleu.plot([c["update"] for c in bleu], [c["valid_bleu"] for c in bleu], color=colors[name], alpha=0.8,
-                         label=label)  # fmt: skip
-    ax_loss.set(xlabel="update", ylabel="validation loss (label-smoothed, base 2)", title="validation loss, each seed")
-    ax_bleu.set(xlabel="update", ylabel="validation BLEU (greedy)", title="validation BLEU, each seed")
-    for ax in (ax_loss, ax_bleu):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "learning_curves.png", dpi=110)
-    plt.close(fig)
+    # the final runs' validation curves, drawn as compare.py draws a comparison: one colour per optimizer
+    labels = {name: f"{name} {r['best_setting']}" for name, r in results.items()}
+    finals = [{"config": labels[name], **s} for name, r in results.items() for s in r["seeds"]]
+    compare.plot(out / "learning_curves.png", finals, list(labels.values()))
 
     fig, axes = plt.subplots(1, len(results), figsize=(5.5 * len(results), 4), squeeze=False)
     for ax, (name, r) in zip(axes[0], results.items(), strict=True):
@@ -403,6 +352,7 @@ def plots(out: Path, spec: dict, results: dict) -> None:
     fig.savefig(out / "grid_curves.png", dpi=110)
     plt.close(fig)
 
+    colors = dict(zip(results, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for name, r in results.items():
         lps = [float(k) for k in r["valid_sacrebleu_by_lenpen"]]
