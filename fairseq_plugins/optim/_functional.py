@@ -68,6 +68,47 @@ def _upcast(t: Tensor) -> Tensor:
     return t.float() if t.dtype in _LOW_PRECISION else t
 
 
+def check_tensors(
+    params: list[Tensor],
+    grads: list[Tensor],
+    firsts: list[Tensor],
+    seconds: list[Tensor],
+    sens: list[Tensor] | None,
+    steps: list[Tensor],
+    *,
+    second_name: str,
+    param_names: list[str | None] | None = None,
+) -> None:
+    """Every tensor an update touches fits its parameter: same shape and device, state in the compute dtype, a
+    one-element step. Checked before any kernel (the fused one writes through raw pointers sized by the parameter)
+    and before the step counters move, so a misfit raises ``ValueError`` and changes nothing."""
+    n = len(params)
+    lists = {"grads": grads, "exp_avgs": firsts, f"{second_name}s": seconds, "steps": steps}
+    if sens is not None:
+        lists["exp_avg_sens"] = sens
+    for key, items in lists.items():
+        if len(items) != n:
+            raise ValueError(f"SAGE: {len(items)} {key} for {n} parameters")
+    for i, p in enumerate(params):
+        shape, device, dtype = p.shape, p.device, compute_dtype(p.dtype)
+        tensors = [("gradient", grads[i]), ("exp_avg", firsts[i]), (second_name, seconds[i])]
+        if sens is not None:
+            tensors.append(("exp_avg_sens", sens[i]))
+        for key, t in tensors:
+            if t.shape == shape and t.device == device and (key == "gradient" or t.dtype == dtype):
+                continue
+            name = param_names[i] if param_names is not None and param_names[i] else None
+            what = f"parameter {name!r}" if name else f"parameter {i} of the list"
+            want = f"shape {tuple(shape)} on {device}" + ("" if key == "gradient" else f" in {dtype}")
+            raise ValueError(
+                f"SAGE: the {key} of {what} is {tuple(t.shape)} {t.dtype} on {t.device}; it must be {want}. "
+                "A state loaded for another model or parameter order does not fit: load the matching state or "
+                "start the optimizer afresh (fairseq-train: --reset-optimizer)"
+            )
+        if steps[i].numel() != 1:
+            raise ValueError(f"SAGE: the step counter of parameter {i} has {steps[i].numel()} elements, not 1")
+
+
 def _bias_corrections(step: float, beta1: float, beta2: float, beta3: float, bias_correction: bool):
     bc1 = 1.0 - beta1**step
     bc2 = 1.0 - beta2**step
@@ -126,11 +167,15 @@ def adam_sage(
     bias_correction: bool,
     strength: float,
     impl: str = "auto",
+    param_names: list[str | None] | None = None,
 ) -> None:
     """AdamW-SAGE on a list of tensors. ``exp_avg_sens`` None: the plain AdamW update (unselected tensors).
 
-    ``steps`` are incremented here. Decoupled weight decay, not scaled by the multiplier.
+    ``steps`` are incremented here. Decoupled weight decay, not scaled by the multiplier. ``param_names`` only
+    serve error messages.
     """
+    check_tensors(params, grads, exp_avgs, exp_avg_sqs, exp_avg_sens, steps, second_name="exp_avg_sq",
+                  param_names=param_names)  # fmt: skip
     if steps:
         torch._foreach_add_(steps, 1.0)
     kernel = _KERNELS[resolve_impl(impl, params)][0]
@@ -257,9 +302,13 @@ def adamax_sage(
     bias_correction: bool,
     strength: float,
     impl: str = "auto",
+    param_names: list[str | None] | None = None,
 ) -> None:
     """Adamax-SAGE on a list of tensors (the authors' Adamax: no bias correction of the first moment, weight decay
-    coupled inside the scaled update). ``exp_avg_sens`` None: the plain update with multiplier 1."""
+    coupled inside the scaled update). ``exp_avg_sens`` None: the plain update with multiplier 1. ``param_names``
+    only serve error messages."""
+    check_tensors(params, grads, exp_avgs, exp_infs, exp_avg_sens, steps, second_name="exp_inf",
+                  param_names=param_names)  # fmt: skip
     if steps:
         torch._foreach_add_(steps, 1.0)
     kernel = _KERNELS[resolve_impl(impl, params)][1]

@@ -275,10 +275,37 @@ def eligible(p: Tensor, g: Tensor, *state: Tensor) -> bool:
     sdtype = _STATE_DTYPE.get(dtype)
     if sdtype is None or g.dtype != dtype or p.device.type != "cpu" or not (p.is_contiguous() and g.is_contiguous()):
         return False
+    if g.device.type != "cpu":
+        return False
     for s in state:
-        if s.dtype != sdtype or not s.is_contiguous():
+        if s.dtype != sdtype or not s.is_contiguous() or s.device.type != "cpu":
             return False
     return True
+
+
+def _check_fits(params, grads, firsts, seconds, sens, step_sizes, bc3s) -> None:
+    """The last line before raw pointers: the kernel writes ``numel(param)`` entries of every tensor of an index, so
+    each must hold exactly that many, contiguous, on the CPU, in the dtype the kernel reads (callers check earlier,
+    with parameter names; this guard keeps any other caller from corrupting memory)."""
+    n = len(params)
+    lists = [grads, firsts, seconds, step_sizes, bc3s] + ([sens] if sens is not None else [])
+    if any(len(items) != n for items in lists):
+        raise ValueError(f"fused SAGE step: lists of {[len(x) for x in lists]} items for {n} parameters")
+    dtype = params[0].dtype
+    state_dtype = _STATE_DTYPE.get(dtype)
+    for i, p in enumerate(params):
+        state = [firsts[i], seconds[i]] + ([sens[i]] if sens is not None else [])
+        if p.dtype != dtype or not eligible(p, grads[i], *state):
+            raise ValueError(
+                f"fused SAGE step: tensor {i} ({p.dtype}) is not eligible: parameter and gradient must be contiguous "
+                f"CPU {dtype}, the state contiguous {state_dtype}"
+            )
+        for t in (grads[i], *state):
+            if t.numel() != p.numel():
+                raise ValueError(
+                    f"fused SAGE step: tensor {i} has a {tuple(t.shape)} state or gradient for a parameter of shape "
+                    f"{tuple(p.shape)}"
+                )
 
 
 def _pointers(tensors) -> ctypes.Array:
@@ -305,10 +332,12 @@ def step(
 ) -> None:
     """One update of tensors that share a dtype and are ``eligible``; per-tensor step sizes and bias corrections."""
     lib = load()
-    assert lib is not None, _error
+    if lib is None:
+        raise RuntimeError(f"the fused SAGE kernel is unavailable: {_error}")
     n = len(params)
     if n == 0:
         return
+    _check_fits(params, grads, firsts, seconds, sens, step_sizes, bc3s)
     args = [_pointers(params), _pointers(grads), _pointers(firsts), _pointers(seconds)]
     args.append(_pointers(sens) if sens is not None else None)
     numels = (ctypes.c_int64 * n)(*[p.numel() for p in params])

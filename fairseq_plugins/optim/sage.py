@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -23,14 +24,55 @@ def _check_range(name: str, value: Any, low: float, high: float | None = None) -
         raise ValueError(f"{name} must be {bound}, got {value!r}")
 
 
-def _check_betas(betas: Any) -> tuple[float, float]:
+def _check_betas(betas: Any, name: str = "betas") -> tuple[float, float]:
     try:
         beta1, beta2 = (float(b) for b in betas)
     except (TypeError, ValueError):
-        raise ValueError(f"betas must be a pair of floats, got {betas!r}") from None
-    _check_range("betas[0]", beta1, 0.0, 1.0)
-    _check_range("betas[1]", beta2, 0.0, 1.0)
+        raise ValueError(f"{name} must be a pair of floats, got {betas!r}") from None
+    _check_range(f"{name}[0]", beta1, 0.0, 1.0)
+    _check_range(f"{name}[1]", beta2, 0.0, 1.0)
     return beta1, beta2
+
+
+# the options every group carries, with their valid range (low, high); checked at construction and per added group
+_RANGES = {"lr": (0.0, None), "eps": (0.0, None), "weight_decay": (0.0, None), "beta3": (0.0, 1.0),
+           "sage_strength": (0.0, None)}  # fmt: skip
+
+
+def check_options(options: dict[str, Any], names: dict[str, str] | None = None) -> None:
+    """Validate SAGE options (any subset of the constructor's keywords); errors name ``names[key]`` where given
+    (the fairseq wrapper passes its command-line flags, so a user reads ``--sage-beta3``, not ``beta3``)."""
+    names = names or {}
+    for key, value in options.items():
+        name = names.get(key, key)
+        if key in _RANGES:
+            _check_range(name, value, *_RANGES[key])
+        elif key == "betas":
+            _check_betas(value, name)
+        elif key == "impl" and value not in F.IMPLEMENTATIONS:
+            raise ValueError(f"{name} must be one of {', '.join(F.IMPLEMENTATIONS)}, got {value!r}")
+
+
+class SelectionChangedError(ValueError):
+    """A saved state was made with another choice of SAGE tensors (``sage_params``) than this optimizer's."""
+
+
+def _describe(p: Tensor, name: str | None, where: str) -> str:
+    return f"parameter {name!r} ({where})" if name else f"the parameter at {where}"
+
+
+def _check_param(p: Any, name: str | None, where: str) -> None:
+    """Refuse what SAGE cannot update before any state exists (a later failure inside step() would leave the state
+    half-updated)."""
+    if not isinstance(p, Tensor):
+        raise TypeError(f"SAGE optimizes tensors; {where} is a {type(p).__name__}")
+    if p.is_complex():
+        raise ValueError(
+            f"SAGE does not support complex parameters: {_describe(p, name, where)} is {p.dtype}. The sensitivity "
+            "|theta * grad| is defined per real entry; optimize torch.view_as_real(p) as a real parameter instead"
+        )
+    if not p.is_floating_point():
+        raise ValueError(f"SAGE optimizes floating-point tensors: {_describe(p, name, where)} is {p.dtype}")
 
 
 class _SAGEBase(SAGEStatsMixin, torch.optim.Optimizer):
@@ -44,38 +86,58 @@ class _SAGEBase(SAGEStatsMixin, torch.optim.Optimizer):
     supports_flat_params = True
 
     def __init__(self, params, lr, betas, eps, weight_decay, beta3, bias_correction, sage_strength, sage_params, impl):
-        _check_range("lr", lr, 0.0)
-        _check_range("eps", eps, 0.0)
-        _check_range("weight_decay", weight_decay, 0.0)
-        _check_range("beta3", beta3, 0.0, 1.0)
-        _check_range("sage_strength", sage_strength, 0.0)
-        if impl not in F.IMPLEMENTATIONS:
-            raise ValueError(f"impl must be one of {F.IMPLEMENTATIONS}, got {impl!r}")
+        options = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, beta3=beta3)
+        check_options({**options, "sage_strength": sage_strength, "impl": impl})
         self._selects = selector(sage_params)  # raises ValueError for an unknown preset or a bad regex
         self._sage_params = sage_params
         self._selected_names: list[str] = []
         self._all_names: list[str] = []
+        self._warned_no_grad = False
         defaults = dict(
-            lr=lr,
+            options,
             betas=_check_betas(betas),
-            eps=eps,
-            weight_decay=weight_decay,
-            beta3=beta3,
             bias_correction=bool(bias_correction),
             sage_strength=float(sage_strength),
             sage=True,
+            sage_params=sage_params,
             impl=impl,
         )
         super().__init__(params, defaults)
         if self._selects is not None:
+            if not self._all_names:
+                raise ValueError(
+                    f"sage_params={sage_params!r} was given, but every parameter group sets sage=True/False itself, "
+                    "so the selection would choose nothing: drop sage_params, or pass named parameters without sage"
+                )
             check_matches(sage_params, self._all_names)
+            frozen = [n for g in self.param_groups if g["sage"] for n, p in self._named(g) if not p.requires_grad]
+            if frozen and len(frozen) == sum(len(g["params"]) for g in self.param_groups if g["sage"]):
+                raise ValueError(
+                    f"sage_params={sage_params!r} selects only tensors that do not require a gradient "
+                    f"({', '.join(frozen[:4])}{', ...' if len(frozen) > 4 else ''}): SAGE would apply to nothing"
+                )
+
+    def name_parameters(self, params: Iterable[Tensor], names: Iterable[str]) -> None:
+        """Names for error messages where the tensors came without them (fairseq hands over bare tensors)."""
+        self._names_by_id = {id(p): n for p, n in zip(params, names, strict=True)}
+
+    def _named(self, group: dict[str, Any]) -> list[tuple[str | None, Tensor]]:
+        names = group.get("param_names")
+        if names is None:
+            by_id = getattr(self, "_names_by_id", {})
+            names = [by_id.get(id(p)) for p in group["params"]]
+        return list(zip(names, group["params"], strict=True))
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group; with a ``sage_params`` selection, split it into a SAGE part and a plain part by name."""
+        check_options({k: v for k, v in param_group.items() if k in (*_RANGES, "betas", "impl")})
         if "betas" in param_group:
             param_group["betas"] = _check_betas(param_group["betas"])
         params = param_group["params"]
         params = [params] if isinstance(params, Tensor) else list(params)
+        for i, item in enumerate(params):
+            name, p = item if isinstance(item, tuple) and len(item) == 2 else (None, item)
+            _check_param(p, name, f"group {len(self.param_groups)}, index {i}")
         if "sage" in param_group or self._selects is None:
             super().add_param_group({**param_group, "params": params})
             return
@@ -99,16 +161,68 @@ class _SAGEBase(SAGEStatsMixin, torch.optim.Optimizer):
             group.setdefault("sage", True)
             group.setdefault("impl", "auto")
 
+    _REMEDY = "load the state saved for this model, or start the optimizer afresh (fairseq-train: --reset-optimizer)"
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        for saved, group in zip(state_dict.get("param_groups", []), self.param_groups, strict=False):
-            for key in ("sage_strength", "sage", "impl", "bias_correction", "beta3"):
+        """torch's load, after checks that nothing in the saved state can misfit: the choice of SAGE tensors must be
+        the one the state was saved with (``SelectionChangedError``), and every saved tensor must have its parameter's
+        shape (``ValueError`` naming the parameter). Nothing is changed when a check fails. The caller's dict is not
+        modified. Loaded moments are kept in the compute dtype (torch would cast them to fp16/bf16 parameters)."""
+        saved_groups = [dict(g) for g in state_dict.get("param_groups", [])]
+        self._check_selection(saved_groups)
+        self._check_saved_shapes(saved_groups, state_dict.get("state", {}))
+        for saved, group in zip(saved_groups, self.param_groups, strict=True):
+            for key in ("sage_strength", "sage", "impl", "bias_correction", "beta3", "sage_params"):
                 saved.setdefault(key, group[key])
-        super().load_state_dict(state_dict)
+        super().load_state_dict({**state_dict, "param_groups": saved_groups})
         for group in self.param_groups:
-            for p in group["params"]:  # a SAGE group loaded from a plain-Adam state: start the sensitivity EMA
+            dtype = None
+            for p in group["params"]:
                 state = self.state.get(p)
-                if state and group["sage"] and "exp_avg_sens" not in state:
-                    state["exp_avg_sens"] = torch.zeros_like(p, dtype=F.compute_dtype(p.dtype))
+                if not state:
+                    continue
+                dtype = F.compute_dtype(p.dtype)
+                for key in ("exp_avg", self._second_moment, "exp_avg_sens"):
+                    if key in state and state[key].dtype != dtype:
+                        state[key] = state[key].to(dtype)
+                if group["sage"] and "exp_avg_sens" not in state:  # from a plain-Adam state: start the EMA
+                    state["exp_avg_sens"] = torch.zeros_like(p, dtype=dtype)
+
+    def _check_selection(self, saved_groups: list[dict[str, Any]]) -> None:
+        groups = self.param_groups
+        saved_choice = [g.get("sage_params") for g in saved_groups]
+        mine = [g["sage_params"] for g in groups]
+        layout = [(len(g["params"]), g["sage"]) for g in groups]
+        saved_layout = [(len(g["params"]), g.get("sage")) for g in saved_groups]  # no "sage": a torch Adam state
+        fits = len(saved_layout) == len(layout) and all(
+            n == m and flag in (None, want) and choice in (None, current)
+            for (n, flag), (m, want), choice, current in zip(saved_layout, layout, saved_choice, mine, strict=True)
+        )
+        if not fits:
+            choice = next((c for c in saved_choice if c is not None), None)
+            was = f"sage_params={choice!r}" if choice is not None else "another selection or model"
+            raise SelectionChangedError(
+                f"the saved optimizer state was made with {was}: groups (tensors, SAGE) {saved_layout}; this optimizer "
+                f"has sage_params={mine[0]!r}: {layout}. A changed selection cannot be resumed: keep the selection "
+                f"(to stop SAGE mid-run, keep it and set sage_strength 0), or start the optimizer state afresh "
+                "(fairseq-train: --reset-optimizer)"
+            )
+
+    def _check_saved_shapes(self, saved_groups: list[dict[str, Any]], saved_state: dict[Any, Any]) -> None:
+        for g, (saved, group) in enumerate(zip(saved_groups, self.param_groups, strict=True)):
+            for i, (saved_id, (name, p)) in enumerate(zip(saved["params"], self._named(group), strict=True)):
+                for key, value in saved_state.get(saved_id, {}).items():
+                    if not isinstance(value, Tensor):
+                        continue
+                    bad = value.numel() != 1 if key == "step" else value.shape != p.shape
+                    if bad:
+                        want = "one element" if key == "step" else f"shape {tuple(p.shape)}"
+                        raise ValueError(
+                            f"{type(self).__name__}.load_state_dict: the saved state does not fit "
+                            f"{_describe(p, name, f'group {g}, index {i}')}: its {key} has shape {tuple(value.shape)}, "
+                            f"the parameter needs {want}. The state was saved for another model or another "
+                            f"parameter order: {self._REMEDY}"
+                        )
 
     @property
     def sage_strength(self) -> float:
@@ -139,9 +253,11 @@ class _SAGEBase(SAGEStatsMixin, torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         stats = self._sage_stats_begin()  # diagnostics hook (diagnostics.py): None unless requested
+        if not self._warned_no_grad:
+            self._check_gradients_reach_sage()
         for group in self.param_groups:
-            params, grads, firsts, seconds, sens, steps = [], [], [], [], [], []
-            for p in group["params"]:
+            params, grads, firsts, seconds, sens, steps, names = [], [], [], [], [], [], []
+            for name, p in self._named(group):
                 if p.grad is None:
                     continue
                 if p.grad.is_sparse:
@@ -152,6 +268,7 @@ class _SAGEBase(SAGEStatsMixin, torch.optim.Optimizer):
                 firsts.append(state["exp_avg"])
                 seconds.append(state[self._second_moment])
                 steps.append(state["step"])
+                names.append(name)
                 if group["sage"]:
                     sens.append(state["exp_avg_sens"])
             if stats is not None and group["sage"]:  # diagnostics: before the kernel overwrites the state
@@ -176,9 +293,28 @@ class _SAGEBase(SAGEStatsMixin, torch.optim.Optimizer):
                 bias_correction=group["bias_correction"],
                 strength=group["sage_strength"],
                 impl=impl,
+                param_names=names,
             )
         self._sage_stats_finish(stats)
         return loss
+
+    def _check_gradients_reach_sage(self) -> None:
+        """Once, at the first step with gradients: warn when a selection's tensors got none (a pattern that matches
+        only unused tensors would otherwise run plain Adam without a word)."""
+        sage = [p for g in self.param_groups if g["sage"] for p in g["params"]]
+        plain = [p for g in self.param_groups if not g["sage"] for p in g["params"]]
+        if not sage or not any(p.grad is not None for p in plain):
+            self._warned_no_grad = bool(sage) and any(p.grad is not None for p in sage)
+            return
+        self._warned_no_grad = True
+        if not any(p.grad is not None for p in sage):
+            choice = self.param_groups[0]["sage_params"]
+            warnings.warn(
+                f"SAGE: sage_params={choice!r} selects {len(sage)} tensors, and none of them received a gradient in "
+                "the first update (other tensors did): SAGE applies to nothing that trains. Check the selection.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
 
 class AdamSAGE(_SAGEBase):
