@@ -12,6 +12,7 @@ over one flattened tensor, where a per-tensor selection is refused with the alte
 import ast
 import contextvars
 import functools
+import logging
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, List  # noqa: UP035
@@ -22,7 +23,14 @@ from omegaconf import II, OmegaConf
 
 from .optim import AdamaxSAGE, AdamSAGE
 from .optim._functional import IMPLEMENTATIONS
+from .optim.sage import SelectionChangedError, check_options
 from .optim.selection import check_matches, describe_choices, selector
+
+logger = logging.getLogger(__name__)
+
+# the inner optimizer's keywords -> the flags a fairseq-train user typed (errors and resume messages name these)
+FLAGS = {"lr": "--lr", "betas": "--adam-betas", "eps": "--adam-eps", "weight_decay": "--weight-decay",
+         "beta3": "--sage-beta3", "sage_strength": "--sage-strength", "impl": "--sage-impl"}  # fmt: skip
 
 _NAMED_PARAMS: contextvars.ContextVar[list | None] = contextvars.ContextVar("fairseq_sage_named_params", default=None)
 
@@ -113,19 +121,34 @@ class FairseqAdamaxSAGEConfig(_SAGECommonConfig):
 
 
 class _FairseqSAGE(FairseqOptimizer):
+    """Resume rules (``load_state_dict``): the state (moments, step counts) comes from the checkpoint; every option
+    of this optimizer comes from the current configuration, which is also what the next checkpoint records:
+    ``--adam-betas``, ``--adam-eps``, ``--weight-decay``, ``--sage-beta3``, the bias-correction flag, ``--sage-impl``
+    and ``--sage-strength`` (unless a SAGE scheduler sets the strength), each change logged with its old and new
+    value. The learning rate is the scheduler's, as in fairseq. ``--sage-params`` must be the one the checkpoint was
+    made with: a changed selection is refused, naming ``--reset-optimizer``."""
+
     optimizer_class: type
+    _bias_flag: str
 
     def __init__(self, cfg, params):
         super().__init__(cfg)
         params = list(params)
-        self._optimizer = self.optimizer_class(self._param_groups(params), **self.optimizer_config)
+        config = self.optimizer_config
+        check_options(config, FLAGS)
+        groups, names = self._param_groups(params)
+        self._optimizer = self.optimizer_class(groups, **config)
+        if names is not None:
+            self._optimizer.name_parameters(params, names)
 
-    def _param_groups(self, params: list[Any]) -> list[dict[str, Any]]:
+    def _param_groups(self, params: list[Any]) -> tuple[list[dict[str, Any]], list[str] | None]:
         choice = self.cfg.sage_params
         selects = selector(choice, "--sage-params")
-        if selects is None or (params and isinstance(params[0], dict)):
-            return params if params and isinstance(params[0], dict) else [{"params": params, "sage": True}]
+        if params and isinstance(params[0], dict):
+            return [{"sage_params": choice, **g} for g in params], None
         names = _param_names(params)
+        if selects is None:
+            return [{"params": params, "sage": True, "sage_params": choice}], names
         if names is None:
             raise ValueError(
                 f"--sage-params {choice} selects tensors by name, but fairseq handed the optimizer flattened "
@@ -135,7 +158,38 @@ class _FairseqSAGE(FairseqOptimizer):
         check_matches(choice, names, "--sage-params")
         chosen = [p for p, n in zip(params, names, strict=True) if selects(n)]
         rest = [p for p, n in zip(params, names, strict=True) if not selects(n)]
-        return [g for g in ({"params": chosen, "sage": True}, {"params": rest, "sage": False}) if g["params"]]
+        groups = ({"params": chosen, "sage": True}, {"params": rest, "sage": False})
+        return [{**g, "sage_params": choice} for g in groups if g["params"]], names
+
+    def load_state_dict(self, state_dict, optimizer_overrides=None):
+        """fairseq's load, with the resume rules of the class docstring; then ``--optimizer-overrides`` as fairseq."""
+        try:
+            self.optimizer.load_state_dict(state_dict)
+        except SelectionChangedError as exc:
+            raise ValueError(
+                f"--sage-params {self.cfg.sage_params!r} cannot resume this checkpoint: {exc}. Resume with the "
+                "checkpoint's --sage-params, or pass --reset-optimizer to start the optimizer state afresh (Adam "
+                "moments and SAGE state are then lost). To stop SAGE mid-run, keep --sage-params and set "
+                "--sage-strength 0."
+            ) from None
+        self._apply_configuration()
+        if optimizer_overrides:
+            for group in self.param_groups:
+                group.update(optimizer_overrides)
+
+    def _apply_configuration(self) -> None:
+        config = self.optimizer_config
+        config.pop("lr")  # the scheduler's
+        if getattr(self, "strength_scheduler", None):
+            config.pop("sage_strength")  # set by the scheduler at every update, from its own schedule
+        flags = {**FLAGS, "bias_correction": f"the sensitivity bias correction ({self._bias_flag})"}
+        for key, value in config.items():
+            saved = {tuple(g[key]) if key == "betas" else g[key] for g in self.param_groups}
+            if saved != {value}:
+                was = ", ".join(map(str, sorted(saved, key=str)))
+                logger.info(f"{self.cfg._name}: {flags[key]} was {was} in the checkpoint, now {value} (command line)")
+            for group in self.param_groups:
+                group[key] = value
 
     @property
     def optimizer_config(self) -> dict[str, Any]:
@@ -165,6 +219,7 @@ class FairseqAdamSAGE(_FairseqSAGE):
     """AdamW with SAGE (``fairseq_plugins.optim.AdamSAGE``). Checkpoints record this class name: do not rename."""
 
     optimizer_class = AdamSAGE
+    _bias_flag = "--sage-no-bias-correction"
 
     @property
     def _bias_correction(self) -> bool:
@@ -176,6 +231,7 @@ class FairseqAdamaxSAGE(_FairseqSAGE):
     """Adamax with SAGE (``fairseq_plugins.optim.AdamaxSAGE``). Checkpoints record this class name: do not rename."""
 
     optimizer_class = AdamaxSAGE
+    _bias_flag = "--sage-bias-correction"
 
     @property
     def _bias_correction(self) -> bool:

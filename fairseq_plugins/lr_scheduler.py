@@ -111,6 +111,10 @@ class _SAGESchedule(FairseqLRScheduler):
     def __init__(self, cfg, optimizer):
         super().__init__(cfg, optimizer)
         self._sage = self._sage_optimizer(optimizer)
+        # tell the fairseq optimizer (inside fairseq's fp16/AMP wrappers) that the strength is scheduled: on resume
+        # it then leaves the strength to this schedule instead of applying --sage-strength
+        fairseq_optimizer = getattr(optimizer, "fp32_optimizer", None) or getattr(optimizer, "wrapped_optimizer", None)
+        (fairseq_optimizer or optimizer).strength_scheduler = self.name
         self._check_config(cfg)
         if isinstance(cfg.lr, Collection) and len(cfg.lr) > 1:
             raise ValueError(f"--lr-scheduler {self.name} takes one --lr, got {list(cfg.lr)}")
