@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Make the installed fairseq 0.12.2 work on Python 3.11 and torch >= 2.6, idempotently.
 
-fairseq's last release predates both. Three fixes (see ../shared/docs/FAIRSEQ.md for the symptoms):
+fairseq's last release predates both. The fixes (../shared/docs/FAIRSEQ.md has the symptoms of the first three):
 
 1. Python 3.11 rejects dataclass fields whose default is a dataclass *instance*
    (``common: CommonConfig = CommonConfig()``): they become ``field(default_factory=CommonConfig)``, and
@@ -13,6 +13,12 @@ fairseq's last release predates both. Three fixes (see ../shared/docs/FAIRSEQ.md
    new torch ("Mask Type should be defined"); it is kept off.
 4. When training stops mid-epoch (--max-update), fairseq's batch-prefetching daemon thread is still inside torch at
    interpreter exit and the process aborts (exit -6) after saving; the threads are stopped and joined at exit.
+5. ``fairseq-train --optimizer NAME --help`` printed the help before adding the options of the chosen components
+   (model, task, criterion, optimizer, lr scheduler, ...): no ``--adam-betas``, no ``--sage-*``. The first of
+   ``parse_args_and_arch``'s two parses now ignores ``-h``/``--help``, and the second, complete one prints the help.
+6. fairseq imports a ``--user-dir`` package only if it is not in ``sys.modules`` yet. A package that registers its
+   components only when fairseq imports it (``fairseq_plugins`` does) can define ``__fairseq_register__()``: when it
+   was imported before fairseq, ``--user-dir`` calls that hook instead of skipping the package.
 
 Usage: ``python scripts/patch_fairseq.py [--check]``. With ``--check`` nothing is written and the exit status
 says whether every fix is in place. Running it twice changes nothing the second time.
@@ -35,6 +41,49 @@ _HYDRA_INIT_OLD = "        v = FairseqConfig.__dataclass_fields__[k].default\n"
 _HYDRA_INIT_NEW = (
     "        _f = FairseqConfig.__dataclass_fields__[k]\n"
     "        v = _f.default_factory() if callable(_f.default_factory) else _f.default  # fairseq-sage patch\n"
+)
+
+_HELP_HELPER = """
+
+def _without_help(parser, input_args):  # fairseq-sage patch
+    \"\"\"(input_args without -h/--help, whether they asked for help): the first parse must not print the help.\"\"\"
+    import sys
+
+    argv = list(sys.argv[1:] if input_args is None else input_args)
+    flags = {s for a in parser._actions if isinstance(a, argparse._HelpAction) for s in a.option_strings}
+    end = argv.index("--") if "--" in argv else len(argv)
+    kept = [a for a in argv[:end] if a not in flags] + argv[end:]
+    return kept, len(kept) < len(argv)
+"""
+_FIRST_PARSE_OLD = (
+    "    # If input_args is given, we will parse those args instead of sys.argv.\n"
+    "    args, _ = parser.parse_known_args(input_args)\n"
+)
+_FIRST_PARSE_NEW = (
+    "    # If input_args is given, we will parse those args instead of sys.argv.\n"
+    "    # fairseq-sage patch: -h/--help is answered by the second parse, which knows the chosen components' options\n"
+    "    first_args, asks_help = _without_help(parser, input_args)\n"
+    "    args, _ = parser.parse_known_args(first_args)\n"
+)
+_NO_ARCH_OLD = (
+    "            MODEL_REGISTRY[args.arch].add_args(model_specific_group)\n"
+    "        else:\n"
+    "            raise RuntimeError()\n"
+)
+_NO_ARCH_NEW = (
+    "            MODEL_REGISTRY[args.arch].add_args(model_specific_group)\n"
+    "        elif not asks_help:  # fairseq-sage patch: --help without --arch lists no model options\n"
+    "            raise RuntimeError()\n"
+)
+_USER_DIR_OLD = (
+    "            elif module_path in sys.modules[module_name].__path__:\n"
+    '                logger.info(f"--user-dir={module_path} has already been imported.")\n'
+)
+_USER_DIR_NEW = _USER_DIR_OLD + (
+    "                # fairseq-sage patch: a package imported before fairseq may register its components now\n"
+    '                _register = getattr(sys.modules[module_name], "__fairseq_register__", None)\n'
+    "                if callable(_register):\n"
+    "                    _register()\n"
 )
 
 # (relative path, old text, new text): literal edits, each applied once.
@@ -99,6 +148,12 @@ _LITERAL_EDITS = [
         "        self.load_to_BT = True\n",
         "        self.load_to_BT = False  # fairseq-sage patch: BetterTransformer path breaks on torch >= 2\n",
     ),
+    # 5. --help lists the options of the chosen model, task, criterion, optimizer, lr scheduler, ...
+    ("options.py", "\n\ndef parse_args_and_arch(\n", _HELP_HELPER + "\n\ndef parse_args_and_arch(\n"),
+    ("options.py", _FIRST_PARSE_OLD, _FIRST_PARSE_NEW),
+    ("options.py", _NO_ARCH_OLD, _NO_ARCH_NEW),
+    # 6. a --user-dir package imported before fairseq registers its components through its hook
+    ("utils.py", _USER_DIR_OLD, _USER_DIR_NEW),
 ]
 
 

@@ -6,7 +6,7 @@
    torch >= 2.6, whose ``torch.load`` defaults to ``weights_only=True``;
 3. beam search after the load gives the same hypotheses as before it (the load used to switch the encoder to a
    BetterTransformer path that fails on new torch);
-4. the plugin registers ``adam_sage`` / ``adamax_sage`` with fairseq.
+4. the plugin registers ``adam_sage`` / ``adamax_sage`` and its ``sage_*`` lr schedulers with fairseq.
 Exits non-zero with the failing step named.
 """
 
@@ -82,10 +82,14 @@ def main() -> None:
             fail("generate after checkpoint load", "hypotheses differ before and after the load")
 
     from fairseq.optim import OPTIMIZER_REGISTRY
+    from fairseq.optim.lr_scheduler import LR_SCHEDULER_REGISTRY
 
-    import fairseq_plugins  # noqa: F401 - registers the plugin's components
+    import fairseq_plugins
+
+    fairseq_plugins.register()
 
     missing = {"adam_sage", "adamax_sage"} - set(OPTIMIZER_REGISTRY)
+    missing |= {"sage_inverse_sqrt", "sage_linear", "sage_cosine"} - set(LR_SCHEDULER_REGISTRY)
     if missing:
         fail("plugin registration", f"not registered: {sorted(missing)}")
     print(f"verify_install: ok (fairseq {fairseq.__version__}, torch {torch.__version__})")

@@ -19,8 +19,10 @@ import sys
 import pytest
 from omegaconf import OmegaConf, open_dict
 
-import fairseq_plugins  # noqa: F401  (registers the plugin's fairseq components)
+import fairseq_plugins
 from tests.fairseq_utils import PLUGIN_DIR, ROOT, make_tiny_corpus, run_cli
+
+fairseq_plugins.register()  # the plugin's fairseq components, for the in-process fairseq below
 
 _spec = importlib.util.spec_from_file_location("render_flags", ROOT / "scripts" / "render_flags.py")
 render_flags = importlib.util.module_from_spec(_spec)

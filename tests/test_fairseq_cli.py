@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
+import json
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from fairseq_plugins.optim.selection import ATTN_FFN_PATTERN
-from tests.fairseq_utils import PLUGIN_DIR, run_cli, train_args, train_log
+from tests.fairseq_utils import PLUGIN_DIR, ROOT, run_cli, train_args, train_log
 
 pytestmark = pytest.mark.slow
 
@@ -30,22 +34,81 @@ def _load(path):
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
-def test_help_lists_the_optimizers_and_their_options():
-    proc = run_cli("train", ["--user-dir", PLUGIN_DIR, "--help"])
-    choices = re.search(r"--optimizer \{([^}]*)\}", proc.stdout).group(1).split(",")
-    assert {"adam_sage", "adamax_sage"} <= set(choices)
-    # fairseq's --help never expands optimizer options (not even for its own adam); they come from the dataclass
-    from fairseq.dataclass.utils import gen_parser_from_dataclass
-    from fairseq.optim import OPTIMIZER_DATACLASS_REGISTRY
+# fairseq-train --help with these options: every SAGE component at least once, and fairseq's own (fixed is the default
+# lr scheduler); the first is the README's command
+HELP_CASES = [
+    ["--user-dir", str(PLUGIN_DIR), "--optimizer", "adam_sage"],
+    ["--user-dir", str(PLUGIN_DIR), "--optimizer", "adamax_sage", "--lr-scheduler", "sage_inverse_sqrt"],
+    ["--user-dir", str(PLUGIN_DIR), "--optimizer", "adam_sage", "--lr-scheduler", "sage_linear"],
+    ["--user-dir", str(PLUGIN_DIR), "--optimizer", "adamax_sage", "--lr-scheduler", "sage_cosine"],
+    ["--user-dir", str(PLUGIN_DIR), "--optimizer", "adam", "--lr-scheduler", "inverse_sqrt", "--arch", "transformer"],
+]
+# `fairseq-train ARGS --help` for each case in one process (the console script fairseq-train calls cli_main): one
+# fairseq start-up instead of five
+HELP_SCRIPT = """
+import contextlib, io, json, sys
+from fairseq_cli.train import cli_main
+results = []
+for case in json.loads(sys.argv[1]):
+    sys.argv, out, code = ["fairseq-train", *case, "--help"], io.StringIO(), "no exit"
+    with contextlib.redirect_stdout(out):
+        try:
+            cli_main()
+        except SystemExit as exc:
+            code = exc.code
+    results.append([code, out.getvalue()])
+print(json.dumps(results))
+"""
 
-    for name, own_flag in (("adam_sage", "--sage-no-bias-correction"), ("adamax_sage", "--sage-bias-correction")):
-        parser = argparse.ArgumentParser()
-        gen_parser_from_dataclass(parser, OPTIMIZER_DATACLASS_REGISTRY[name]())
-        text = parser.format_help()
-        for flag in ("--sage-beta3", "--sage-strength", "--sage-params", own_flag, "--adam-betas", "--weight-decay"):
-            assert flag in text, (name, flag)
-        assert "EMA coefficient of the sensitivity" in text
-        assert all(action.help for action in parser._actions), "every option needs help text"
+
+def _dataclass_options(dc: type) -> dict[str, str]:
+    """{flag: help text} of the options fairseq generates from a component's config dataclass."""
+    options = {}
+    for f in dataclasses.fields(dc):
+        interpolated = isinstance(f.default, str) and f.default.startswith("${")
+        if f.name == "_name" or (interpolated and not f.metadata.get("help")):
+            continue  # e.g. lr: II("optimization.lr"), filled from another option, no flag of its own
+        assert f.metadata.get("help"), f"{dc.__name__}.{f.name} is an option without help text"
+        options["--" + f.name.replace("_", "-")] = f.metadata["help"]
+    return options
+
+
+def test_help_lists_the_chosen_optimizer_and_lr_scheduler_options():
+    """fairseq 0.12.2 printed --help before adding the chosen components' options (patch_fairseq.py, fix 5)."""
+    # COLUMNS: one line per option (argparse would wrap help texts, also at hyphens)
+    env = dict(os.environ, COLUMNS="10000", OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    cmd = [sys.executable, "-c", HELP_SCRIPT, json.dumps(HELP_CASES)]
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT) as proc:
+        import fairseq_plugins  # meanwhile, the expected options from the config dataclasses
+
+        fairseq_plugins.register()
+        from fairseq.optim import OPTIMIZER_DATACLASS_REGISTRY
+        from fairseq.optim.lr_scheduler import LR_SCHEDULER_DATACLASS_REGISTRY
+
+        stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-5000:]
+    results = json.loads(stdout.splitlines()[-1])
+    for case, (code, help_text) in zip(HELP_CASES, results, strict=True):
+        assert code == 0, (case, code, help_text[-2000:])
+        text = " ".join(help_text.split())
+        choices = {
+            flag: set(re.search(rf"{flag} \{{([^}}]*)\}}", text).group(1).split(","))
+            for flag in ("--optimizer", "--lr-scheduler")
+        }
+        assert {"adam_sage", "adamax_sage"} <= choices["--optimizer"], case
+        assert {"sage_inverse_sqrt", "sage_linear", "sage_cosine"} <= choices["--lr-scheduler"], case
+        optimizer = case[case.index("--optimizer") + 1]
+        scheduler = case[case.index("--lr-scheduler") + 1] if "--lr-scheduler" in case else "fixed"
+        expected = _dataclass_options(OPTIMIZER_DATACLASS_REGISTRY[optimizer])
+        expected |= _dataclass_options(LR_SCHEDULER_DATACLASS_REGISTRY[scheduler])
+        assert "--adam-betas" in expected and "--warmup-updates" in expected
+        for flag, flag_help in expected.items():
+            # "--sage-beta3 SAGE_BETA3 EMA coefficient ...", "--sage-no-bias-correction do not divide ..."
+            pattern = re.escape(flag) + r"(?: [A-Z0-9_\[\]]+)? " + re.escape(" ".join(flag_help.split()))
+            assert re.search(pattern, text), (case, flag, flag_help)
+        assert set(re.findall(r"--sage-[a-z0-9-]+", text)) == {f for f in expected if f.startswith("--sage-")}, case
+    model_help = " ".join(results[-1][1].split())
+    assert "--encoder-layers ENCODER_LAYERS encoder: number of layers" in model_help  # and the --arch's options
 
 
 @pytest.mark.parametrize("name", sorted(SAGE_OPTIMIZERS))
@@ -72,6 +135,9 @@ def test_every_tensor_of_a_transformer_moves_within_three_updates(tiny_data_bin,
     from fairseq import optim, options, tasks
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
+    import fairseq_plugins
+
+    fairseq_plugins.register()  # already imported (above): fairseq's --user-dir would skip it
     argv = train_args(tiny_data_bin, tmp_path, SAGE_OPTIMIZERS["adam_sage"], max_update=3)
     cfg = convert_namespace_to_omegaconf(
         options.parse_args_and_arch(options.get_training_parser(), list(map(str, argv)))

@@ -8,7 +8,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-import fairseq_plugins  # noqa: F401  (registers the plugin's fairseq components)
+import fairseq_plugins
 from fairseq_plugins.fairseq_optim import (
     FairseqAdamaxSAGE,
     FairseqAdamaxSAGEConfig,
@@ -23,6 +23,8 @@ from fairseq_plugins.lr_scheduler import (
     SAGEScheduleConfig,
     sage_strength,
 )
+
+fairseq_plugins.register()  # the plugin's fairseq components, for the in-process fairseq below
 
 
 def _params():
