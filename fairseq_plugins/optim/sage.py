@@ -57,7 +57,7 @@ class SelectionChangedError(ValueError):
     """A saved state was made with another choice of SAGE tensors (``sage_params``) than this optimizer's."""
 
 
-def _describe(p: Tensor, name: str | None, where: str) -> str:
+def _describe(name: str | None, where: str) -> str:
     return f"parameter {name!r} ({where})" if name else f"the parameter at {where}"
 
 
@@ -68,11 +68,11 @@ def _check_param(p: Any, name: str | None, where: str) -> None:
         raise TypeError(f"SAGE optimizes tensors; {where} is a {type(p).__name__}")
     if p.is_complex():
         raise ValueError(
-            f"SAGE does not support complex parameters: {_describe(p, name, where)} is {p.dtype}. The sensitivity "
+            f"SAGE does not support complex parameters: {_describe(name, where)} is {p.dtype}. The sensitivity "
             "|theta * grad| is defined per real entry; optimize torch.view_as_real(p) as a real parameter instead"
         )
     if not p.is_floating_point():
-        raise ValueError(f"SAGE optimizes floating-point tensors: {_describe(p, name, where)} is {p.dtype}")
+        raise ValueError(f"SAGE optimizes floating-point tensors: {_describe(name, where)} is {p.dtype}")
 
 
 class _SAGEBase(SAGEStatsMixin, torch.optim.Optimizer):
@@ -130,7 +130,7 @@ class _SAGEBase(SAGEStatsMixin, torch.optim.Optimizer):
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group; with a ``sage_params`` selection, split it into a SAGE part and a plain part by name."""
-        check_options({k: v for k, v in param_group.items() if k in (*_RANGES, "betas", "impl")})
+        check_options({k: v for k, v in param_group.items() if k in (*_RANGES, "impl")})
         if "betas" in param_group:
             param_group["betas"] = _check_betas(param_group["betas"])
         params = param_group["params"]
@@ -219,7 +219,7 @@ class _SAGEBase(SAGEStatsMixin, torch.optim.Optimizer):
                         want = "one element" if key == "step" else f"shape {tuple(p.shape)}"
                         raise ValueError(
                             f"{type(self).__name__}.load_state_dict: the saved state does not fit "
-                            f"{_describe(p, name, f'group {g}, index {i}')}: its {key} has shape {tuple(value.shape)}, "
+                            f"{_describe(name, f'group {g}, index {i}')}: its {key} has shape {tuple(value.shape)}, "
                             f"the parameter needs {want}. The state was saved for another model or another "
                             f"parameter order: {self._REMEDY}"
                         )
