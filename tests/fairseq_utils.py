@@ -17,6 +17,10 @@ ROOT = Path(__file__).resolve().parents[1]
 PLUGIN_DIR = ROOT / "fairseq_plugins"
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
+# Threads of the fairseq processes the tests start: the caller's OMP_NUM_THREADS (so that running the tests with
+# OMP_NUM_THREADS=2 exercises 2 threads in them too), else 1 (no oversubscription when pytest runs tests in parallel).
+THREADS = os.environ.get("OMP_NUM_THREADS", "1")
+
 TINY_MODEL = [
     "--arch", "transformer",
     "--encoder-layers", "1", "--decoder-layers", "1",
@@ -43,7 +47,8 @@ def make_tiny_corpus(raw_dir: Path, n_train: int = 400, n_valid: int = 40, n_tes
 
 def run_cli(tool: str, args: list[str], check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run a fairseq CLI (``train``, ``generate``, ``preprocess``, ...) with this Python; returns the process."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=THREADS, MKL_NUM_THREADS=THREADS,
+               CUDA_VISIBLE_DEVICES="")  # fmt: skip
     proc = subprocess.run(
         [sys.executable, "-m", f"fairseq_cli.{tool}", *map(str, args)],
         capture_output=True,
@@ -107,7 +112,7 @@ def free_port() -> int:
 
 def run_torchrun(nproc: int, args: list, timeout: int = 600) -> subprocess.CompletedProcess:
     """fairseq-train under torch's launcher with ``nproc`` CPU processes and the gloo backend."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=THREADS, CUDA_VISIBLE_DEVICES="")
     launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
                 "--master_addr=127.0.0.1", f"--master_port={free_port()}"]  # fmt: skip
     proc = subprocess.run(

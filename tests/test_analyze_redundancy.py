@@ -19,7 +19,7 @@ import sys
 import pytest
 import torch
 
-from tests.fairseq_utils import ROOT, run_cli, train_args
+from tests.fairseq_utils import ROOT, THREADS, run_cli, train_args
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +36,7 @@ def sha256(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+ENV = dict(os.environ, OMP_NUM_THREADS=THREADS, MKL_NUM_THREADS=THREADS, CUDA_VISIBLE_DEVICES="")
 
 
 def popen(*argv) -> subprocess.Popen:
@@ -164,7 +164,14 @@ def test_pruning_zeroes_the_lowest_ranked_entries_and_restores(analysed, tiny_da
     # BLEU of the unpruned model, in-process, at fairseq's default maximum length: scripts/evaluate.py's sacreBLEU
     bleu_args = argparse.Namespace(data_bin=tiny_data_bin, subset="valid", beam=1, max_len_a=0.0, max_len_b=200,
                                    max_tokens=4096, seed=1)  # fmt: skip
-    bleu = ar.BleuScorer(task, bleu_args)(model, task, use_cuda=False)
+    # with the thread count of scripts/evaluate.py's process (ENV): greedy search picks between near-equal scores,
+    # and matrix products split over another number of threads may round them otherwise
+    threads = torch.get_num_threads()
+    torch.set_num_threads(int(THREADS))
+    try:
+        bleu = ar.BleuScorer(task, bleu_args)(model, task, use_cuda=False)
+    finally:
+        torch.set_num_threads(threads)
     reference = analysed["evaluate"]
     assert bleu["bleu_sentences"] == reference["n_sentences"] == 40
     assert bleu["bleu"] == pytest.approx(reference["sacrebleu"], abs=1e-9)

@@ -28,6 +28,9 @@ SAGE_OPTIMIZERS = {
 UNUSED_BT_COPIES = re.compile(r"^encoder\.layers\.\d+\.(in_proj|out_proj|fc1|fc2)_(weight|bias)$")
 # ... and a placeholder buffer of uninitialised memory in the sinusoidal positional embeddings.
 PLACEHOLDER_BUFFER = re.compile(r"\._float_tensor$")
+# The keys' bias adds the same q.b_k to every attention score of a query, which the softmax ignores: its gradient is 0
+# up to rounding, and whether (and where) that noise moves it depends on the machine's floating-point paths.
+KEY_BIAS = re.compile(r"\.k_proj\.bias$")
 
 
 def _load(path):
@@ -160,6 +163,8 @@ def test_every_tensor_of_a_transformer_moves_within_three_updates(tiny_data_bin,
     for name, p in named:
         if p.grad is None:
             assert UNUSED_BT_COPIES.search(name), f"{name} got no gradient"
+            continue
+        if KEY_BIAS.search(name):
             continue
         changed = (p.detach() != initial[name]).float().mean().item()
         assert changed > 0, f"{name} never moved"
