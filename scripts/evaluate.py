@@ -27,7 +27,14 @@ Steps:
 5. A JSON file (default ``<checkpoint dir>/eval.<subset>.json``; written atomically) and, next to it,
    ``<stem>.generate.txt`` (fairseq-generate's output), ``<stem>.hyp.<tgt>`` (detokenised hypotheses, source order),
    ``<stem>.tok.hyp.<tgt>``/``<stem>.tok.ref.<tgt>`` (what the tokenized BLEU scored) and, when the sacreBLEU
-   reference comes from T- lines, ``<stem>.ref.<tgt>``.
+   reference comes from T- lines, ``<stem>.ref.<tgt>``. An existing JSON made with other settings (checkpoint files,
+   ``--average-last``, beam, length penalty, subset, references, ``--remove-bpe`` ...; its ``options``) is not
+   replaced: the run stops with an error that names the differences, before anything is written; give another
+   ``--out``, or ``--overwrite``. The same settings again (e.g. after more training) replace it.
+
+Hypotheses that still contain subword markers (``@@`` of BPE, ``▁`` of sentencepiece: a missing or wrong
+``--remove-bpe``) are scored as they are, with a warning on stderr that gives their fraction and the remedy; the JSON
+records it (``subword_markers``).
 
 Data-bins without ``prep.json`` (any fairseq data-bin): the languages are taken from ``--source-lang/--target-lang``
 or from the ``{subset}.{src}-{tgt}.*.idx`` file names; ``--remove-bpe`` (fairseq's values; none by default),
@@ -44,9 +51,11 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -228,7 +237,8 @@ def check_data_bin(data_bin: Path, setup: Setup, subset: str) -> None:
 
 
 def resolve_checkpoints(path: Path, average_last: int | None, average_by: str) -> tuple[Path, list[Path]]:
-    """(the file to give fairseq-generate, the checkpoints it stands for). May write an averaged checkpoint."""
+    """(the file to give fairseq-generate, the checkpoints it stands for). Writes nothing: an average of several
+    checkpoints is named here and written by average()."""
     if not path.exists():
         raise EvalError(f"checkpoint {path} does not exist")
     if average_last is not None:
@@ -236,14 +246,11 @@ def resolve_checkpoints(path: Path, average_last: int | None, average_by: str) -
             raise EvalError(f"--average-last needs a save dir as --checkpoint, got the file {path}")
         try:
             paths = last_checkpoints(path, average_last, average_by)
-            if len(paths) == 1:
-                return paths[0], paths
-            out = path / f"checkpoint.avg{average_last}.pt"
-            print(f"evaluate: averaging {', '.join(p.name for p in paths)} -> {out}", flush=True)
-            save_atomic(average_checkpoints(paths, drop_optimizer_state=True), out)
         except AverageError as e:
             raise EvalError(str(e)) from e
-        return out, paths
+        if len(paths) == 1:
+            return paths[0], paths
+        return path / f"checkpoint.avg{average_last}.pt", paths
     if path.is_dir():
         for name in ("checkpoint_best.pt", "checkpoint_last.pt"):
             if (path / name).is_file():
@@ -251,6 +258,96 @@ def resolve_checkpoints(path: Path, average_last: int | None, average_by: str) -
         present = ", ".join(sorted(p.name for p in path.glob("*.pt"))) or "no .pt files"
         raise EvalError(f"{path} has neither checkpoint_best.pt nor checkpoint_last.pt ({present})")
     return path, [path]
+
+
+def average(checkpoint: Path, paths: list[Path]) -> None:
+    """Write the average of ``paths`` to ``checkpoint`` (resolve_checkpoints' name for it) when there are several."""
+    if len(paths) > 1:
+        print(f"evaluate: averaging {', '.join(p.name for p in paths)} -> {checkpoint}", flush=True)
+        try:
+            save_atomic(average_checkpoints(paths, drop_optimizer_state=True), checkpoint)
+        except AverageError as e:
+            raise EvalError(str(e)) from e
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The settings a result was made with, and an existing result file
+# ----------------------------------------------------------------------------------------------------------------------
+
+# key in the JSON (and its "options") -> the option that sets it
+OPTION_FLAGS = {
+    "data_bin": "--data-bin", "checkpoints": "--checkpoint (the checkpoint files)", "average_last": "--average-last",
+    "subset": "--subset", "beam": "--beam", "lenpen": "--lenpen", "source_lang": "--source-lang",
+    "target_lang": "--target-lang", "remove_bpe": "--remove-bpe", "detokenizer": "--detok",
+    "sacrebleu_lowercase": "--lowercase", "bleu_tok_kind": "--bleu-tok-kind", "reference": "--ref",
+    "tokenized_reference": "--tok-ref",
+}  # fmt: skip
+
+
+def result_options(args, setup: Setup, used: list[Path]) -> dict:
+    """What a result depends on (not the batching: --max-tokens and --batch-size only group the sentences)."""
+    return {
+        "data_bin": str(args.data_bin.resolve()),
+        "checkpoints": [str(p.resolve()) for p in used],
+        "average_last": args.average_last,
+        "subset": args.subset,
+        "beam": args.beam,
+        "lenpen": args.lenpen,
+        "source_lang": setup.src,
+        "target_lang": setup.tgt,
+        "remove_bpe": setup.remove_bpe,
+        "detokenizer": setup.detok,
+        "sacrebleu_lowercase": setup.lowercase,
+        "bleu_tok_kind": setup.bleu_tok_kind,
+        "reference": str(Path(setup.ref).resolve()) if setup.ref is not None else None,
+        "tokenized_reference": str(Path(setup.tok_ref).resolve()) if setup.tok_ref is not None else None,
+    }
+
+
+def check_overwrite(out: Path, options: dict) -> None:
+    """Refuse to replace a result made with other settings (compared on the keys both record; results written
+    before ``options`` existed are compared on their top-level keys of the same names)."""
+    if not out.exists():
+        return
+    try:
+        previous = json.loads(out.read_text(encoding="utf-8"))
+        recorded = previous.get("options") or {k: previous[k] for k in OPTION_FLAGS if k in previous}
+    except (OSError, ValueError, AttributeError) as e:
+        raise EvalError(
+            f"--out {out} exists and is not a result of this script ({type(e).__name__}: {e}); "
+            "give another --out, or --overwrite to replace it"
+        ) from None
+    differences = [
+        f"{OPTION_FLAGS[key]}: {recorded[key]!r} there, {options[key]!r} now"
+        for key in OPTION_FLAGS
+        if key in recorded and key in options and recorded[key] != options[key]
+    ]
+    if differences:
+        raise EvalError(
+            f"{out} holds a result made with other settings ({'; '.join(differences)}): not replaced; "
+            "give another --out to keep both, or --overwrite to replace it"
+        )
+
+
+_BPE_MARKER = re.compile(r"@@(?= |$)")
+SPM_MARKER = "\u2581"
+
+
+def subword_markers(hyps: list[str], remove_bpe: str | None) -> dict:
+    """How many hypotheses still contain subword markers, and (if any do) the warning to print."""
+    bpe = sum(1 for h in hyps if _BPE_MARKER.search(h))
+    spm = sum(1 for h in hyps if SPM_MARKER in h)
+    count = sum(1 for h in hyps if _BPE_MARKER.search(h) or SPM_MARKER in h)
+    record = {"count": count, "fraction": count / len(hyps) if hyps else 0.0, "bpe": bpe, "sentencepiece": spm}
+    if count:
+        value = "sentencepiece" if spm > bpe else "subword_nmt"
+        record["warning"] = (
+            f"{count} of {len(hyps)} hypotheses ({100 * record['fraction']:.1f} %) still contain subword markers "
+            f"('@@' of BPE in {bpe}, '{SPM_MARKER}' of sentencepiece in {spm}) and are scored with them, so the "
+            f"scores are not those of the text; fairseq-generate ran with --remove-bpe {remove_bpe or 'none'}: "
+            f"pass --remove-bpe {value} (or fix remove_bpe in the data-bin's prep.json)"
+        )
+    return record
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -369,6 +466,8 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, help="sentences per batch (fairseq-generate --batch-size)")
     p.add_argument("--cpu", action="store_true", help="generate on the CPU")
     p.add_argument("--out", type=Path, help="JSON output (default <checkpoint dir>/eval.<subset>.json)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out result even if it was made with other settings")  # fmt: skip
     g = p.add_argument_group("data-bins without prep.json (these also override prep.json)")
     g.add_argument("--source-lang", help="source language (default: prep.json, or the data-bin's file names)")
     g.add_argument("--target-lang", help="target language (default: prep.json, or the data-bin's file names)")
@@ -403,6 +502,10 @@ def evaluate(args) -> dict:
     checkpoint, used = resolve_checkpoints(args.checkpoint, args.average_last, args.average_by)
     ckpt_dir = args.checkpoint if args.checkpoint.is_dir() else args.checkpoint.parent
     out = args.out if args.out is not None else ckpt_dir / f"eval.{args.subset}.json"
+    options = result_options(args, setup, used)
+    if not args.overwrite:
+        check_overwrite(out, options)
+    average(checkpoint, used)
     stem = out.with_suffix("") if out.suffix == ".json" else out
     files = {
         "generate": Path(f"{stem}.generate.txt"),
@@ -422,6 +525,9 @@ def evaluate(args) -> dict:
         shutil.move(produced, files["generate"])
     hyps_tok, targets, generate_bleu = parse_generate(files["generate"])
     n = len(hyps_tok)
+    markers = subword_markers(hyps_tok, setup.remove_bpe)
+    if markers.get("warning"):
+        print(f"evaluate: WARNING: {markers['warning']}", file=sys.stderr, flush=True)
 
     # tokenized BLEU (fairseq's scorer)
     if setup.tok_ref is not None:
@@ -498,6 +604,8 @@ def evaluate(args) -> dict:
         "tokenized_references": str(files["tok_ref"].resolve()),
         "generate_output": str(files["generate"].resolve()),
         "generate_command": cmd,
+        "subword_markers": markers,
+        "options": options,
         "elapsed_s": round(time.time() - start, 1),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -508,13 +616,25 @@ def evaluate(args) -> dict:
     return result
 
 
+def _terminated(signum, frame):
+    raise SystemExit(128 + signum)  # unwinds: fairseq-generate is killed, temporary files are removed
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminated) if main_thread else None
     try:
         r = evaluate(args)
     except EvalError as e:
         print(f"evaluate: error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("evaluate: interrupted (the JSON result is written whole at the end, or not at all)", file=sys.stderr)
+        return 130
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
     kind = "compound-split" if r["bleu_tok_kind"] == "compound_split" else "tokenized"
     print(
         f"evaluate: {r['subset']} ({r['n_sentences']} sentences), {len(r['checkpoints'])} checkpoint(s): "

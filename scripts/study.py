@@ -17,7 +17,13 @@ out of every decision:
 
 Outputs in OUT: one folder per run (``OPTIMIZER/SETTING/seedN``: fairseq's log and checkpoints, ``eval.SUBSET.lpX.json``
 from scripts/evaluate.py), ``study.json`` (everything measured), ``study.md`` (the tables) and ``learning_curves.png``,
-``grid_curves.png``, ``lenpen.png``. Re-running resumes: finished trainings and evaluations are read, not redone.
+``grid_curves.png``, ``lenpen.png``. Re-running resumes: finished trainings and evaluations are read, not redone (a
+training that completed is never trained further).
+
+Like scripts/compare.py (whose runs and process handling it uses): SIGINT/SIGTERM stop every child and start nothing
+further (exit 128 + the signal, one line on stderr); the output folder and every run folder are locked while written
+(another runner refuses, naming the folder and the PID); a run that fails outside the grid stops the study with its
+name, log and the end of its error (exit 1). A grid run that fails is recorded in its failed.json and loses the grid.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import math
 import os
 import statistics
 import sys
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, as_completed
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,7 +57,7 @@ SPEC_KEYS = {"data", "out", "jobs", "beam", "tune_seed", "seeds", "lenpens", "te
              "optimizers", "overrides", "validate_every", "valid_bleu", "description"}  # fmt: skip
 
 
-class StudyError(Exception):
+class StudyError(compare.RunnerError):
     """A user-facing error in the spec or the data; the message names the key or file at fault."""
 
 
@@ -112,7 +118,7 @@ class Study:
             data=self.data, out=out, override=list(spec["overrides"]), valid_bleu=spec["valid_bleu"],
             validate_every=spec["validate_every"], verbose=False, beam=spec["beam"], lenpen=1.0, cpu=cpu,
         )  # fmt: skip
-        self.pool = ThreadPoolExecutor(max_workers=self.jobs)
+        self.pool = None  # the worker pool, while execute() runs
 
     # -- units of work (each runs in the pool) ------------------------------------------------------------------
 
@@ -122,26 +128,30 @@ class Study:
 
     def evaluate(self, run, subset: str, lenpen: float) -> dict:
         """scripts/evaluate.py on the final checkpoint; cached in the run's folder."""
+        compare.SUPERVISOR.check()  # a stopping study starts nothing (and creates no run folder)
         out = run.dir / f"eval.{subset}.lp{lenpen:g}.json"
-        if not out.exists():
-            command = run.eval_command(subset, lenpen, out, checkpoint=run.dir / "checkpoint_last.pt")
-            run._stream(command, compare.run_env(self.threads), run.dir / "eval.out")
+        with run.locked():
+            if not out.exists():
+                command = run.eval_command(subset, lenpen, out, checkpoint=run.dir / "checkpoint_last.pt")
+                run._stream(command, compare.run_env(self.threads), run.dir / "eval.out")
         return json.loads(out.read_text())
 
     def train_and_validate(self, run, tolerate_failure: bool = False) -> dict:
         """Train, then translate the validation set. A grid run that fails (a setting that diverges: fairseq stops on
         NaN/Inf gradients) is recorded in failed.json and loses the grid instead of ending the study."""
+        compare.SUPERVISOR.check()
         failed = run.dir / "failed.json"
         if failed.exists():
             return json.loads(failed.read_text())
         try:
             run.train(self.threads)
-        except RuntimeError as e:
+        except compare.RunFailed as e:  # not an interruption (compare.Stopped): that is never recorded as a failure
             if not tolerate_failure:
                 raise
-            compare.say(f"[{run.name}] FAILED: {e}")
+            compare.say(f"[{run.name}] FAILED: {e.what} exited with status {e.returncode}; recorded in {failed}")
+            compare.complain(f"study: {e}")
             record = {"failed": str(e), "sacrebleu": None, "bleu_tok": None, "bp": None}
-            failed.write_text(json.dumps(record))
+            compare.write_atomic(failed, json.dumps(record))
             return record
         result = self.evaluate(run, "valid", 1.0)
         compare.say(f"[{run.name}] valid sacreBLEU {result['sacrebleu']:.2f} (beam {self.spec['beam']}, lenpen 1)")
@@ -171,8 +181,8 @@ class Study:
         compare.say(f"[{optimizer}] best setting on valid: {best} ({scores[best]['valid_sacrebleu']:.2f})")
         runs = [self.run(optimizer, best, seed) for seed in spec["seeds"]]
         trained = [self.pool.submit(self.train_and_validate, run) for run in runs]
-        for future in trained:
-            future.result()
+        for future in as_completed(trained):
+            future.result()  # the first failure ends the study (at once, not after the runs before it)
         sweeps = {
             (run.seed, lp): self.pool.submit(self.evaluate, run, "valid", lp) for run in runs for lp in spec["lenpens"]
         }
@@ -208,6 +218,10 @@ class Study:
         }
 
     def execute(self) -> dict:
+        with compare.worker_pool(self.jobs) as self.pool:
+            return self._execute()
+
+    def _execute(self) -> dict:
         spec = self.spec
         names = list(spec["optimizers"])
         settings = {name: list(spec["optimizers"][name]["grid"]) for name in names}
@@ -218,10 +232,11 @@ class Study:
                 if i < len(settings[name]):
                     run = self.run(name, settings[name][i], spec["tune_seed"])
                     grid_futures[name][settings[name][i]] = self.pool.submit(self.train_and_validate, run, True)
-        with ThreadPoolExecutor(max_workers=len(names)) as tracks:
+        with compare.worker_pool(len(names)) as tracks:
             futures = {name: tracks.submit(self.optimizer_track, name, grid_futures[name]) for name in names}
+            for future in as_completed(futures.values()):
+                future.result()  # the first failure ends the study: the other track's children are stopped
             results = {name: future.result() for name, future in futures.items()}
-        self.pool.shutdown()
         return results
 
 
@@ -349,7 +364,7 @@ def plots(out: Path, spec: dict, results: dict) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "grid_curves.png", dpi=110)
+    compare.savefig_atomic(fig, out / "grid_curves.png", dpi=110)
     plt.close(fig)
 
     colors = dict(zip(results, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
@@ -363,7 +378,7 @@ def plots(out: Path, spec: dict, results: dict) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "lenpen.png", dpi=110)
+    compare.savefig_atomic(fig, out / "lenpen.png", dpi=110)
     plt.close(fig)
 
 
@@ -402,12 +417,13 @@ def main(argv: list[str] | None = None) -> dict:
         study = Study(spec, out, args.jobs or spec["jobs"], args.cpu)
     except StudyError as e:
         parser.error(str(e))
-    results = study.execute()
-    summary = {"spec": spec, "spec_file": str(args.spec), "results": results}
-    (out / "study.json").write_text(json.dumps(summary, indent=1))
-    text = report(spec, results)
-    (out / "study.md").write_text(text)
-    plots(out, spec, results)
+    with compare.runner_session("study", out):
+        results = study.execute()
+        summary = {"spec": spec, "spec_file": str(args.spec), "results": results}
+        compare.write_atomic(out / "study.json", json.dumps(summary, indent=1))
+        text = report(spec, results)
+        compare.write_atomic(out / "study.md", text)
+        plots(out, spec, results)
     compare.say("\n" + text)
     compare.say(f"wrote {out / 'study.md'}, {out / 'study.json'}, learning_curves.png, grid_curves.png, lenpen.png")
     return summary

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -64,3 +67,87 @@ def test_log_reader_keeps_one_copy_of_the_lines_fairseq_repeats(tmp_path):
     log = compare.read_log(tmp_path / "train.log")
     assert [r["num_updates"] for r in log["train_inner"]] == [10.0, 20.0]
     assert [r["valid_num_updates"] for r in log["valid"]] == [20.0]
+
+
+def _tiny(demo_bin, out, *extra):
+    """One run (demo_adam, seed 1) of 2 updates, greedy test translation: the cheapest full pass of the runner.
+    --jobs 2: one thread for the one run (two threads on a busy 2-core machine made generation 6 times slower)."""
+    return ["--configs", "demo_adam", "--jobs", "2", "--data", str(demo_bin), "--out", str(out), "--cpu", "--beam", "1",
+            "--no-valid-bleu", "optimization.max_update=2", "dataset.max_tokens=1024", "common.log_interval=1",
+            *extra]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_failing_run_is_reported_with_its_name_log_and_error(demo_bin, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    with pytest.raises(SystemExit) as exit_:
+        compare.main(_tiny(demo_bin, out, "optimization.lrr=1"))  # a typo in a Hydra override
+    assert exit_.value.code == 1
+    err = capsys.readouterr().err
+    log = out / "demo_adam" / "seed1" / "train.out"
+    assert err.startswith(f"compare: error: [demo_adam/seed1] training failed (exit status 1); log: {log}"), err
+    assert "Could not override 'optimization.lrr'" in err and "Key 'lrr' not in 'OptimizationConfig'" in err
+    assert "Traceback" not in err, "a message, not the runner's traceback"
+    assert "UserWarning" not in err, "the end of the error, not the warnings printed at every start"
+    assert "Could not override 'optimization.lrr'" in log.read_text()
+
+
+@pytest.mark.slow
+def test_a_finished_training_is_never_trained_further(demo_bin, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    run = out / "demo_adam" / "seed1"
+    # lock files left by a runner that died (its PID is free): taken over
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(dead.stdout)
+    run.mkdir(parents=True)
+    (run / ".lock").write_text(f"runner {dead}\nchild {dead}\n")
+    (out / ".runner.lock").write_text(f"runner {dead}\n")
+    first = compare.main(_tiny(demo_bin, out))
+    printed = capsys.readouterr().out
+    assert f"{run}: took over the lock left by PID {dead} (no longer running)" in printed
+    assert first["runs"][0]["updates"] == 2
+    checkpoint, log = run / "checkpoint_last.pt", run / "train.log"
+    trained = (checkpoint.stat().st_mtime_ns, log.read_text())
+    with pytest.raises(SystemExit) as exit_:  # a finished run's test result is not reused for another beam
+        compare.main(_tiny(demo_bin, out, "--beam", "2"))
+    err = capsys.readouterr().err
+    assert exit_.value.code == 1 and f"{run / 'eval.test.json'} was made with beam 1 and length penalty 1.0" in err
+
+    def runner_died_after_the_training():  # fairseq finished, but the runner could neither record it nor evaluate
+        (run / "timing.json").write_text(json.dumps({"train_seconds": 1.0}))
+        (run / "eval.test.json").unlink(missing_ok=True)
+
+    runner_died_after_the_training()
+    again = compare.main(_tiny(demo_bin, out))
+    printed = capsys.readouterr().out
+    # the old runner resumed from checkpoint_last.pt here, and fairseq ran a third update (updates == 3)
+    assert "[demo_adam/seed1] training already complete (fairseq logged the end of its training" in printed
+    assert "] training with" not in printed and "(resuming)" not in printed
+    assert (checkpoint.stat().st_mtime_ns, log.read_text()) == trained
+    assert again["runs"][0]["updates"] == 2 and json.loads((run / "timing.json").read_text())["complete"]
+
+    # killed between its last checkpoint and its last log line: the checkpoint says that the budget is spent
+    log.write_text("".join(line for line in trained[1].splitlines(True) if "done training" not in line))
+    (run / "timing.json").write_text(json.dumps({"train_seconds": 1.0}))
+    compare.Run(_namespace(demo_bin, out), "demo_adam", 1).train(1)
+    printed = capsys.readouterr().out
+    assert "training already complete (checkpoint_last.pt is at update 2 of optimization.max_update=2)" in printed
+    assert checkpoint.stat().st_mtime_ns == trained[0]
+
+    # a checkpoint cut short (an interrupted copy): a clear error that names it, and no training
+    runner_died_after_the_training()
+    log.write_text("")
+    checkpoint.write_bytes(checkpoint.read_bytes()[:4096])
+    with pytest.raises(SystemExit) as exit_:
+        compare.main(_tiny(demo_bin, out))
+    err = capsys.readouterr().err
+    assert exit_.value.code == 1 and f"cannot read {checkpoint}" in err and "delete it" in err, err
+    assert log.read_text() == ""
+
+
+def _namespace(demo_bin, out):
+    """The argparse namespace that compare.main makes of _tiny's arguments (what Run reads)."""
+    return argparse.Namespace(data=demo_bin.absolute(), out=out.absolute(), valid_bleu=False, validate_every=0,
+                              override=["optimization.max_update=2", "dataset.max_tokens=1024",
+                                        "common.log_interval=1"],
+                              verbose=False, beam=1, lenpen=1.0, cpu=True)  # fmt: skip

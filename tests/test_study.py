@@ -151,3 +151,28 @@ def test_the_committed_spec_is_valid_and_balanced():
 def test_difference_is_the_mean_difference_and_its_standard_error():
     assert study._difference([1.0, 2.0, 3.0], [2.0, 4.0, 6.0], 2) == "+2.00 ± 1.29"  # sqrt(1/3 + 4/3)
     assert study._difference([2.0, 4.0], [1.0, 1.0], 3) == "-2.000 ± 1.000"  # sqrt(2/2 + 0/2)
+
+
+@pytest.mark.slow
+def test_a_failing_grid_is_reported_and_the_study_ends_with_a_message(demo_bin, tmp_path, capsys):
+    spec = {"data": str(demo_bin), "jobs": 2, "beam": 1, "seeds": [1], "valid_bleu": False,
+            "overrides": ["optimization.max_update=2", "optimization.lrr=1"],  # a typo: every run fails at start-up
+            "optimizers": {"adam": {"config": "demo_adam", "grid": {"a": ["optimization.lr=[0.001]"]}}}}  # fmt: skip
+    (tmp_path / "spec.yaml").write_text(json.dumps(spec))
+    out = tmp_path / "study"
+    with pytest.raises(SystemExit) as exit_:  # the old study ended with a traceback of its StudyError
+        study.main([str(tmp_path / "spec.yaml"), "--out", str(out)])
+    assert exit_.value.code == 1
+    captured = capsys.readouterr()
+    err = captured.err
+    assert "Traceback" not in err, err
+    # the grid failure as it happens: its run, its log and the end of its error
+    log = out / "adam" / "a" / "seed1" / "train.out"
+    assert f"study: [adam/a/seed1] training failed (exit status 1); log: {log}" in err
+    assert "Could not override 'optimization.lrr'" in err and "[adam/a/seed1] FAILED" in captured.out
+    # then the end of the study, one line
+    assert (
+        err.strip().splitlines()[-1]
+        == f"study: error: [adam] every grid setting failed; see {out / 'adam'}/*/train.out"
+    )
+    assert not (out / "study.json").exists()
