@@ -68,6 +68,11 @@ def _upcast(t: Tensor) -> Tensor:
     return t.float() if t.dtype in _LOW_PRECISION else t
 
 
+# what to do about a saved state that does not fit: every such error ends with it
+START_AFRESH = "start the optimizer afresh (fairseq-train: --reset-optimizer)"
+RESET_REMEDY = f"load the state saved for this model, or {START_AFRESH}"
+
+
 def check_tensors(
     params: list[Tensor],
     grads: list[Tensor],
@@ -102,8 +107,7 @@ def check_tensors(
             want = f"shape {tuple(shape)} on {device}" + ("" if key == "gradient" else f" in {dtype}")
             raise ValueError(
                 f"SAGE: the {key} of {what} is {tuple(t.shape)} {t.dtype} on {t.device}; it must be {want}. "
-                "A state loaded for another model or parameter order does not fit: load the matching state or "
-                "start the optimizer afresh (fairseq-train: --reset-optimizer)"
+                f"A state loaded for another model or parameter order does not fit: {RESET_REMEDY}"
             )
         if steps[i].numel() != 1:
             raise ValueError(f"SAGE: the step counter of parameter {i} has {steps[i].numel()} elements, not 1")

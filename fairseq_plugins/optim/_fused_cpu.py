@@ -273,9 +273,9 @@ def eligible(p: Tensor, g: Tensor, *state: Tensor) -> bool:
     in the compute dtype (fp32, or fp64 for fp64 parameters)."""
     dtype = p.dtype
     sdtype = _STATE_DTYPE.get(dtype)
-    if sdtype is None or g.dtype != dtype or p.device.type != "cpu" or not (p.is_contiguous() and g.is_contiguous()):
+    if sdtype is None or g.dtype != dtype or not (p.is_contiguous() and g.is_contiguous()):
         return False
-    if g.device.type != "cpu":
+    if p.device.type != "cpu" or g.device.type != "cpu":
         return False
     for s in state:
         if s.dtype != sdtype or not s.is_contiguous() or s.device.type != "cpu":

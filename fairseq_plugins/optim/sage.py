@@ -161,8 +161,6 @@ class _SAGEBase(SAGEStatsMixin, torch.optim.Optimizer):
             group.setdefault("sage", True)
             group.setdefault("impl", "auto")
 
-    _REMEDY = "load the state saved for this model, or start the optimizer afresh (fairseq-train: --reset-optimizer)"
-
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """torch's load, after checks that nothing in the saved state can misfit: the choice of SAGE tensors must be
         the one the state was saved with (``SelectionChangedError``), and every saved tensor must have its parameter's
@@ -176,7 +174,6 @@ class _SAGEBase(SAGEStatsMixin, torch.optim.Optimizer):
                 saved.setdefault(key, group[key])
         super().load_state_dict({**state_dict, "param_groups": saved_groups})
         for group in self.param_groups:
-            dtype = None
             for p in group["params"]:
                 state = self.state.get(p)
                 if not state:
@@ -204,8 +201,7 @@ class _SAGEBase(SAGEStatsMixin, torch.optim.Optimizer):
             raise SelectionChangedError(
                 f"the saved optimizer state was made with {was}: groups (tensors, SAGE) {saved_layout}; this optimizer "
                 f"has sage_params={mine[0]!r}: {layout}. A changed selection cannot be resumed: keep the selection "
-                f"(to stop SAGE mid-run, keep it and set sage_strength 0), or start the optimizer state afresh "
-                "(fairseq-train: --reset-optimizer)"
+                f"(to stop SAGE mid-run, keep it and set sage_strength 0), or {F.START_AFRESH}"
             )
 
     def _check_saved_shapes(self, saved_groups: list[dict[str, Any]], saved_state: dict[Any, Any]) -> None:
@@ -221,7 +217,7 @@ class _SAGEBase(SAGEStatsMixin, torch.optim.Optimizer):
                             f"{type(self).__name__}.load_state_dict: the saved state does not fit "
                             f"{_describe(name, f'group {g}, index {i}')}: its {key} has shape {tuple(value.shape)}, "
                             f"the parameter needs {want}. The state was saved for another model or another "
-                            f"parameter order: {self._REMEDY}"
+                            f"parameter order: {F.RESET_REMEDY}"
                         )
 
     @property
