@@ -2,18 +2,19 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-done
-SETUP_INPUTS := constraints.txt requirements.txt pyproject.toml scripts/setup_env.sh scripts/patch_fairseq.py scripts/verify_install.py
+SETUP_INPUTS := constraints.txt requirements.txt pyproject.toml scripts/install/setup_env.sh \
+	sage_toolkit/install/patch_fairseq.py sage_toolkit/install/verify.py
 
 .PHONY: setup test lint format verify clean prepare-demo demo multi30k-study multi30k-redundancy
 
 setup: $(STAMP)
 
 $(STAMP): $(SETUP_INPUTS)
-	VENV=$(VENV) bash scripts/setup_env.sh
+	VENV=$(VENV) bash scripts/install/setup_env.sh
 	touch $@
 
 verify: $(STAMP)
-	$(PY) scripts/verify_install.py
+	$(PY) -m sage_toolkit.install.verify
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

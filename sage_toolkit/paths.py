@@ -7,3 +7,4 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "configs"
+PLUGIN_DIR = ROOT / "fairseq_plugins"

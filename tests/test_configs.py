@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import importlib.util
 import json
 import math
 import os
@@ -20,13 +19,11 @@ import pytest
 from omegaconf import OmegaConf, open_dict
 
 import fairseq_plugins
+from sage_toolkit import hydra_flags as render_flags
 from tests.fairseq_utils import PLUGIN_DIR, ROOT, make_tiny_corpus, run_cli
 
 fairseq_plugins.register()  # the plugin's fairseq components, for the in-process fairseq below
 
-_spec = importlib.util.spec_from_file_location("render_flags", ROOT / "scripts" / "render_flags.py")
-render_flags = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(render_flags)
 
 CONFIGS = render_flags.list_configs()
 EXPERIMENTS = sorted({name.rsplit("_", 1)[0] for name in CONFIGS})

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
+from sage_toolkit.install import patch_fairseq
+
 ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("patch_fairseq", ROOT / "scripts" / "patch_fairseq.py")
-patch_fairseq = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(patch_fairseq)
 
 
 def test_installed_fairseq_is_patched_and_patching_again_changes_nothing():
-    check = [sys.executable, str(ROOT / "scripts" / "patch_fairseq.py"), "--check"]
-    assert subprocess.run(check, capture_output=True).returncode == 0
+    check = [sys.executable, "-m", "sage_toolkit.install.patch_fairseq", "--check"]
+    assert subprocess.run(check, capture_output=True, cwd=ROOT).returncode == 0
     assert patch_fairseq.pending_changes(patch_fairseq.fairseq_root()) == {}
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Check that the installed fairseq works here: run by `make setup` (and `make verify`).
 
-1. every compatibility fix of scripts/patch_fairseq.py is in place and `import fairseq` works;
+1. every compatibility fix of sage_toolkit/install/patch_fairseq.py is in place and `import fairseq` works;
 2. a translation checkpoint that pickles an ``argparse.Namespace`` (as fairseq's own do) saves and loads under
    torch >= 2.6, whose ``torch.load`` defaults to ``weights_only=True``;
 3. beam search after the load gives the same hypotheses as before it (the load used to switch the encoder to a
@@ -25,10 +25,15 @@ def fail(step: str, detail: object) -> None:
 
 
 def main() -> None:
-    here = os.path.dirname(os.path.abspath(__file__))
-    check = subprocess.run([sys.executable, os.path.join(here, "patch_fairseq.py"), "--check"], capture_output=True)
+    # a child process, from the checkout's root (the package may not be installed yet): python -m finds it there
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    patch = [sys.executable, "-m", "sage_toolkit.install.patch_fairseq", "--check"]
+    check = subprocess.run(patch, capture_output=True, cwd=root)
     if check.returncode != 0:
-        fail("patch check (run scripts/patch_fairseq.py)", check.stdout.decode() + check.stderr.decode())
+        fail(
+            "patch check (run: python -m sage_toolkit.install.patch_fairseq)",
+            check.stdout.decode() + check.stderr.decode(),
+        )
 
     import fairseq
     from fairseq import checkpoint_utils, options, tasks

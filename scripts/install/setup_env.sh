@@ -2,7 +2,7 @@
 # Create .venv with torch 2.13.0 (CPU), fairseq 0.12.2 patched for Python 3.11 / torch >= 2.6, and this project.
 # Idempotent: re-running reuses the venv and only installs what is missing. See README.md, "Install".
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 
 PYTHON=${PYTHON:-python3.11}
 VENV=${VENV:-.venv}
@@ -22,7 +22,7 @@ filter() { grep -v "is ignored: it is neither a file nor a directory" || true; }
 # the build fails on a file missing from the sdist). --no-deps: its pins cannot be honoured on Python 3.11.
 "$VENV/bin/python" -c 'import fairseq.version' 2>/dev/null \
   || "${PIP[@]}" install -c constraints.txt --no-deps fairseq==0.12.2 2>&1 | filter
-"$VENV/bin/python" scripts/patch_fairseq.py
-# The project itself (fairseq_plugins, data_prep), editable so the checkout is what runs.
+"$VENV/bin/python" -m sage_toolkit.install.patch_fairseq
+# The project itself (fairseq_plugins, data_prep, sage_toolkit), editable so the checkout is what runs.
 "${PIP[@]}" install --no-deps --no-build-isolation -e . 2>&1 | filter
-"$VENV/bin/python" scripts/verify_install.py
+"$VENV/bin/python" -m sage_toolkit.install.verify

@@ -20,7 +20,8 @@ fairseq's last release predates both. The fixes (../shared/docs/FAIRSEQ.md has t
    components only when fairseq imports it (``fairseq_plugins`` does) can define ``__fairseq_register__()``: when it
    was imported before fairseq, ``--user-dir`` calls that hook instead of skipping the package.
 
-Usage: ``python scripts/patch_fairseq.py [--check]``. With ``--check`` nothing is written and the exit status
+Usage: ``python -m sage_toolkit.install.patch_fairseq [--check]`` (from the checkout's root; ``make setup`` runs it).
+With ``--check`` nothing is written and the exit status
 says whether every fix is in place. Running it twice changes nothing the second time.
 """
 
