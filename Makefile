@@ -5,7 +5,7 @@ STAMP := $(VENV)/.setup-done
 SETUP_INPUTS := constraints.txt requirements.txt pyproject.toml scripts/install/setup_env.sh \
 	sage_toolkit/install/patch_fairseq.py sage_toolkit/install/verify.py
 
-.PHONY: setup test lint format verify clean prepare-demo demo multi30k-study multi30k-redundancy
+.PHONY: setup test test-quick lint format verify clean prepare-demo demo multi30k-study multi30k-redundancy
 
 setup: $(STAMP)
 
@@ -26,6 +26,10 @@ format: $(STAMP)
 
 test: lint
 	$(VENV)/bin/python -m pytest -q tests
+
+# The inner loop: every test not marked slow (those run fairseq's command lines); README "Tests" gives both times.
+test-quick: lint
+	$(VENV)/bin/python -m pytest -q -m "not slow" tests
 
 # The embedded Tatoeba demo corpus -> $(DEMO_DATA) (README, "Data preparation"); e.g. DEMO_PREP_ARGS='--train-size 20000'.
 DEMO_DATA ?= data-bin/demo
