@@ -11,7 +11,8 @@ calls :func:`build`, which writes everything into one output folder, atomically 
                                         ``fairseq-generate --remove-bpe`` prints as T- lines (tokenised BLEU)
     <dest>/ref/{split}.raw.{lang}       the original text where the source has it (BPE segmentation only;
                                         with sentencepiece, ref/{split}.{lang} is the original text)
-    <dest>/prep.json                    settings, line counts, the --remove-bpe value; written last
+    <dest>/prep.json                    settings, line counts, the --remove-bpe value and what evaluation needs
+                                        (lowercased, bleu_tok_kind, references: see ``facts``); written last
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from .common import (
     write_lines,
     write_manifest,
 )
+from .facts import recorded_facts, reference_record
 
 SEGMENTATIONS = ("bpe", "spm")
 
@@ -108,6 +110,7 @@ def build(
     spm_type: str = "unigram",
     spm_sentences: int | None = None,
     lowercased: bool = False,
+    bleu_tok_kind: str = "tokenized",
     joined_dictionary: bool = True,
     bpe_langs: Sequence[str] | None = None,
     preprocess_extra: Sequence[str] = (),
@@ -119,7 +122,9 @@ def build(
     """Segment ``splits`` (the first must be ``train``), binarise, write references, all atomically into ``dest``.
 
     ``lowercased``: the tokenised text is lowercased, so the detokenised reference is made from it rather than taken
-    from the (cased) raw text. ``bpe_langs``: the order in which the training sides are concatenated for BPE learning
+    from the (cased) raw text; with BPE segmentation evaluation then lowercases (``prep.json`` ``lowercased``).
+    ``bleu_tok_kind``: the dataset's tokenized-BLEU variant (``tokenized``, or ``compound_split`` for WMT'16).
+    ``bpe_langs``: the order in which the training sides are concatenated for BPE learning
     (default source, target). ``copy_files``: extra files to store in ``dest`` (e.g. the given BPE codes).
     """
     if segmentation not in SEGMENTATIONS:
@@ -130,6 +135,7 @@ def build(
         sp.check()
     langs = (src, tgt)
     dest = Path(dest)
+    facts = recorded_facts(lowercased=lowercased, bleu_tok_kind=bleu_tok_kind, segmentation=segmentation)
     with atomic_output(dest, settings, log) as tmp:
         if tmp is None:
             return dest
@@ -169,7 +175,7 @@ def build(
             segment = T.SPMEncoder(model)
             seg_info.update(remove_bpe="sentencepiece", spm_size=spm_size, spm_type=spm_type, spm_model="spm.model")
 
-        counts = {}
+        counts, references = {}, {}
         for sp in splits:
             counts[sp.name] = len(sp)
             for lang in langs:
@@ -181,7 +187,8 @@ def build(
                     lines = segment(sp.raw[lang])
                 write_lines(text_dir / f"{sp.name}.{lang}", lines)
                 if sp.name != "train":
-                    _write_refs(ref_dir, sp, lang, segmentation, lowercased)
+                    tokenized = _write_refs(ref_dir, sp, lang, segmentation, lowercased)
+                    references.setdefault(sp.name, {})[lang] = reference_record(sp.name, lang, tokenized)
             log(f"{sp.name}: {len(sp)} pairs")
 
         test_prefixes = [sp.name for sp in splits if sp.name.startswith("test")]
@@ -201,6 +208,8 @@ def build(
             "joined_dictionary": joined_dictionary,
             **seg_info,
             "generate_hint": f"fairseq-generate {dest} --path CHECKPOINT --remove-bpe {seg_info['remove_bpe']}",
+            **facts,
+            "references": references,
             **(info or {}),
         }
         write_manifest(tmp, settings, record)
@@ -214,10 +223,11 @@ def _need(splits: Sequence[Split], kind: str, what: str) -> None:
             raise DataPrepError(f"{what} needs the {'original' if kind == 'raw' else 'tokenised'} text of {sp.name}")
 
 
-def _write_refs(ref_dir: Path, sp: Split, lang: str, segmentation: str, lowercased: bool) -> None:
+def _write_refs(ref_dir: Path, sp: Split, lang: str, segmentation: str, lowercased: bool) -> bool:
+    """Write the references of one split and language; returns whether there is a tokenised one."""
     if segmentation == "spm":
         write_lines(ref_dir / f"{sp.name}.{lang}", sp.raw[lang])
-        return
+        return False
     if sp.tok:
         write_lines(ref_dir / f"{sp.name}.tok.{lang}", [T.collapse_ws(x) for x in sp.tok[lang]])
     if sp.raw:
@@ -229,3 +239,4 @@ def _write_refs(ref_dir: Path, sp: Split, lang: str, segmentation: str, lowercas
     else:
         raise DataPrepError(f"internal error: no text for the {sp.name} reference")
     write_lines(ref_dir / f"{sp.name}.{lang}", detok)
+    return bool(sp.tok)

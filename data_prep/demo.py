@@ -26,6 +26,8 @@ from .build import Split, add_output_args, add_segmentation_args, build, check_s
 from .common import DataPrepError, check_lang_pair, cli_main, is_complete, read_lines
 
 NAME = "tatoeba-demo"
+LOWERCASED = False  # BPE preparations: the Tatoeba text keeps its case
+BLEU_TOK_KIND = "tokenized"  # see facts.py
 CORPUS = Path(__file__).resolve().parent / "demo" / "deu.txt.gz"
 PAIRS = [("de", "en"), ("en", "de")]
 
@@ -129,8 +131,8 @@ def main(argv=None) -> int:
         splits.append(Split(name, raw=raw, tok=tok, origin={lang: f"{args.corpus} ({name}.{lang})" for lang in raw}))
     build(
         dest, settings, args.src, args.tgt, splits, args.segmentation,
-        bpe_size=args.bpe_size, spm_size=args.spm_size, spm_type=args.spm_type, lowercased=False,
-        joined_dictionary=True, workers=args.workers,
+        bpe_size=args.bpe_size, spm_size=args.spm_size, spm_type=args.spm_type,
+        lowercased=LOWERCASED, bleu_tok_kind=BLEU_TOK_KIND, joined_dictionary=True, workers=args.workers,
         info={"corpus": str(args.corpus), "license": "CC BY 2.0; attribution: www.manythings.org/anki and tatoeba.org",
               "train_pairs_available": available, "corpus_pairs": len(pairs)},
     )  # fmt: skip

@@ -39,6 +39,8 @@ from .common import (
 )
 
 NAME = "iwslt14"
+LOWERCASED = True  # BPE preparations: the recipe lowercases the tokenised text (prepare-iwslt14.sh's lowercase.perl)
+BLEU_TOK_KIND = "tokenized"  # see facts.py
 URLS = [
     "http://dl.fbaipublicfiles.com/fairseq/data/iwslt14/de-en.tgz",  # fairseq's prepare-iwslt14.sh (current)
     "https://wit3.fbk.eu/archive/2014-01/texts/de/en/de-en.tgz",  # the script's original URL (WIT3)
@@ -191,9 +193,10 @@ def main(argv=None) -> int:
         splits = read_splits(files, args.src, args.tgt, args.segmentation)
     build(
         dest, settings, args.src, args.tgt, splits, args.segmentation,
-        bpe_size=args.bpe_size, spm_size=args.spm_size, spm_type=args.spm_type, lowercased=True,
-        joined_dictionary=args.segmentation == "spm", bpe_langs=("de", "en"),
-        copy_files={"code": args.bpe_codes} if args.bpe_codes else None, workers=args.workers,
+        bpe_size=args.bpe_size, spm_size=args.spm_size, spm_type=args.spm_type,
+        lowercased=LOWERCASED, bleu_tok_kind=BLEU_TOK_KIND, joined_dictionary=args.segmentation == "spm",
+        bpe_langs=("de", "en"), copy_files={"code": args.bpe_codes} if args.bpe_codes else None,
+        workers=args.workers,
         info={"source": origin, "clean": f"{CLEAN_MIN}-{CLEAN_MAX} words, ratio {CLEAN_RATIO}",
               "valid": f"every {VALID_EVERY}th cleaned train pair", "test": TEST_SETS},
     )  # fmt: skip

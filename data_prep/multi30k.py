@@ -23,6 +23,8 @@ from .build import Split, add_output_args, add_segmentation_args, build, check_s
 from .common import DataPrepError, check_lang_pair, cli_main, download, find_file, is_complete, read_parallel
 
 NAME = "multi30k"
+LOWERCASED = True  # BPE preparations: the dataset's task1-tokenize.sh lowercases
+BLEU_TOK_KIND = "tokenized"  # see facts.py
 URL = "https://raw.githubusercontent.com/multi30k/dataset/master/data/task1/raw/{name}.gz"
 PAIRS = [("en", "de"), ("de", "en")]
 SPLITS = [("train", "train", True), ("val", "valid", True), ("test_2016_flickr", "test", True),
@@ -101,8 +103,8 @@ def main(argv=None) -> int:
         splits.append(Split(split, raw=raw, tok=tok, origin={args.src: str(sp), args.tgt: str(tp)}))
     build(
         dest, settings, args.src, args.tgt, splits, args.segmentation,
-        bpe_size=args.bpe_size, spm_size=args.spm_size, spm_type=args.spm_type, lowercased=True,
-        joined_dictionary=True, workers=args.workers,
+        bpe_size=args.bpe_size, spm_size=args.spm_size, spm_type=args.spm_type,
+        lowercased=LOWERCASED, bleu_tok_kind=BLEU_TOK_KIND, joined_dictionary=True, workers=args.workers,
         info={"sources": {k: str(v) for k, v in files.items()}},
     )  # fmt: skip
     return 0

@@ -36,6 +36,8 @@ from .common import (
 )
 
 NAME = "wmt16"
+LOWERCASED = False  # Google's files keep their case
+BLEU_TOK_KIND = "compound_split"  # as fairseq's scripts/compound_split_bleu.sh (examples/scaling_nmt); see facts.py
 URL = "https://drive.google.com/uc?export=download&id=0B_bZck-ksdkpM25jRUN2X2UxMm8"  # fairseq scaling_nmt README
 ARCHIVE = "wmt16_en_de.tar.gz"
 PAIRS = [("en", "de"), ("de", "en")]
@@ -126,7 +128,8 @@ def main(argv=None) -> int:
         extra = ["--nwordssrc", "32768", "--nwordstgt", "32768"] if args.segmentation == "bpe" else []
         build(
             dest, settings, args.src, args.tgt, splits, args.segmentation,
-            spm_size=args.spm_size, spm_type=args.spm_type, lowercased=False, joined_dictionary=True,
+            spm_size=args.spm_size, spm_type=args.spm_type, lowercased=LOWERCASED, bleu_tok_kind=BLEU_TOK_KIND,
+            joined_dictionary=True,
             preprocess_extra=extra, copy_files=copy, workers=args.workers, spm_sentences=args.spm_sentences,
             info={"source": origin, "valid": "newstest2013", "test": "newstest2014"},
         )  # fmt: skip

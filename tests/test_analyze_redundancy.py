@@ -1,4 +1,5 @@
-"""scripts/analyze_redundancy.py on a tiny trained model: pruning, the loss it measures, outputs and errors.
+"""scripts/analyze_redundancy.py (sage_toolkit.redundancy) on a tiny trained model: pruning, the loss it measures,
+outputs and errors; and the committed Multi30k analysis rebuilt from its redundancy.json.
 
 One model is trained (module fixture, plain Adam, 30 updates on the generated tiny corpus) and analysed once through
 the command line under two names (the two records must then be identical), plus in-process checks of the ranking and
@@ -7,9 +8,8 @@ pruning functions against the model's own tensors.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import hashlib
-import importlib.util
 import json
 import os
 import re
@@ -19,15 +19,16 @@ import sys
 import pytest
 import torch
 
+from sage_toolkit.redundancy import command as analyze_cli
+from sage_toolkit.redundancy import model as redundancy_model
+from sage_toolkit.redundancy import pruning, scoring, sensitivity, summary
+from sage_toolkit.redundancy.options import RedundancyOptions
+from sage_toolkit.stats import format_difference
 from tests.fairseq_utils import ROOT, THREADS, run_cli, train_args
 
 pytestmark = pytest.mark.slow
 
 SCRIPT = ROOT / "scripts" / "analyze_redundancy.py"
-_spec = importlib.util.spec_from_file_location("analyze_redundancy_script", SCRIPT)
-ar = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = ar
-_spec.loader.exec_module(ar)
 
 SPARSITIES = [0.0, 0.3, 0.6]
 
@@ -132,12 +133,11 @@ def test_curves_json_plots_and_table(analysed, tiny_data_bin):
 
 def test_pruning_zeroes_the_lowest_ranked_entries_and_restores(analysed, tiny_data_bin, monkeypatch):
     ckpt = analysed["ckpt"]
-    model, task, _, criterion = ar.load(ckpt, tiny_data_bin, use_cuda=False)
-    params = [p for _, p in ar.pruned_parameters(model)]
-    args = type(
-        "A", (), {"subset": "valid", "sensitivity_subset": "train", "max_tokens": 4096, "batches": 2, "seed": 1}
-    )()
-    sens, used = ar.sensitivities(model, criterion, task, params, args, use_cuda=False)
+    model, task, _, criterion = redundancy_model.load(ckpt, tiny_data_bin, use_cuda=False)
+    params = [p for _, p in pruning.pruned_parameters(model)]
+    sens, used = sensitivity.sensitivities(
+        model, criterion, task, params, subset="train", batches_wanted=2, max_tokens=4096, seed=1, use_cuda=False
+    )
     params = [p for p, u in zip(params, used, strict=True) if u]
     sens = [s for s, u in zip(sens, used, strict=True) if u]
     original = [p.detach().clone() for p in params]
@@ -147,9 +147,9 @@ def test_pruning_zeroes_the_lowest_ranked_entries_and_restores(analysed, tiny_da
     flat_mag = torch.cat([p.detach().abs().reshape(-1) for p in params])
     masks = {}
     for method, scores, flat in (("sensitivity", sens, flat_sens), ("magnitude", [p.abs() for p in params], flat_mag)):
-        order = ar.ranking(scores)
-        k = ar.num_pruned(0.4, total)
-        ar.prune_(params, order, k)
+        order = pruning.ranking(scores)
+        k = pruning.num_pruned(0.4, total)
+        pruning.prune_(params, order, k)
         zeroed = torch.cat([(p == 0).reshape(-1) for p in params])
         assert int(zeroed.sum()) == k
         # every zeroed entry scores no higher than every kept one
@@ -162,14 +162,14 @@ def test_pruning_zeroes_the_lowest_ranked_entries_and_restores(analysed, tiny_da
     assert all(torch.equal(p, o) for p, o in zip(params, original, strict=True))
 
     # BLEU of the unpruned model, in-process, at fairseq's default maximum length: scripts/evaluate.py's sacreBLEU
-    bleu_args = argparse.Namespace(data_bin=tiny_data_bin, subset="valid", beam=1, max_len_a=0.0, max_len_b=200,
-                                   max_tokens=4096, seed=1)  # fmt: skip
+    bleu_options = RedundancyOptions(data_bin=tiny_data_bin, checkpoints=(), out=ckpt.parent, subset="valid", beam=1,
+                                     max_len_a=0.0, max_len_b=200, max_tokens=4096, seed=1)  # fmt: skip
     # with the thread count of scripts/evaluate.py's process (ENV): greedy search picks between near-equal scores,
     # and matrix products split over another number of threads may round them otherwise
     threads = torch.get_num_threads()
     torch.set_num_threads(int(THREADS))
     try:
-        bleu = ar.BleuScorer(task, bleu_args)(model, task, use_cuda=False)
+        bleu = scoring.BleuScorer(task, bleu_options)(model, task, use_cuda=False)
     finally:
         torch.set_num_threads(threads)
     reference = analysed["evaluate"]
@@ -178,9 +178,8 @@ def test_pruning_zeroes_the_lowest_ranked_entries_and_restores(analysed, tiny_da
     assert bleu["bleu_signature"] == reference["sacrebleu_signature"]
     # with --remove-bpe, scoring leaves the target dictionary alone (fairseq's post_process_prediction re-encodes the
     # text with add_if_not_exist: new words grew the dictionary and the next generation failed): the same BLEU twice
-    scorer = ar.BleuScorer(task, bleu_args)
+    scorer = scoring.BleuScorer(task, dataclasses.replace(bleu_options, max_len_b=4))
     scorer.setup.remove_bpe = "subword_nmt"
-    bleu_args.max_len_b = 4
 
     def no_new_symbols(*_, **__):
         raise AssertionError("the target dictionary was written to")
@@ -189,14 +188,14 @@ def test_pruning_zeroes_the_lowest_ranked_entries_and_restores(analysed, tiny_da
     first = scorer(model, task, use_cuda=False)
     assert scorer(model, task, use_cuda=False) == first
     # ties are broken by position: a constant score prunes the first k entries in order
-    order = ar.ranking([torch.zeros(3, 2), torch.zeros(4)])
+    order = pruning.ranking([torch.zeros(3, 2), torch.zeros(4)])
     assert order.tolist() == list(range(10))
     # layer types
-    assert ar.layer_type("encoder.layers.0.self_attn.k_proj.weight") == "attention"
-    assert ar.layer_type("decoder.layers.0.encoder_attn.out_proj.weight") == "attention"
-    assert ar.layer_type("decoder.layers.0.fc2.weight") == "feed-forward"
-    assert ar.layer_type("decoder.embed_tokens.weight") == "embeddings"
-    assert ar.layer_type("decoder.output_projection.weight") == "embeddings"
+    assert pruning.layer_type("encoder.layers.0.self_attn.k_proj.weight") == "attention"
+    assert pruning.layer_type("decoder.layers.0.encoder_attn.out_proj.weight") == "attention"
+    assert pruning.layer_type("decoder.layers.0.fc2.weight") == "feed-forward"
+    assert pruning.layer_type("decoder.embed_tokens.weight") == "embeddings"
+    assert pruning.layer_type("decoder.output_projection.weight") == "embeddings"
 
 
 def test_errors(analysed, tiny_data_bin, tmp_path, capsys):
@@ -204,7 +203,7 @@ def test_errors(analysed, tiny_data_bin, tmp_path, capsys):
 
     def fails(*argv) -> str:
         try:
-            code = ar.main([str(a) for a in argv])
+            code = analyze_cli.main([str(a) for a in argv])
         except SystemExit as e:  # argparse errors
             code = e.code
         assert code not in (0, None)
@@ -238,7 +237,7 @@ def test_group_summary_is_the_mean_and_spread_over_a_groups_models():
         return {"results": {"sensitivity": rows}}
 
     models = {"adam/seed1": record(0.2, 25.0), "adam/seed2": record(0.4, 21.0), "sage": record(1.0, 10.0)}
-    groups = ar.group_summary(models)
+    groups = summary.group_summary(models)
     assert list(groups) == ["adam"]  # a model alone is no group
     assert groups["adam"]["models"] == ["adam/seed1", "adam/seed2"]
     row = groups["adam"]["sensitivity"][1]
@@ -246,4 +245,42 @@ def test_group_summary_is_the_mean_and_spread_over_a_groups_models():
     assert row["loss_increase"]["mean"] == pytest.approx(0.3)
     assert row["loss_increase"]["std"] == pytest.approx(statistics.stdev([0.2, 0.4]))
     assert row["bleu_drop"] == {"mean": pytest.approx(7.0), "std": pytest.approx(statistics.stdev([5.0, 9.0]))}
-    assert "adam: mean ± std over 2 models (adam/seed1, adam/seed2)" in ar.table(models)
+    assert "adam: mean ± std over 2 models (adam/seed1, adam/seed2)" in summary.table(models)
+
+
+COMMITTED = ROOT / "results" / "multi30k_de_en" / "redundancy" / "redundancy.json"
+
+
+def test_the_committed_analysis_is_rebuilt_from_its_json():
+    """results/multi30k_de_en/redundancy: the group summary, the printed table and RESULTS.md's table come from
+    redundancy.json with today's code: ``groups`` equal, the table's text that of the code that made the JSON (its
+    SHA-256, recorded before the move into sage_toolkit), every row of RESULTS.md's table formatted from the groups."""
+    result = json.loads(COMMITTED.read_text())
+    models, groups = result["models"], result["groups"]
+    assert summary.group_summary(models) == groups
+    text = summary.table(models)
+    digest = "7f46347a17f46373d094c4cf0808a99eb0ee9734c2101de383d6066b561d1f54"
+    assert hashlib.sha256(text.encode()).hexdigest() == digest
+    assert "sage: mean ± std over 3 models (sage/seed1, sage/seed2, sage/seed3)" in text
+
+    def cell(value: dict, digits: int) -> str:
+        return f"{value['mean']:.{digits}f} ± {value['std']:.{digits}f}"
+
+    rows = [line for line in (ROOT / "RESULTS.md").read_text().splitlines()
+            if re.match(r"\| (sensitivity|magnitude) \| \d+% \|", line)]  # fmt: skip
+    assert len(rows) == 10
+    for line in rows:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        method, percent = cells[0], int(cells[1].rstrip("%"))
+        i = [round(100 * row["sparsity"]) for row in groups["adam"][method]].index(percent)
+        adam, sage = groups["adam"][method][i], groups["sage"][method][i]
+        increases = {
+            group: [models[name]["results"][method][i]["loss_increase"] for name in groups[group]["models"]]
+            for group in ("adam", "sage")
+        }
+
+        assert cells == [
+            method, f"{percent}%", cell(adam["loss_increase"], 3), cell(sage["loss_increase"], 3),
+            format_difference(increases["adam"], increases["sage"], 3), cell(adam["bleu_drop"], 2),
+            cell(sage["bleu_drop"], 2),
+        ]  # fmt: skip

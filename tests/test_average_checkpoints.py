@@ -1,17 +1,24 @@
-"""scripts/average_checkpoints.py: the mean of the model tensors, selection of the last N checkpoints, errors."""
+"""scripts/average_checkpoints.py (sage_toolkit.evaluation.checkpoints): the mean of the model tensors, selection of
+the last N checkpoints, errors."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("average_checkpoints", ROOT / "scripts" / "average_checkpoints.py")
-avg = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(avg)
+from sage_toolkit.errors import ToolkitError
+from sage_toolkit.evaluation import checkpoints as avg
+from sage_toolkit.evaluation import commands
+
+
+def run_main(argv) -> int:
+    """scripts/average_checkpoints.py's main in-process; its exit status (errors leave through SystemExit)."""
+    try:
+        return commands.average_checkpoints_main([str(a) for a in argv])
+    except SystemExit as e:
+        return e.code
 
 
 def fake_checkpoint(path: Path, seed: int, **extra) -> dict:
@@ -53,7 +60,7 @@ def test_cli_averages_the_last_n_by_number_and_writes_atomically(tmp_path, capsy
     states = {n: fake_checkpoint(tmp_path / f"checkpoint{n}.pt", n) for n in (1, 2, 9, 10)}  # 10 after 9, not 1
     fake_checkpoint(tmp_path / "checkpoint_last.pt", 99)
     out = tmp_path / "avg" / "averaged.pt"
-    rc = avg.main(["--inputs", str(tmp_path), "--num-epoch-checkpoints", "2", "--output", str(out),
+    rc = run_main(["--inputs", str(tmp_path), "--num-epoch-checkpoints", "2", "--output", str(out),
                    "--drop-optimizer-state"])  # fmt: skip
     assert rc == 0, capsys.readouterr().err
     assert "checkpoint9.pt, checkpoint10.pt" in capsys.readouterr().out
@@ -78,20 +85,20 @@ def test_update_checkpoints_are_ordered_by_update_number(tmp_path):
 
 def test_errors_name_the_problem(tmp_path, capsys):
     fake_checkpoint(tmp_path / "checkpoint1.pt", 1)
-    with pytest.raises(avg.AverageError, match=r"last 3 checkpoints: .* has 1 epoch checkpoints .*checkpoint1\.pt"):
+    with pytest.raises(ToolkitError, match=r"last 3 checkpoints: .* has 1 epoch checkpoints .*checkpoint1\.pt"):
         avg.last_checkpoints(tmp_path, 3, "epoch")
     other = {"model": {"other.weight": torch.zeros(1)}}
     torch.save(other, tmp_path / "other.pt")
-    with pytest.raises(avg.AverageError, match="holds other parameters"):
+    with pytest.raises(ToolkitError, match="holds other parameters"):
         avg.average_checkpoints([tmp_path / "checkpoint1.pt", tmp_path / "other.pt"])
     reshaped = fake_checkpoint(tmp_path / "shape.pt", 2)
     reshaped["model"]["encoder.weight"] = torch.zeros(2)
     torch.save(reshaped, tmp_path / "shape.pt")
-    with pytest.raises(avg.AverageError, match=r"parameter encoder.weight has shape \(2,\)"):
+    with pytest.raises(ToolkitError, match=r"parameter encoder.weight has shape \(2,\)"):
         avg.average_checkpoints([tmp_path / "checkpoint1.pt", tmp_path / "shape.pt"], drop_optimizer_state=True)
-    rc = avg.main(["--inputs", str(tmp_path / "missing.pt"), "--output", str(tmp_path / "x.pt")])
+    rc = run_main(["--inputs", str(tmp_path / "missing.pt"), "--output", str(tmp_path / "x.pt")])
     assert rc == 1 and f"checkpoint {tmp_path / 'missing.pt'} does not exist" in capsys.readouterr().err
     (tmp_path / "garbage.pt").write_text("not a checkpoint")
-    rc = avg.main(["--inputs", str(tmp_path / "garbage.pt"), "--output", str(tmp_path / "x.pt")])
+    rc = run_main(["--inputs", str(tmp_path / "garbage.pt"), "--output", str(tmp_path / "x.pt")])
     assert rc == 1 and f"cannot read checkpoint {tmp_path / 'garbage.pt'}" in capsys.readouterr().err
     assert not (tmp_path / "x.pt").exists()

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from data_prep import demo, iwslt14, multi30k, wmt16
+from data_prep import demo, facts, iwslt14, multi30k, wmt16
 from data_prep import text as T
 from data_prep.common import cli_main, read_lines
-from data_prep.testing import make_fake_iwslt14, make_fake_multi30k, make_fake_wmt16
+from tests.data_fixtures import make_fake_iwslt14, make_fake_multi30k, make_fake_wmt16
 from tests.fairseq_utils import ROOT, run_cli, train_log
 
 TINY_TRAIN = [
@@ -27,6 +27,13 @@ TINY_TRAIN = [
     "--optimizer", "adam", "--lr", "1e-3", "--max-tokens", "500", "--max-update", "2", "--cpu",
     "--num-workers", "0", "--no-save", "--no-progress-bar", "--log-format", "json", "--log-interval", "1",
 ]  # fmt: skip
+
+
+def assert_old_manifest_reads_the_same(info: dict, dest: Path) -> None:
+    """A prep.json without the evaluation keys (the previous data_prep's) gives evaluation the same facts."""
+    old = {key: value for key, value in info.items() if key not in facts.KEYS}
+    for split in ("valid", "test"):
+        assert facts.evaluation_facts(old, dest, split) == facts.evaluation_facts(info, dest, split)
 
 
 def run_main(module, argv, capsys):
@@ -126,6 +133,11 @@ def test_prepare_demo_builds_a_data_bin_that_fairseq_trains_on(tmp_path, capsys)
     assert info["pairs"] == {"train": 1500, "valid": 50, "test": 50}
     assert info["remove_bpe"] == "sentencepiece" and info["source_lang"] == "de" and info["target_lang"] == "en"
     assert (dest / "spm.model").is_file() and (dest / "dict.de.txt").read_text() == (dest / "dict.en.txt").read_text()
+    # what evaluation reads: original-case text, plain tokenized BLEU, no tokenised reference with sentencepiece
+    assert (info["lowercased"], info["bleu_tok_kind"]) == (False, "tokenized")
+    assert info["references"]["test"]["en"] == {"detokenized": "ref/test.en", "tokenized": None}
+    assert set(info["references"]) == {"valid", "test"} and set(info["references"]["valid"]) == {"de", "en"}
+    assert_old_manifest_reads_the_same(info, dest)
     # The references are the original text; removing the pieces from the binarised text's source gives it back.
     refs, seg = read_lines(dest / "ref" / "test.en"), read_lines(dest / "text" / "test.en")
     assert [T.remove_spm(x) for x in seg] == refs
@@ -185,6 +197,13 @@ def test_iwslt14_pipeline_on_a_tiny_de_en_folder(tmp_path, capsys):
     info = json.loads((tmp_path / "bin" / "prep.json").read_text())
     assert info["pairs"] == {"train": len(train), "valid": len(valid), "test": 20}
     assert info["joined_dictionary"] is False and info["bpe_merges"] == 200
+    assert (info["lowercased"], info["bleu_tok_kind"]) == (True, "tokenized")  # lowercased BPE text
+    for split in ("valid", "test"):
+        for lang in ("de", "en"):
+            refs = info["references"][split][lang]
+            assert refs == {"detokenized": f"ref/{split}.{lang}", "tokenized": f"ref/{split}.tok.{lang}"}
+            assert all((tmp_path / "bin" / path).is_file() for path in refs.values())
+    assert_old_manifest_reads_the_same(info, tmp_path / "bin")
     bpe = T.BPEApplier(codes)
     for split in splits:
         assert read_lines(tmp_path / "bin" / "text" / f"{split.name}.de") == bpe(split.tok["de"])
@@ -204,6 +223,9 @@ def test_multi30k_bpe_on_tiny_files(tmp_path, capsys):
     assert rc == 0, err
     info = json.loads((dest / "prep.json").read_text())
     assert info["pairs"] == {"train": 200, "valid": 10, "test": 10} and info["segmentation"] == "bpe"
+    assert (info["lowercased"], info["bleu_tok_kind"]) == (True, "tokenized")
+    assert info["references"]["test"]["de"] == {"detokenized": "ref/test.de", "tokenized": "ref/test.tok.de"}
+    assert_old_manifest_reads_the_same(info, dest)
     assert (dest / "train.en-de.de.bin").is_file() and (dest / "test.en-de.en.idx").is_file()
     raw = read_lines(src / "raw" / "test_2016_flickr.de.gz")
     assert read_lines(dest / "ref" / "test.raw.de") == raw
@@ -225,6 +247,10 @@ def test_wmt16_published_files_are_binarised_as_given(tmp_path, capsys):
     assert read_lines(tmp_path / "bin" / "ref" / "test.de") == read_lines(src / "newstest2014.de")
     assert (tmp_path / "bin" / "dict.en.txt").read_text() == (tmp_path / "bin" / "dict.de.txt").read_text()
     assert (tmp_path / "bin" / "bpe.32000").is_file()
+    info = json.loads((tmp_path / "bin" / "prep.json").read_text())
+    assert (info["lowercased"], info["bleu_tok_kind"], info["remove_bpe"]) == (False, "compound_split", "subword_nmt")
+    assert info["references"]["test"]["de"] == {"detokenized": "ref/test.de", "tokenized": "ref/test.tok.de"}
+    assert_old_manifest_reads_the_same(info, tmp_path / "bin")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -357,6 +383,8 @@ def test_iwslt14_download_path_fetches_and_extracts_the_archive(tmp_path, capsys
     assert not list((tmp_path / "dl").glob("*.part"))
     info = json.loads((tmp_path / "bin" / "prep.json").read_text())
     assert info["pairs"]["test"] == 10 and info["remove_bpe"] == "sentencepiece"
+    assert info["lowercased"] is False  # IWSLT'14 lowercases its tokenised (BPE) text only, not sentencepiece's
+    assert_old_manifest_reads_the_same(info, tmp_path / "bin")
 
 
 def test_multi30k_download_path(tmp_path, capsys, monkeypatch):

@@ -57,9 +57,13 @@ def test_prepare_multi30k_from_the_local_copy_gives_a_data_bin_fairseq_trains_on
     seg_text = read_lines(dest / "text" / "test.de")
     if seg == "spm":
         assert info["remove_bpe"] == "sentencepiece"
+        assert info["lowercased"] is False  # sentencepiece is trained on the original, cased text
+        assert info["references"]["test1"]["en"] == {"detokenized": "ref/test1.en", "tokenized": None}
         assert [T.remove_spm(x) for x in seg_text] == [" ".join(x.split()) for x in raw]
     else:
         theirs = read_lines(SHARED_DATA / "multi30k" / "tok" / "test_2016_flickr.lc.norm.tok.de.gz")
         assert info["remove_bpe"] == "subword_nmt"
+        assert info["lowercased"] is True and info["bleu_tok_kind"] == "tokenized"
+        assert info["references"]["test1"]["en"] == {"detokenized": "ref/test1.en", "tokenized": "ref/test1.tok.en"}
         assert [T.remove_bpe(x) for x in seg_text] == theirs
     train_reads(dest, tmp_path)

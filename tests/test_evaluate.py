@@ -1,4 +1,5 @@
-"""scripts/evaluate.py end to end on a tiny trained model; its scores against the sacrebleu and fairseq-score CLIs.
+"""scripts/evaluate.py (sage_toolkit.evaluation) end to end on a tiny trained model; its scores against the sacrebleu
+and fairseq-score CLIs.
 
 One model is trained (module fixture) on a data-bin made by data_prep's WMT'16 script from a tiny synthetic input in
 the layout of Google's WMT'16 folder: a learnable word-for-word "translation" whose target has BPE-split words
@@ -15,7 +16,6 @@ transformed independently (compound splitting, Moses detokenisation).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import random
@@ -27,6 +27,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from sage_toolkit.errors import ToolkitError
+from sage_toolkit.evaluation import commands, dataset, generation, scoring
 from tests.fairseq_utils import ROOT, run_cli, train_args
 
 pytestmark = pytest.mark.slow
@@ -34,15 +36,20 @@ pytestmark = pytest.mark.slow
 SCRIPT = ROOT / "scripts" / "evaluate.py"
 _SACREBLEU_SCRIPT = Path(sys.executable).parent / "sacrebleu"  # the venv's console script
 SACREBLEU = [str(_SACREBLEU_SCRIPT)] if _SACREBLEU_SCRIPT.is_file() else [sys.executable, "-m", "sacrebleu"]
-_spec = importlib.util.spec_from_file_location("evaluate_script", SCRIPT)
-ev = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = ev  # dataclasses look their module up there
-_spec.loader.exec_module(ev)
 
 JSON_KEYS = {
     "subset", "n_sentences", "checkpoints", "beam", "lenpen", "bleu_tok", "bleu_tok_kind", "sacrebleu",
     "sacrebleu_signature", "chrf", "chrf_signature", "bp", "sys_len", "ref_len", "hypotheses",
 }  # fmt: skip
+
+
+def run_main(argv) -> int:
+    """scripts/evaluate.py's main (commands.evaluate_main) in-process; its exit status (errors leave through
+    SystemExit, as from the shell)."""
+    try:
+        return commands.evaluate_main([str(a) for a in argv])
+    except SystemExit as e:
+        return e.code
 
 
 def _word(i: int, lang: str) -> str:
@@ -138,14 +145,14 @@ def test_prepared_data_bin_end_to_end_through_the_command_line(trained):
     generated = Path(r["generate_output"]).read_text(encoding="utf-8").splitlines()
     h_lines = dict(line[2:].split("\t", 2)[::2] for line in generated if line.startswith("H-"))
     h_lines = [h_lines[str(i)] for i in range(20)]
-    assert Path(r["tokenized_hypotheses"]).read_text().splitlines() == [ev.compound_split(h) for h in h_lines]
+    assert Path(r["tokenized_hypotheses"]).read_text().splitlines() == [scoring.compound_split(h) for h in h_lines]
     assert Path(r["hypotheses"]).read_text().splitlines() == moses_detokenize(h_lines, "de")
     tok_hyps = Path(r["tokenized_hypotheses"]).read_text().splitlines()
     assert r["bleu_tok_sys_len"] == sum(len(h.split()) for h in tok_hyps)
 
     # tokenized BLEU: the reference is ref/test.tok.de compound-split as compound_split_bleu.sh does
     tok_ref = (data_bin / "ref" / "test.tok.de").read_text().splitlines()
-    assert Path(r["tokenized_references"]).read_text().splitlines() == [ev.compound_split(x) for x in tok_ref]
+    assert Path(r["tokenized_references"]).read_text().splitlines() == [scoring.compound_split(x) for x in tok_ref]
     assert any("x10 ##AT##-##AT## y10" in x for x in Path(r["tokenized_references"]).read_text().splitlines())
     # hypotheses: one per source sentence, BPE removed, Moses-detokenised (no " ." left)
     hyps = Path(r["hypotheses"]).read_text().splitlines()
@@ -160,9 +167,9 @@ def test_prepared_data_bin_end_to_end_through_the_command_line(trained):
     assert_sacrebleu_equals_cli(r, data_bin / "ref" / "test.de")
     # and the same scorers give 100 to the references themselves: scorers, references and splitting fit together
     tok_refs = Path(r["tokenized_references"]).read_text().splitlines()
-    assert ev.fairseq_bleu(tok_refs, tok_refs)["score"] == pytest.approx(100.0)
+    assert scoring.fairseq_bleu(tok_refs, tok_refs)["score"] == pytest.approx(100.0)
     refs = (data_bin / "ref" / "test.de").read_text().splitlines()
-    assert ev.sacrebleu_scores(refs, refs, lowercase=False)["sacrebleu"] == pytest.approx(100.0)
+    assert scoring.sacrebleu_scores(refs, refs, lowercase=False)["sacrebleu"] == pytest.approx(100.0)
 
 
 def test_any_data_bin_with_explicit_options_and_averaging(trained, tmp_path, capsys):
@@ -177,7 +184,7 @@ def test_any_data_bin_with_explicit_options_and_averaging(trained, tmp_path, cap
     out = tmp_path / "results" / "avg.json"
     argv = ["--data-bin", plain, "--checkpoint", save, "--average-last", "2", "--remove-bpe", "--ref", ref,
             "--lowercase", "--cpu", "--batch-size", "7", "--out", out]  # fmt: skip
-    rc = ev.main([str(a) for a in argv])
+    rc = run_main(argv)
     assert rc == 0, capsys.readouterr().err
     r = json.loads(out.read_text())
     assert (r["source_lang"], r["target_lang"]) == ("en", "de")  # from the data-bin's file names
@@ -195,13 +202,16 @@ def test_any_data_bin_with_explicit_options_and_averaging(trained, tmp_path, cap
 
 
 def test_settings_from_prep_json_of_each_preparation(tmp_path):
+    """prep.json files written before they recorded lowercased/bleu_tok_kind/references (the previous data_prep):
+    data_prep.facts gives what each dataset module records today, so old folders evaluate as before."""
+
     def setup(prep: dict):
         folder = tmp_path / str(len(list(tmp_path.iterdir())))
         (folder / "ref").mkdir(parents=True)
         (folder / "ref" / "test.en").write_text("x\n")
         (folder / "prep.json").write_text(json.dumps(prep))
-        args = ev.parse_args(["--data-bin", str(folder), "--checkpoint", "unused.pt"])
-        return ev.resolve_setup(args)
+        options = commands.parse_evaluate_args(["--data-bin", str(folder), "--checkpoint", "unused.pt"])
+        return dataset.resolve_setup(options.data_bin, options.subset, options.overrides)
 
     def prep(dataset, segmentation, remove_bpe):
         return {"settings": {"dataset": dataset}, "source_lang": "de", "target_lang": "en",
@@ -220,6 +230,44 @@ def test_settings_from_prep_json_of_each_preparation(tmp_path):
     assert s.ref.name == "test.en" and s.ref.parent.name == "ref"
 
 
+def _setup_of(folder: Path, prep: dict, *argv: str) -> dataset.Setup:
+    folder.mkdir(parents=True)
+    (folder / "prep.json").write_text(json.dumps(prep))
+    options = commands.parse_evaluate_args(["--data-bin", str(folder), "--checkpoint", "unused.pt", *argv])
+    return dataset.resolve_setup(options.data_bin, options.subset, options.overrides)
+
+
+def test_settings_are_the_facts_prep_json_records_not_guesses_from_the_dataset_name(tmp_path):
+    references = {"test": {"de": {"detokenized": "ref/test.de", "tokenized": "ref/test.tok.de"},
+                           "en": {"detokenized": "ref/other.en", "tokenized": None}}}  # fmt: skip
+    prep = {"settings": {"dataset": "iwslt14"}, "source_lang": "de", "target_lang": "en", "segmentation": "bpe",
+            "remove_bpe": "subword_nmt", "lowercased": False, "bleu_tok_kind": "compound_split",
+            "references": references}  # fmt: skip
+    s = _setup_of(tmp_path / "a", prep)  # the recorded facts win over what the name "iwslt14" would suggest
+    assert (s.lowercase, s.bleu_tok_kind, s.detok, s.remove_bpe) == (False, "compound_split", "moses", "subword_nmt")
+    assert (s.ref, s.tok_ref) == (tmp_path / "a" / "ref" / "other.en", None)
+    s = _setup_of(tmp_path / "b", prep, "--source-lang", "en", "--target-lang", "de")  # the other direction
+    assert (s.ref, s.tok_ref) == (tmp_path / "b" / "ref" / "test.de", tmp_path / "b" / "ref" / "test.tok.de")
+    s = _setup_of(tmp_path / "c", prep, "--subset", "valid")  # a split prep.json does not list: the T- lines
+    assert (s.ref, s.tok_ref) == (None, None)
+    s = _setup_of(tmp_path / "d", {**prep, "lowercased": True, "bleu_tok_kind": "tokenized"}, "--tok-ref", "t.en")
+    assert (s.lowercase, s.bleu_tok_kind, s.tok_ref) == (True, "tokenized", Path("t.en"))
+    s = _setup_of(tmp_path / "e", prep, "--lowercase", "--bleu-tok-kind", "tokenized", "--ref", "r.en")
+    assert (s.lowercase, s.bleu_tok_kind, s.ref) == (True, "tokenized", Path("r.en"))  # the options win
+
+
+def test_a_prep_json_without_the_facts_and_not_from_data_prep_needs_the_options(tmp_path):
+    prep = {"settings": {"dataset": "my-corpus"}, "source_lang": "de", "target_lang": "en", "segmentation": "bpe",
+            "remove_bpe": "subword_nmt"}  # fmt: skip
+    with pytest.raises(ToolkitError, match="give --lowercase or --no-lowercase, and --bleu-tok-kind") as e:
+        _setup_of(tmp_path / "a", prep)
+    assert str(tmp_path / "a" / "prep.json") in str(e.value) and "'my-corpus'" in str(e.value)
+    with pytest.raises(ToolkitError, match="--bleu-tok-kind"):
+        _setup_of(tmp_path / "b", prep, "--no-lowercase")
+    s = _setup_of(tmp_path / "c", prep, "--no-lowercase", "--bleu-tok-kind", "tokenized")
+    assert (s.lowercase, s.bleu_tok_kind, s.ref, s.tok_ref, s.detok) == (False, "tokenized", None, None, "moses")
+
+
 def test_compound_split_is_the_scaling_nmt_perl_rule():
     # scripts/compound_split_bleu.sh: perl -ple 's{(\S)-(\S)}{$1 ##AT##-##AT## $2}g'
     lines = ["die Mitte-links-Regierung", "a - b", "-x x- 3-4", "Ab-c-d-e", "über-fällig", ""]
@@ -231,7 +279,7 @@ def test_compound_split_is_the_scaling_nmt_perl_rule():
         "über ##AT##-##AT## fällig",
         "",
     ]
-    assert [ev.compound_split(x) for x in lines] == expected
+    assert [scoring.compound_split(x) for x in lines] == expected
     if shutil.which("perl"):
         perl = subprocess.run(
             ["perl", "-ple", r"s{(\S)-(\S)}{$1 ##AT##-##AT## $2}g"],
@@ -244,7 +292,7 @@ def test_errors_name_the_path(trained, tmp_path, capsys):
     data_bin, save = trained
 
     def fails(*argv) -> str:
-        rc = ev.main([str(a) for a in argv])
+        rc = run_main(argv)
         err = capsys.readouterr().err
         assert rc == 1 and err.startswith("evaluate: error: "), err
         return err
@@ -279,7 +327,7 @@ def test_a_result_made_with_other_settings_is_not_replaced(trained, tmp_path, ca
     base = ["--data-bin", data_bin, "--checkpoint", save, "--cpu", "--beam", "2", "--out", out]
 
     def run(*extra) -> tuple[int, str]:
-        rc = ev.main([str(a) for a in [*base, *extra]])
+        rc = run_main([*base, *extra])
         return rc, capsys.readouterr().err
 
     assert run() == (0, "")
@@ -324,11 +372,11 @@ def _fake_generate(monkeypatch, tmp_path, hyps: list[str]) -> None:
         lines += [f"S-{i}\tsource {i}", f"T-{i}\tdas ist {i}", f"H-{i}\t-0.5\t{h}", f"D-{i}\t-0.5\t{h}"]
     text.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
-    def command(args, setup, checkpoint, results_dir):
+    def command(options, setup, checkpoint, results_dir):
         copy = "import shutil, sys; shutil.copy(sys.argv[1], sys.argv[2])"
-        return [sys.executable, "-c", copy, str(text), str(results_dir / f"generate-{args.subset}.txt")]
+        return [sys.executable, "-c", copy, str(text), str(results_dir / f"generate-{options.subset}.txt")]
 
-    monkeypatch.setattr(ev, "generate_command", command)
+    monkeypatch.setattr(generation, "generate_command", command)
 
 
 def _any_data_bin(folder: Path) -> Path:
@@ -346,7 +394,7 @@ def test_hypotheses_with_subword_markers_are_scored_with_a_warning(tmp_path, cap
     def evaluate(hyps: list[str]) -> tuple[dict, str]:
         _fake_generate(monkeypatch, tmp_path, hyps)
         out = tmp_path / f"e{next(runs)}.json"
-        assert ev.main([str(a) for a in ["--data-bin", data_bin, "--checkpoint", checkpoint, "--out", out]]) == 0
+        assert run_main(["--data-bin", data_bin, "--checkpoint", checkpoint, "--out", out]) == 0
         return json.loads(out.read_text()), capsys.readouterr().err
 
     r, err = evaluate(["das ist gu@@ t", "das ist 1", "\u2581das \u2581ist", "das kl@@"])  # no --remove-bpe
@@ -366,4 +414,4 @@ def test_hypotheses_with_subword_markers_are_scored_with_a_warning(tmp_path, cap
     r, err = evaluate(clean)
     assert r["subword_markers"] == {"count": 0, "fraction": 0.0, "bpe": 0, "sentencepiece": 0}
     assert "WARNING" not in err, err
-    assert r["bleu_tok"] == pytest.approx(ev.fairseq_bleu(clean, [f"das ist {i}" for i in range(4)])["score"])
+    assert r["bleu_tok"] == pytest.approx(scoring.fairseq_bleu(clean, [f"das ist {i}" for i in range(4)])["score"])

@@ -1,4 +1,4 @@
-"""Tiny stand-ins for the downloadable sources, in their real file layouts, for tests and dry runs.
+"""Test fixtures: tiny stand-ins for data_prep's downloadable sources, in their real file layouts.
 
 The sentences are real (slices of the embedded Tatoeba corpus); only the packaging imitates each dataset:
 IWSLT'14's ``de-en.tgz`` members, Multi30k's ``raw/*.gz``, Google's WMT'16 folder.
@@ -9,8 +9,9 @@ from __future__ import annotations
 import gzip
 from pathlib import Path
 
-from .demo import read_tatoeba
-from .iwslt14 import TEST_SETS
+from data_prep import text as T
+from data_prep.demo import read_tatoeba
+from data_prep.iwslt14 import TEST_SETS
 
 
 def tatoeba_pairs(n: int, offset: int = 0, step: int = 37) -> list[tuple[str, str]]:
@@ -69,8 +70,6 @@ def make_fake_multi30k(folder: Path, n_train: int = 300, n_eval: int = 20, gz: b
 
 def make_fake_wmt16(folder: Path, n_train: int = 300, n_eval: int = 20) -> Path:
     """The files of Google's wmt16_en_de.tar.gz that the preparation reads (BPE'd with a trivial merge table)."""
-    from . import text as T
-
     pairs = tatoeba_pairs(n_train + 2 * n_eval, offset=5)
     parts = {
         "train": pairs[:n_train],

@@ -1,0 +1,213 @@
+"""Which checkpoint to evaluate, and checkpoint averaging (as fairseq's ``scripts/average_checkpoints.py``, which is
+not installed with the fairseq package; the code here is our own).
+
+- Choice (:func:`resolve_checkpoints`): a file, or a save dir (then ``checkpoint_best.pt`` if present, else
+  ``checkpoint_last.pt``); with ``average_last=N`` (save dir only) the last N numbered checkpoints, averaged into
+  ``<save dir>/checkpoint.avgN.pt`` (model parameters only: no optimizer state).
+- Numbered checkpoints: ``checkpoint{epoch}.pt`` (kind ``epoch``) and ``checkpoint_{epoch}_{update}.pt`` (kind
+  ``update``), in numeric order, not string order; ``auto`` takes the epoch ones if the folder has any, else the update
+  ones. Asking for more than exist is an error that lists what there is.
+- Averaging (:func:`average_checkpoints`): the ``model`` entry of the result is the element-wise mean of the inputs'
+  ``model`` tensors. Floating-point tensors are accumulated in float32 (float64 stays float64) and cast back to their
+  own dtype; integer/bool tensors (buffers such as counters) are taken from the last checkpoint. All inputs must hold
+  the same tensor names and shapes. Every other entry (``cfg``/``args``, ``extra_state``, optimizer history ...) is
+  kept from the last checkpoint (the one with the highest number; with explicit files, the last one given);
+  ``drop_optimizer_state`` empties ``last_optimizer_state`` (not needed for generation; it is several times the size
+  of the model with Adam). The output is written atomically.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from sage_toolkit.atomic import atomic_path
+from sage_toolkit.errors import ToolkitError
+
+EPOCH_PATTERN = re.compile(r"checkpoint(\d+)\.pt")  # fairseq: checkpoint{epoch}.pt
+UPDATE_PATTERN = re.compile(r"checkpoint_(\d+)_(\d+)\.pt")  # fairseq: checkpoint_{epoch}_{updates}.pt
+AVERAGE_KINDS = ("auto", "epoch", "update")
+
+
+def numbered_checkpoints(folder: Path, kind: str) -> list[tuple[int, Path]]:
+    """``(number, path)`` of the epoch (``kind='epoch'``) or update (``kind='update'``) checkpoints, ascending."""
+    if kind not in ("epoch", "update"):
+        raise ToolkitError(f"unknown checkpoint kind {kind!r}; choose epoch or update")
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ToolkitError(f"checkpoint folder {folder} does not exist")
+    found = []
+    for path in folder.iterdir():
+        if kind == "epoch":
+            m = EPOCH_PATTERN.fullmatch(path.name)
+            number = int(m.group(1)) if m else None
+        else:
+            m = UPDATE_PATTERN.fullmatch(path.name)
+            number = int(m.group(2)) if m else None
+        if number is not None and path.is_file():
+            found.append((number, path))
+    return sorted(found)
+
+
+def last_checkpoints(folder: Path, n: int, kind: str = "auto") -> list[Path]:
+    """The last ``n`` numbered checkpoints of ``folder``, oldest first (the last one is the newest).
+
+    ``kind``: ``epoch`` (``checkpoint{epoch}.pt``), ``update`` (``checkpoint_{epoch}_{update}.pt``) or ``auto``
+    (epoch checkpoints if the folder has any, else update checkpoints).
+    """
+    if n < 1:
+        raise ToolkitError(f"the number of checkpoints to average must be at least 1, got {n}")
+    if kind == "auto":
+        kind = "epoch" if numbered_checkpoints(folder, "epoch") else "update"
+    found = numbered_checkpoints(folder, kind)
+    if len(found) < n:
+        names = ", ".join(p.name for _, p in found) or "none"
+        pattern = "checkpoint{epoch}.pt" if kind == "epoch" else "checkpoint_{epoch}_{update}.pt"
+        raise ToolkitError(
+            f"cannot average the last {n} checkpoints: {folder} has {len(found)} {kind} checkpoints "
+            f"({pattern}): {names}"
+        )
+    return [p for _, p in found[-n:]]
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A fairseq checkpoint read onto the CPU (an error naming the file if it is missing or not a checkpoint)."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise ToolkitError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)  # fairseq checkpoints pickle their config
+    except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file
+        raise ToolkitError(f"cannot read checkpoint {path}: {e}") from e
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        raise ToolkitError(f"{path} is not a fairseq checkpoint (no 'model' entry)")
+    return state
+
+
+def average_checkpoints(paths: Sequence[Path], drop_optimizer_state: bool = False) -> dict:
+    """A checkpoint whose ``model`` is the element-wise mean of the ``model`` entries of ``paths``.
+
+    Other entries come from the last path. See the module docstring for dtypes.
+    """
+    import torch
+
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise ToolkitError("no checkpoints to average")
+    sums: dict = {}
+    first_keys = None
+    last_state = None
+    for path in paths:
+        state = load_checkpoint(path)
+        model = state["model"]
+        if first_keys is None:
+            first_keys = list(model)
+        elif set(model) != set(first_keys):
+            missing = sorted(set(first_keys) - set(model))[:5]
+            extra = sorted(set(model) - set(first_keys))[:5]
+            raise ToolkitError(
+                f"{path} holds other parameters than {paths[0]} (missing {missing}, extra {extra}): "
+                "checkpoints of different models cannot be averaged"
+            )
+        for name, tensor in model.items():
+            if not torch.is_tensor(tensor):
+                continue
+            if name in sums and sums[name].shape != tensor.shape:
+                raise ToolkitError(
+                    f"{path}: parameter {name} has shape {tuple(tensor.shape)}, "
+                    f"{paths[0]} has {tuple(sums[name].shape)}"
+                )
+            if tensor.is_floating_point():
+                acc_dtype = torch.float64 if tensor.dtype == torch.float64 else torch.float32
+                if name in sums:
+                    sums[name] += tensor.to(acc_dtype)
+                else:
+                    sums[name] = tensor.to(acc_dtype, copy=True)
+            else:
+                sums[name] = tensor  # integer/bool buffers: the last checkpoint's
+        last_state = state
+    model = {}
+    for name, tensor in last_state["model"].items():
+        if torch.is_tensor(tensor) and tensor.is_floating_point():
+            model[name] = (sums[name] / len(paths)).to(tensor.dtype)
+        else:
+            model[name] = tensor
+    last_state["model"] = model
+    if drop_optimizer_state and "last_optimizer_state" in last_state:
+        last_state["last_optimizer_state"] = None
+    return last_state
+
+
+def save_checkpoint(state: dict, output: Path) -> Path:
+    """``torch.save`` ``state`` to ``output`` atomically."""
+    import torch
+
+    with atomic_path(output) as tmp:
+        torch.save(state, tmp)
+    return Path(output)
+
+
+@dataclass(frozen=True)
+class AverageOptions:
+    """What to average (``scripts/average_checkpoints.py``): explicit checkpoint files, or one save dir with the
+    number of its last epoch or update checkpoints (at most one of the two numbers)."""
+
+    inputs: tuple[Path, ...]
+    output: Path
+    num_epoch_checkpoints: int | None = None
+    num_update_checkpoints: int | None = None
+    drop_optimizer_state: bool = False
+
+
+def average_to_file(options: AverageOptions) -> list[Path]:
+    """Average the checkpoints ``options`` name into ``options.output``; returns the checkpoints averaged."""
+    inputs = [Path(p) for p in options.inputs]
+    if options.num_epoch_checkpoints is not None and options.num_update_checkpoints is not None:
+        raise ToolkitError("give --num-epoch-checkpoints or --num-update-checkpoints, not both", exit_code=2)
+    n = options.num_epoch_checkpoints if options.num_epoch_checkpoints is not None else options.num_update_checkpoints
+    if n is not None:
+        if len(inputs) != 1 or not inputs[0].is_dir():
+            raise ToolkitError(
+                f"--num-epoch-checkpoints/--num-update-checkpoints need one save dir in --inputs, got "
+                f"{' '.join(map(str, inputs))}"
+            )
+        kind = "epoch" if options.num_epoch_checkpoints is not None else "update"
+        paths = last_checkpoints(inputs[0], n, kind)
+    else:
+        if any(path.is_dir() for path in inputs):
+            raise ToolkitError("--inputs is a folder: say how many with --num-epoch/update-checkpoints N")
+        paths = inputs
+    save_checkpoint(average_checkpoints(paths, drop_optimizer_state=options.drop_optimizer_state), options.output)
+    return paths
+
+
+def resolve_checkpoints(path: Path, average_last: int | None, average_by: str) -> tuple[Path, list[Path]]:
+    """(the file to give fairseq-generate, the checkpoints it stands for). Writes nothing: an average of several
+    checkpoints is named here and written by :func:`write_average`."""
+    if not path.exists():
+        raise ToolkitError(f"checkpoint {path} does not exist")
+    if average_last is not None:
+        if not path.is_dir():
+            raise ToolkitError(f"--average-last needs a save dir as --checkpoint, got the file {path}")
+        paths = last_checkpoints(path, average_last, average_by)
+        if len(paths) == 1:
+            return paths[0], paths
+        return path / f"checkpoint.avg{average_last}.pt", paths
+    if path.is_dir():
+        for name in ("checkpoint_best.pt", "checkpoint_last.pt"):
+            if (path / name).is_file():
+                return path / name, [path / name]
+        present = ", ".join(sorted(p.name for p in path.glob("*.pt"))) or "no .pt files"
+        raise ToolkitError(f"{path} has neither checkpoint_best.pt nor checkpoint_last.pt ({present})")
+    return path, [path]
+
+
+def write_average(checkpoint: Path, paths: list[Path], log_prefix: str = "evaluate") -> None:
+    """Write the average of ``paths`` to ``checkpoint`` (resolve_checkpoints' name for it) when there are several."""
+    if len(paths) > 1:
+        print(f"{log_prefix}: averaging {', '.join(p.name for p in paths)} -> {checkpoint}", flush=True)
+        save_checkpoint(average_checkpoints(paths, drop_optimizer_state=True), checkpoint)

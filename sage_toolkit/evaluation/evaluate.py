@@ -1,0 +1,255 @@
+"""Evaluate a fairseq translation checkpoint: fairseq-generate, tokenized BLEU (fairseq's scorer) and sacreBLEU/chrF,
+recorded in a JSON file.
+
+Steps of :func:`evaluate`:
+
+1. Checkpoint (:mod:`.checkpoints`): a file, or a save dir's ``checkpoint_best.pt`` (else ``checkpoint_last.pt``);
+   with ``average_last`` the last N numbered checkpoints averaged into ``<save dir>/checkpoint.avgN.pt``.
+2. ``fairseq-generate`` (:mod:`.generation`) with the data-bin's ``--remove-bpe`` value; its full output is kept.
+3. Tokenized BLEU with fairseq's own scorer (:mod:`.scoring`) on the H- lines against the tokenised reference (a BPE
+   preparation's ``ref/{subset}.tok.{tgt}``; else the T- lines), compound-split where the data-bin's
+   ``bleu_tok_kind`` says so (WMT'16). IWSLT'14/Multi30k BPE preparations are lowercased and Moses-tokenised, so this
+   is the usual lowercased tokenized BLEU. For sentencepiece preparations there is no tokenised reference: the H-/T-
+   lines are detokenised text split at spaces (fairseq-generate's own BLEU); report sacreBLEU for them.
+4. sacreBLEU (BLEU and chrF, default settings, 13a tokenisation) on the detokenised hypotheses against the data-bin's
+   detokenised reference (``ref/{subset}.{tgt}``): BPE output is Moses-detokenised, sentencepiece output is already
+   detokenised by ``--remove-bpe sentencepiece``. Lowercased preparations (``prep.json`` ``lowercased``: IWSLT'14 and
+   Multi30k with BPE, whose references are lowercased) are scored with sacreBLEU's lowercase option (``case:lc`` in
+   the signatures, ``sacrebleu_lowercase: true`` in the JSON).
+5. A JSON file (default ``<checkpoint dir>/eval.<subset>.json``; written atomically) and, next to it,
+   ``<stem>.generate.txt`` (fairseq-generate's output), ``<stem>.hyp.<tgt>`` (detokenised hypotheses, source order),
+   ``<stem>.tok.hyp.<tgt>``/``<stem>.tok.ref.<tgt>`` (what the tokenized BLEU scored) and, when the sacreBLEU
+   reference comes from T- lines, ``<stem>.ref.<tgt>``. An existing JSON made with other settings (checkpoint files,
+   ``--average-last``, beam, length penalty, subset, references, ``--remove-bpe`` ...; its ``options``) is not
+   replaced: the run stops with an error that names the differences, before anything is written; give another
+   ``--out``, or ``--overwrite``. The same settings again (e.g. after more training) replace it.
+
+Hypotheses that still contain subword markers (``@@`` of BPE, ``▁`` of sentencepiece: a missing or wrong
+``--remove-bpe``) are scored as they are, with a warning on stderr that gives their fraction and the remedy; the JSON
+records it (``subword_markers``).
+
+How the data-bin's facts are found (``prep.json``, old ``prep.json`` files, any fairseq data-bin, the overriding
+options): :mod:`.dataset`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from sage_toolkit.atomic import write_atomic
+from sage_toolkit.errors import ToolkitError
+from sage_toolkit.evaluation import generation
+from sage_toolkit.evaluation.checkpoints import resolve_checkpoints, write_average
+from sage_toolkit.evaluation.dataset import Setup, check_data_bin, resolve_setup
+from sage_toolkit.evaluation.options import EvalOptions
+from sage_toolkit.evaluation.scoring import (
+    compound_split,
+    detokenize,
+    fairseq_bleu,
+    read_text_lines,
+    sacrebleu_scores,
+    subword_markers,
+)
+
+PROG = "evaluate"
+# key in the JSON (and its "options") -> the option that sets it
+OPTION_FLAGS = {
+    "data_bin": "--data-bin", "checkpoints": "--checkpoint (the checkpoint files)", "average_last": "--average-last",
+    "subset": "--subset", "beam": "--beam", "lenpen": "--lenpen", "source_lang": "--source-lang",
+    "target_lang": "--target-lang", "remove_bpe": "--remove-bpe", "detokenizer": "--detok",
+    "sacrebleu_lowercase": "--lowercase", "bleu_tok_kind": "--bleu-tok-kind", "reference": "--ref",
+    "tokenized_reference": "--tok-ref",
+}  # fmt: skip
+
+
+def write_lines(path: Path, lines: list[str]) -> Path:
+    return write_atomic(path, "".join(f"{line}\n" for line in lines))
+
+
+def result_options(options: EvalOptions, setup: Setup, used: list[Path]) -> dict:
+    """What a result depends on (not the batching: --max-tokens and --batch-size only group the sentences)."""
+    return {
+        "data_bin": str(options.data_bin.resolve()),
+        "checkpoints": [str(p.resolve()) for p in used],
+        "average_last": options.average_last,
+        "subset": options.subset,
+        "beam": options.beam,
+        "lenpen": options.lenpen,
+        "source_lang": setup.src,
+        "target_lang": setup.tgt,
+        "remove_bpe": setup.remove_bpe,
+        "detokenizer": setup.detok,
+        "sacrebleu_lowercase": setup.lowercase,
+        "bleu_tok_kind": setup.bleu_tok_kind,
+        "reference": str(Path(setup.ref).resolve()) if setup.ref is not None else None,
+        "tokenized_reference": str(Path(setup.tok_ref).resolve()) if setup.tok_ref is not None else None,
+    }
+
+
+def check_overwrite(out: Path, options: dict) -> None:
+    """Refuse to replace a result made with other settings (compared on the keys both record; results written
+    before ``options`` existed are compared on their top-level keys of the same names)."""
+    if not out.exists():
+        return
+    try:
+        previous = json.loads(out.read_text(encoding="utf-8"))
+        recorded = previous.get("options") or {k: previous[k] for k in OPTION_FLAGS if k in previous}
+    except (OSError, ValueError, AttributeError) as e:
+        raise ToolkitError(
+            f"--out {out} exists and is not a result of this script ({type(e).__name__}: {e}); "
+            "give another --out, or --overwrite to replace it"
+        ) from None
+    differences = [
+        f"{OPTION_FLAGS[key]}: {recorded[key]!r} there, {options[key]!r} now"
+        for key in OPTION_FLAGS
+        if key in recorded and key in options and recorded[key] != options[key]
+    ]
+    if differences:
+        raise ToolkitError(
+            f"{out} holds a result made with other settings ({'; '.join(differences)}): not replaced; "
+            "give another --out to keep both, or --overwrite to replace it"
+        )
+
+
+def _note(setup: Setup) -> str:
+    return (
+        "bleu_tok: fairseq's scorer (fairseq-score) on tokenized_hypotheses vs tokenized_references"
+        + (
+            " after compound splitting (fairseq scripts/compound_split_bleu.sh)"
+            if setup.bleu_tok_kind == "compound_split"
+            else ""
+        )
+        + "; sacrebleu/chrf/bp/sys_len/ref_len: sacreBLEU on hypotheses vs sacrebleu_reference"
+        + (", lowercased (lowercased preparation)" if setup.lowercase else "")
+        + (
+            "; sentencepiece: bleu_tok splits the detokenised text at spaces (fairseq-generate's own BLEU), "
+            "not comparable with published tokenized BLEU: report sacreBLEU"
+            if setup.remove_bpe == "sentencepiece"
+            else ""
+        )
+    )
+
+
+def evaluate(options: EvalOptions) -> dict:
+    """Translate and score (see the module docstring); returns the result written to the JSON, plus ``json`` (its
+    path). Raises :class:`ToolkitError` before writing anything when an input is missing or a result made with other
+    settings is in the way."""
+    start = time.time()
+    options = options.absolute()
+    if not options.data_bin.is_dir():
+        raise ToolkitError(f"--data-bin {options.data_bin} is not a folder")
+    setup = resolve_setup(options.data_bin, options.subset, options.overrides)
+    check_data_bin(options.data_bin, setup, options.subset)
+    checkpoint, used = resolve_checkpoints(options.checkpoint, options.average_last, options.average_by)
+    ckpt_dir = options.checkpoint if options.checkpoint.is_dir() else options.checkpoint.parent
+    out = options.out if options.out is not None else ckpt_dir / f"eval.{options.subset}.json"
+    recorded_options = result_options(options, setup, used)
+    if not options.overwrite:
+        check_overwrite(out, recorded_options)
+    write_average(checkpoint, used, PROG)
+    stem = out.with_suffix("") if out.suffix == ".json" else out
+    files = {
+        "generate": Path(f"{stem}.generate.txt"),
+        "hyp": Path(f"{stem}.hyp.{setup.tgt}"),
+        "tok_hyp": Path(f"{stem}.tok.hyp.{setup.tgt}"),
+        "tok_ref": Path(f"{stem}.tok.ref.{setup.tgt}"),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as results_dir:
+        cmd = generation.generate_command(options, setup, checkpoint, Path(results_dir))
+        print(f"{PROG}: " + " ".join(cmd), flush=True)
+        generation.run_generate(cmd, Path(results_dir), options.subset, files["generate"])
+    hyps_tok, targets, generate_bleu = generation.parse_generate(files["generate"])
+    n = len(hyps_tok)
+    markers = subword_markers(hyps_tok, setup.remove_bpe)
+    if markers.get("warning"):
+        print(f"{PROG}: WARNING: {markers['warning']}", file=sys.stderr, flush=True)
+
+    # tokenized BLEU (fairseq's scorer)
+    if setup.tok_ref is not None:
+        refs_tok, tok_ref_source = read_text_lines(setup.tok_ref), str(setup.tok_ref)
+        if len(refs_tok) != n:
+            raise ToolkitError(
+                f"the tokenised reference {setup.tok_ref} has {len(refs_tok)} lines, {options.subset} has {n}"
+            )
+    else:
+        refs_tok, tok_ref_source = targets, "T- lines of fairseq-generate"
+    sys_tok = list(hyps_tok)
+    if setup.bleu_tok_kind == "compound_split":
+        sys_tok, refs_tok = [compound_split(x) for x in sys_tok], [compound_split(x) for x in refs_tok]
+    write_lines(files["tok_hyp"], sys_tok)
+    write_lines(files["tok_ref"], refs_tok)
+    tok = fairseq_bleu(read_text_lines(files["tok_hyp"]), read_text_lines(files["tok_ref"]))
+
+    # sacreBLEU / chrF on detokenised text
+    write_lines(files["hyp"], detokenize(hyps_tok, setup.detok, setup.tgt))
+    if setup.ref is not None:
+        ref_path, ref_source = Path(setup.ref), str(setup.ref)
+    else:
+        files["ref"] = ref_path = Path(f"{stem}.ref.{setup.tgt}")
+        write_lines(ref_path, detokenize(targets, setup.detok, setup.tgt))
+        ref_source = f"T- lines of fairseq-generate, detokenised ({setup.detok}): {ref_path}"
+    hyps, refs = read_text_lines(files["hyp"]), read_text_lines(ref_path)
+    if len(refs) != n:
+        raise ToolkitError(f"the reference {ref_path} has {len(refs)} lines, but {options.subset} has {n} sentences")
+    sb = sacrebleu_scores(hyps, refs, setup.lowercase)
+
+    result = {
+        "subset": options.subset,
+        "n_sentences": n,
+        "data_bin": str(options.data_bin.resolve()),
+        "dataset": setup.dataset,
+        "source_lang": setup.src,
+        "target_lang": setup.tgt,
+        "checkpoints": [str(p.resolve()) for p in used],
+        "checkpoint": str(checkpoint.resolve()),
+        "average_last": options.average_last,
+        "beam": options.beam,
+        "lenpen": options.lenpen,
+        "max_tokens": options.max_tokens,
+        "batch_size": options.batch_size,
+        "remove_bpe": setup.remove_bpe,
+        "bleu_tok": tok["score"],
+        "bleu_tok_kind": setup.bleu_tok_kind,
+        "bleu_tok_string": tok["string"],
+        "bleu_tok_bp": tok["bp"],
+        "bleu_tok_sys_len": tok["sys_len"],
+        "bleu_tok_ref_len": tok["ref_len"],
+        "bleu_tok_reference": tok_ref_source,
+        **sb,
+        "sacrebleu_lowercase": setup.lowercase,
+        "sacrebleu_reference": ref_source,
+        "detokenizer": setup.detok,
+        "note": _note(setup),
+        "fairseq_generate_bleu": generate_bleu,
+        "hypotheses": str(files["hyp"].resolve()),
+        "tokenized_hypotheses": str(files["tok_hyp"].resolve()),
+        "tokenized_references": str(files["tok_ref"].resolve()),
+        "generate_output": str(files["generate"].resolve()),
+        "generate_command": cmd,
+        "subword_markers": markers,
+        "options": recorded_options,
+        "elapsed_s": round(time.time() - start, 1),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    if "ref" in files:
+        result["references"] = str(files["ref"].resolve())
+    write_atomic(out, json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    result["json"] = str(out)
+    return result
+
+
+def summary_line(result: dict) -> str:
+    """The command's last line: subset, checkpoints, the three scores and the JSON's path."""
+    r = result
+    kind = "compound-split" if r["bleu_tok_kind"] == "compound_split" else "tokenized"
+    return (
+        f"{PROG}: {r['subset']} ({r['n_sentences']} sentences), {len(r['checkpoints'])} checkpoint(s): "
+        f"BLEU ({kind}) {r['bleu_tok']:.2f} | sacreBLEU {r['sacrebleu']:.2f} ({r['sacrebleu_signature']}) | "
+        f"chrF {r['chrf']:.2f} -> {r['json']}"
+    )

@@ -1,0 +1,215 @@
+"""Redundancy analysis of trained fairseq translation checkpoints: prune by sensitivity or magnitude, measure the loss.
+
+SAGE (Liang et al., ICLR 2022) claims to leave fewer redundant parameters: a model trained with it should lose more
+when its least important weights are removed. :func:`run` makes that visible. For every checkpoint:
+
+1. Load it in-process (:mod:`.model`) and build its criterion from the checkpoint's own configuration.
+2. Sensitivity (:mod:`.sensitivity`): the mean over ``batches`` batches of the ``sensitivity_subset`` split of
+   ``|theta * grad|``, entry by entry.
+3. Pruning scope and ranking (:mod:`.pruning`): every weight matrix, ranked globally; fairseq 0.12's encoder layers
+   hold BetterTransformer copies of their weights (``in_proj_weight``, ``out_proj_weight``, ``fc1_weight``,
+   ``fc2_weight``) that the ordinary forward never reads: they receive no gradient and are listed as
+   ``excluded_unused_tensors`` in the JSON.
+4. For each sparsity s in ``sparsities`` (each in [0, 1)) and each method: zero the lowest-ranked entries (one-shot:
+   the ranking comes from the unpruned model, no retraining or re-ranking), measure (:mod:`.scoring`: loss, NLL and,
+   unless ``bleu`` is off, sacreBLEU over the whole ``subset``), then restore the weights. The checkpoint file is only
+   read.
+
+Cost: the sensitivity is ``batches`` forward/backward passes; every (method, sparsity) point, and the unpruned model,
+is one pass over the subset for the loss and, with BLEU, one decoding of it. A heavily pruned model may translate
+every sentence to the length limit (``max_len_a``/``max_len_b``, fairseq-generate's defaults 0 and 200): on a CPU
+prefer no BLEU or a lower limit; on a GPU a Multi30k/IWSLT'14 validation set is quick.
+
+Outputs in ``out``: ``redundancy.json`` (settings, the scope, per model: the unpruned metrics, per method and
+sparsity: loss, nll_loss, BLEU, the measured fraction of zeros in the scope, the overlap of the two methods' pruned
+sets; quantiles of log10 sensitivity per layer type; ``groups``: :mod:`.summary`) and the two figures of :mod:`.plots`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from sage_toolkit.atomic import write_atomic
+from sage_toolkit.errors import ToolkitError
+from sage_toolkit.redundancy.model import load
+from sage_toolkit.redundancy.options import METHODS, RedundancyOptions
+from sage_toolkit.redundancy.plots import plot_curves, plot_sensitivities
+from sage_toolkit.redundancy.pruning import (
+    SCOPE,
+    layer_type,
+    num_pruned,
+    overlap_fraction,
+    prune_,
+    pruned_parameters,
+    ranking,
+    zero_fraction,
+)
+from sage_toolkit.redundancy.scoring import BleuScorer, validation_loss
+from sage_toolkit.redundancy.sensitivity import quantiles_by_type, sensitivities
+from sage_toolkit.redundancy.summary import group_summary
+
+PROG = "analyze_redundancy"
+OUTPUTS = ("redundancy.json", "pruning_curves.png", "sensitivity_by_layer_type.png")
+
+
+def parse_checkpoints(values: tuple[str, ...]) -> dict[str, Path]:
+    """NAME=PATH -> {name: checkpoint file}; a save dir stands for its checkpoint_best.pt, else checkpoint_last.pt."""
+    out: dict[str, Path] = {}
+    for v in values:
+        name, sep, path = v.partition("=")
+        if not sep or not name or not path:
+            raise ToolkitError(f"--checkpoints takes NAME=PATH, got {v!r}")
+        if name in out:
+            raise ToolkitError(f"--checkpoints: the name {name!r} is given twice")
+        p = Path(path)
+        if p.is_dir():
+            for fname in ("checkpoint_best.pt", "checkpoint_last.pt"):
+                if (p / fname).is_file():
+                    p = p / fname
+                    break
+            else:
+                raise ToolkitError(f"checkpoint {name}: {p} has neither checkpoint_best.pt nor checkpoint_last.pt")
+        if not p.is_file():
+            raise ToolkitError(f"checkpoint {name}: {p} does not exist")
+        out[name] = p
+    return out
+
+
+def check_data_bin(options: RedundancyOptions) -> None:
+    data_bin = options.data_bin
+    if not data_bin.is_dir():
+        raise ToolkitError(f"--data-bin {data_bin} is not a folder")
+    if not any(data_bin.glob("dict.*.txt")):
+        raise ToolkitError(f"--data-bin {data_bin} is not a fairseq data-bin (no dict.*.txt)")
+    for split in (options.subset, options.sensitivity_subset):
+        if not any(data_bin.glob(f"{split}.*.idx")):
+            raise ToolkitError(f"--data-bin {data_bin} has no binarised {split!r} split")
+
+
+def analyze_model(
+    name: str, checkpoint: Path, options: RedundancyOptions, use_cuda: bool, bleu_scorer_cache: dict
+) -> tuple[dict, dict]:
+    """(the JSON record of one model, its log10 sensitivities per layer type for the plot)."""
+    import torch
+
+    o = options
+    start = time.time()
+    model, task, cfg, criterion = load(checkpoint, o.data_bin, use_cuda)
+    for split in dict.fromkeys((o.subset, o.sensitivity_subset)):  # the BLEU scorer reads the subset's size
+        if split not in task.datasets:
+            task.load_dataset(split, combine=False, epoch=1)
+    candidates = pruned_parameters(model)
+    sens, used = sensitivities(
+        model, criterion, task, [p for _, p in candidates], subset=o.sensitivity_subset, batches_wanted=o.batches,
+        max_tokens=o.max_tokens, seed=o.seed, use_cuda=use_cuda,
+    )  # fmt: skip
+    unused = [n for (n, _), u in zip(candidates, used, strict=True) if not u]
+    scope = [c for c, u in zip(candidates, used, strict=True) if u]
+    sens = [s for s, u in zip(sens, used, strict=True) if u]
+    names = [n for n, _ in scope]
+    params = [p for _, p in scope]
+    total = sum(p.numel() for p in params)
+    note = f"; not used in the forward pass, left out: {', '.join(unused)}" if unused else ""
+    print(f"{PROG}: {name}: {checkpoint}: {len(params)} tensors, {total} entries in scope{note}", flush=True)
+    orders = {}
+    for method in o.methods:
+        orders[method] = ranking(sens if method == "sensitivity" else [p.detach().abs() for p in params])
+    originals = [p.detach().clone() for p in params]
+
+    scorer = None
+    if o.bleu:
+        if "scorer" not in bleu_scorer_cache:  # the data-bin's settings and references, read once
+            bleu_scorer_cache["scorer"] = BleuScorer(task, o)
+        scorer = bleu_scorer_cache["scorer"]
+
+    def measure() -> dict:
+        m = validation_loss(model, criterion, task, subset=o.subset, max_tokens=o.max_tokens, seed=o.seed,
+                            use_cuda=use_cuda)  # fmt: skip
+        if scorer is not None:
+            m.update(scorer(model, task, use_cuda))
+        return m
+
+    def restore() -> None:
+        with torch.no_grad():
+            for p, original in zip(params, originals, strict=True):
+                p.copy_(original)
+
+    unpruned = measure()
+    results: dict[str, list] = {}
+    for method in o.methods:
+        rows = []
+        for s in o.sparsities:
+            k = num_pruned(s, total)
+            prune_(params, orders[method], k)
+            row = {"sparsity": s, "n_pruned": k, "zero_fraction": zero_fraction(params), **measure()}
+            row["loss_increase"] = row["loss"] - unpruned["loss"]
+            if "bleu" in row:
+                row["bleu_drop"] = unpruned["bleu"] - row["bleu"]
+            rows.append(row)
+            restore()
+            print(f"{PROG}: {name} {method} {s:.2f}: loss {row['loss']:.4f}"
+                  + (f" BLEU {row['bleu']:.2f}" if "bleu" in row else ""), flush=True)  # fmt: skip
+        results[method] = rows
+    overlap = {}
+    if set(METHODS) <= set(orders):
+        for s in o.sparsities:
+            k = num_pruned(s, total)
+            if k:
+                overlap[f"{s:g}"] = overlap_fraction(orders["sensitivity"], orders["magnitude"], k)
+    summary, values = quantiles_by_type(names, sens)
+    tensors = [{"name": n, "shape": list(p.shape), "layer_type": layer_type(n)} for n, p in scope]
+    record = {
+        "checkpoint": str(checkpoint.resolve()),
+        "criterion": cfg.criterion._name if hasattr(cfg.criterion, "_name") else str(cfg.criterion),
+        "entries_in_scope": total,
+        "entries_by_layer_type": {k: v["entries"] for k, v in summary.items()},
+        "tensors": tensors,
+        "excluded_unused_tensors": unused,
+        "unpruned": unpruned,
+        "results": results,
+        "pruned_set_overlap_sensitivity_vs_magnitude": overlap,
+        "log10_sensitivity_by_layer_type": summary,
+        "sensitivity_batches": o.batches,
+        "elapsed_s": round(time.time() - start, 1),
+    }
+    return record, values
+
+
+def run(options: RedundancyOptions) -> dict:
+    """Analyse every checkpoint of ``options``; write ``redundancy.json`` and the figures into ``options.out``;
+    returns what the JSON holds."""
+    import torch
+
+    check_data_bin(options)
+    checkpoints = parse_checkpoints(options.checkpoints)
+    use_cuda = torch.cuda.is_available() and not options.cpu
+    options.out.mkdir(parents=True, exist_ok=True)
+    models, values, cache = {}, {}, {}
+    for name, path in checkpoints.items():
+        models[name], values[name] = analyze_model(name, path, options, use_cuda, cache)
+    bleu = f"sacreBLEU of detokenised beam-{options.beam} output over the whole subset (scripts/evaluate.py settings)"
+    sensitivity = f"mean over {options.batches} batches of |theta * grad| of the per-token training loss, eval mode"
+    result = {
+        "data_bin": str(options.data_bin.resolve()),
+        "subset": options.subset,
+        "sensitivity_subset": options.sensitivity_subset,
+        "scope": SCOPE,
+        "sensitivity": sensitivity,
+        "pruning": "one-shot: entries zeroed in ranking order of the unpruned model, weights restored after each level",
+        "loss": "criterion loss per target token, base 2 (fairseq's valid_loss), over the whole subset",
+        "bleu": bleu if options.bleu else None,
+        "sparsities": list(options.sparsities),
+        "methods": list(options.methods),
+        "max_tokens": options.max_tokens,
+        "device": "cuda" if use_cuda else "cpu",
+        "models": models,
+        "groups": group_summary(models),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    json_name, curves_name, sensitivity_name = OUTPUTS
+    write_atomic(options.out / json_name, json.dumps(result, indent=2) + "\n")
+    plot_curves(models, options.out / curves_name, options.bleu)
+    plot_sensitivities(values, options.out / sensitivity_name)
+    return result

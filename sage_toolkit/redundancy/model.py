@@ -1,0 +1,60 @@
+"""A trained fairseq translation checkpoint loaded in-process for the analysis, and batches of its data-bin.
+
+The plugin in ``fairseq_plugins`` is imported first (checkpoints trained with its optimizers load), the data-bin given
+here overrides the one saved in the checkpoint, and the criterion is built from the checkpoint's own configuration (for
+the recipes: label-smoothed cross-entropy). Model and criterion are in eval mode (no dropout); the checkpoint file is
+only read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from sage_toolkit.paths import PLUGIN_DIR
+
+
+@dataclass(frozen=True)
+class _UserDir:
+    """What fairseq's ``utils.import_user_module`` reads from its argument."""
+
+    user_dir: str
+
+
+def load(checkpoint: Path, data_bin: Path, use_cuda: bool):
+    """(model, task, cfg, criterion) for a checkpoint, with the plugin imported and the data-bin overridden."""
+    from fairseq import checkpoint_utils, utils
+
+    utils.import_user_module(_UserDir(user_dir=str(PLUGIN_DIR)))
+    models, cfg, task = checkpoint_utils.load_model_ensemble_and_task(
+        [str(checkpoint)], arg_overrides={"data": str(data_bin)}
+    )
+    model = models[0].float()
+    if use_cuda:
+        model = model.cuda()
+    model.eval()
+    criterion = task.build_criterion(cfg.criterion)
+    if use_cuda:
+        criterion = criterion.cuda()
+    criterion.eval()
+    return model, task, cfg, criterion
+
+
+def batches(task, model, subset: str, max_tokens: int, shuffle: bool, seed: int):
+    """The subset's length-bucketed batches (fairseq's batch iterator), in a shuffled order with ``seed`` or not."""
+    from fairseq import utils
+
+    if subset not in task.datasets:
+        task.load_dataset(subset, combine=False, epoch=1)
+    dataset = task.dataset(subset)
+    itr = task.get_batch_iterator(
+        dataset=dataset, max_tokens=max_tokens, max_positions=utils.resolve_max_positions(task.max_positions(),
+        model.max_positions()), ignore_invalid_inputs=True, seed=seed, num_workers=0, disable_iterator_cache=True,
+    )  # fmt: skip
+    return itr.next_epoch_itr(shuffle=shuffle)
+
+
+def to_device(sample, use_cuda: bool):
+    from fairseq import utils
+
+    return utils.move_to_cuda(sample) if use_cuda else sample
