@@ -12,7 +12,6 @@ import gzip
 import json
 import os
 import shutil
-import sys
 import tarfile
 import time
 import urllib.error
@@ -22,11 +21,14 @@ from collections.abc import Callable, Iterator, Sequence
 from html.parser import HTMLParser
 from pathlib import Path
 
+from sage_toolkit.errors import ToolkitError, run_command
+
 COMPLETE_MARKER = "prep.json"  # written last into the output folder; its presence means "complete"
 
 
-class DataPrepError(Exception):
-    """A user-facing error: bad input, bad option, failed download. The message names what is wrong."""
+# A user-facing error (bad input, bad option, failed download; the message names what is wrong): the project's one
+# error type, under the name these modules have always raised.
+DataPrepError = ToolkitError
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -328,12 +330,9 @@ def fairseq_preprocess(
 
 
 def cli_main(prog: str, run: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
-    """Run ``run(argv)``; a :class:`DataPrepError` becomes ``prog: error: ...`` on stderr and exit status 1."""
+    """Run ``run(argv)`` through the toolkit's command wrapper (a :class:`DataPrepError` becomes ``prog: error: ...`` on
+    stderr and exit status 1; Ctrl-C 130) and return the exit status instead of raising it."""
     try:
-        return run(argv) or 0
-    except DataPrepError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted; no output was left behind", file=sys.stderr)
-        return 130
+        return run_command(prog, lambda: run(argv) or 0, interrupted="interrupted; no output was left behind")
+    except SystemExit as e:
+        return e.code
