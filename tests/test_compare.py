@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import argparse
-import importlib.util
 import json
 import subprocess
 import sys
 
 import pytest
 
-from tests.fairseq_utils import ROOT
-
-spec = importlib.util.spec_from_file_location("compare", ROOT / "scripts" / "compare.py")
-compare = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(compare)
+from sage_toolkit.fairseq_log import read_log
+from sage_toolkit.runner.training import Run, RunSettings
+from scripts import compare  # the command: its main(argv) as `python scripts/compare.py` runs it
 
 
 def _run(demo_bin, out, capsys):
@@ -64,7 +60,7 @@ def test_log_reader_keeps_one_copy_of_the_lines_fairseq_repeats(tmp_path):
     valid = '[2026-01-01 00:00:09][valid][INFO] - {"epoch": 2, "valid_loss": "4.9", "valid_num_updates": "20"}'
     lines = [inner.format(i=1, u=10), inner.format(i=2, u=20), inner.format(i=2, u=20), valid, valid]
     (tmp_path / "train.log").write_text("\n".join(lines) + "\n")
-    log = compare.read_log(tmp_path / "train.log")
+    log = read_log(tmp_path / "train.log")
     assert [r["num_updates"] for r in log["train_inner"]] == [10.0, 20.0]
     assert [r["valid_num_updates"] for r in log["valid"]] == [20.0]
 
@@ -129,7 +125,7 @@ def test_a_finished_training_is_never_trained_further(demo_bin, tmp_path, capsys
     # killed between its last checkpoint and its last log line: the checkpoint says that the budget is spent
     log.write_text("".join(line for line in trained[1].splitlines(True) if "done training" not in line))
     (run / "timing.json").write_text(json.dumps({"train_seconds": 1.0}))
-    compare.Run(_namespace(demo_bin, out), "demo_adam", 1).train(1)
+    Run(_settings(demo_bin, out), "demo_adam", 1).train(1)
     printed = capsys.readouterr().out
     assert "training already complete (checkpoint_last.pt is at update 2 of optimization.max_update=2)" in printed
     assert checkpoint.stat().st_mtime_ns == trained[0]
@@ -145,9 +141,8 @@ def test_a_finished_training_is_never_trained_further(demo_bin, tmp_path, capsys
     assert log.read_text() == ""
 
 
-def _namespace(demo_bin, out):
-    """The argparse namespace that compare.main makes of _tiny's arguments (what Run reads)."""
-    return argparse.Namespace(data=demo_bin.absolute(), out=out.absolute(), valid_bleu=False, validate_every=0,
-                              override=["optimization.max_update=2", "dataset.max_tokens=1024",
-                                        "common.log_interval=1"],
-                              verbose=False, beam=1, lenpen=1.0, cpu=True)  # fmt: skip
+def _settings(demo_bin, out):
+    """The run settings that compare.main makes of _tiny's arguments (what Run reads)."""
+    return RunSettings(data=demo_bin.absolute(), out=out.absolute(), valid_bleu=False, validate_every=0,
+                       overrides=["optimization.max_update=2", "dataset.max_tokens=1024", "common.log_interval=1"],
+                       verbose=False, beam=1, lenpen=1.0, cpu=True)  # fmt: skip

@@ -3,17 +3,17 @@ penalty, test), a grid setting that fails, resumption, and the spec's errors."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
+from sage_toolkit.errors import ToolkitError
+from sage_toolkit.stats import format_difference
+from sage_toolkit.study.report import plots, report
+from sage_toolkit.study.spec import load_spec, parse_spec
+from scripts import study  # the command: its main(argv) as `python scripts/study.py` runs it
 from tests.fairseq_utils import ROOT
-
-spec = importlib.util.spec_from_file_location("study", ROOT / "scripts" / "study.py")
-study = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(study)
 
 TINY = ["optimization.max_update=4", "dataset.max_tokens=1024", "common.log_interval=2",
         "dataset.validate_interval_updates=2"]  # fmt: skip
@@ -124,8 +124,8 @@ def test_protocol_end_to_end_with_a_failing_setting_and_resumption(demo_bin, tmp
 )
 def test_spec_errors_name_the_key(tmp_path, change, message):
     spec_file = write_spec(tmp_path / "spec.yaml", tmp_path, **change)
-    with pytest.raises(study.StudyError) as err:
-        study.load_spec(spec_file)
+    with pytest.raises(ToolkitError) as err:
+        load_spec(spec_file)
     assert message in str(err.value) and str(spec_file) in str(err.value)
 
 
@@ -142,15 +142,44 @@ def test_missing_spec_and_data_are_named(tmp_path, capsys):
 
 
 def test_the_committed_spec_is_valid_and_balanced():
-    spec = study.load_spec(ROOT / "studies" / "multi30k_de_en.yaml")
-    assert len(spec["seeds"]) >= 3 and spec["tune_seed"] in spec["seeds"]
-    assert {len(o["grid"]) for o in spec["optimizers"].values()} == {4}
-    assert spec["optimizers"]["sage"]["config"] == "multi30k_de_en_sage"
+    spec = load_spec(ROOT / "studies" / "multi30k_de_en.yaml")
+    assert len(spec.seeds) >= 3 and spec.tune_seed in spec.seeds
+    assert {len(o.grid) for o in spec.optimizers.values()} == {4}
+    assert spec.optimizers["sage"].config == "multi30k_de_en_sage"
 
 
 def test_difference_is_the_mean_difference_and_its_standard_error():
-    assert study._difference([1.0, 2.0, 3.0], [2.0, 4.0, 6.0], 2) == "+2.00 ± 1.29"  # sqrt(1/3 + 4/3)
-    assert study._difference([2.0, 4.0], [1.0, 1.0], 3) == "-2.000 ± 1.000"  # sqrt(2/2 + 0/2)
+    assert format_difference([1.0, 2.0, 3.0], [2.0, 4.0, 6.0], 2) == "+2.00 ± 1.29"  # sqrt(1/3 + 4/3)
+    assert format_difference([2.0, 4.0], [1.0, 1.0], 3) == "-2.000 ± 1.000"  # sqrt(2/2 + 0/2)
+
+
+COMMITTED = ROOT / "results" / "multi30k_de_en"
+
+
+def test_the_committed_study_md_regenerates_byte_for_byte_from_study_json():
+    """results/multi30k_de_en/study.md is report() of the study.json written beside it (the committed runs)."""
+    summary = json.loads((COMMITTED / "study.json").read_text())
+    spec = parse_spec(summary["spec"], Path(summary["spec_file"]))
+    assert report(spec, summary["results"]) == (COMMITTED / "study.md").read_text()
+    # the spec file gives the spec that study.json records (keys, values and their order)
+    loaded = load_spec(ROOT / summary["spec_file"]).record
+    assert list(loaded.items()) == list(summary["spec"].items())
+
+
+def test_the_committed_study_plots_render_from_study_json(tmp_path):
+    summary = json.loads((COMMITTED / "study.json").read_text())
+    plots(tmp_path, parse_spec(summary["spec"], Path(summary["spec_file"])), summary["results"])
+    for png in ("learning_curves.png", "grid_curves.png", "lenpen.png"):
+        assert (tmp_path / png).stat().st_size > 10_000
+
+
+def test_a_seed_that_diverged_shows_as_nan_in_the_test_table():
+    """A NaN final validation loss is shown as nan, not left out of the mean over seeds."""
+    summary = json.loads((COMMITTED / "study.json").read_text())
+    results = json.loads(json.dumps(summary["results"]))
+    results["adam"]["seeds"][0]["final_valid_loss"] = float("nan")
+    text = report(parse_spec(summary["spec"], Path(summary["spec_file"])), results)
+    assert "| adam | 1.4 | nan |" in text and "| adam | 1 | nan |" in text and "| sage − adam | | nan |" in text
 
 
 @pytest.mark.slow

@@ -1,0 +1,114 @@
+"""Adam versus SAGE: a set of Hydra configs trained over N seeds, evaluated, tabulated, plotted.
+
+For every (config, seed) a :class:`~sage_toolkit.runner.training.Run` trains into OUT/CONFIG/seedN and evaluates the
+test set; then OUT/results.json, OUT/results.md and OUT/learning_curves.png are written. Re-running skips finished runs
+and resumes unfinished ones (see :mod:`.training`). With ``jobs`` 2 two runs train at the same time, one core each. The
+whole comparison works inside :func:`~sage_toolkit.runner.process.runner_session` (signals, locks, failures).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from concurrent.futures import as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sage_toolkit.atomic import write_atomic
+from sage_toolkit.errors import ToolkitError
+from sage_toolkit.paths import CONFIG_DIR
+from sage_toolkit.runner.console import say
+from sage_toolkit.runner.process import runner_session, worker_pool
+from sage_toolkit.runner.report import METRICS, comparison_markdown, plot_learning_curves
+from sage_toolkit.runner.training import Run, RunSettings
+from sage_toolkit.stats import mean_std
+
+
+@dataclass
+class CompareOptions:
+    """A comparison: which configs (names in configs/) over which seeds, on which data-bin, into which folder."""
+
+    data: Path  # the prepared data-bin folder
+    out: Path  # output folder (runs, results, plot)
+    configs: list[str] = field(default_factory=lambda: ["demo_adam", "demo_sage"])
+    seeds: list[int] = field(default_factory=lambda: [1])
+    jobs: int = 1  # runs trained at the same time
+    beam: int = 5
+    lenpen: float = 1.0
+    validate_every: int = 0  # also validate every N updates
+    valid_bleu: bool = True  # False: validation loss only
+    cpu: bool = False  # evaluate on the CPU
+    verbose: bool = False  # show every line of fairseq's output
+    overrides: list[str] = field(default_factory=list)  # Hydra overrides for every run
+
+    def __post_init__(self):
+        self.data, self.out = Path(self.data).absolute(), Path(self.out).absolute()  # the runs start in the repo root
+
+    def check(self) -> None:
+        """Usage errors (ToolkitError, exit status 2): a config that configs/ lacks, data that is not a data-bin."""
+        for config in self.configs:
+            if not (CONFIG_DIR / f"{config}.yaml").exists():
+                raise ToolkitError(f"--configs: no config {CONFIG_DIR / config}.yaml", exit_code=2)
+        if not any(self.data.glob("dict.*.txt")):
+            raise ToolkitError(
+                f"--data: {self.data} is not a fairseq data-bin (no dict.*.txt); prepare it with data_prep/",
+                exit_code=2,
+            )
+
+    def run_settings(self) -> RunSettings:
+        return RunSettings(
+            data=self.data, out=self.out, overrides=list(self.overrides), valid_bleu=self.valid_bleu,
+            validate_every=self.validate_every, verbose=self.verbose, beam=self.beam, lenpen=self.lenpen, cpu=self.cpu,
+        )  # fmt: skip
+
+
+def aggregate(runs: list[dict], configs: list[str]) -> dict:
+    """results.json's table: per config its seeds and the mean and standard deviation of every METRICS key."""
+    table = {}
+    for config in configs:
+        mine = [r for r in runs if r["config"] == config]
+        table[config] = {"seeds": [r["seed"] for r in mine]}
+        for key, _, _ in METRICS:
+            mean, std = mean_std([r[key] for r in mine])
+            table[config][key] = {"mean": mean, "std": std}
+    return table
+
+
+def compare(options: CompareOptions, prog: str = "compare") -> dict:
+    """Run the comparison (checked options) inside a runner session named ``prog``; results.json's content.
+
+    Prints each run's progress, then the table and the files written."""
+    options.out.mkdir(parents=True, exist_ok=True)
+    with runner_session(prog, options.out):
+        return _compare(options)
+
+
+def _compare(options: CompareOptions) -> dict:
+    settings = options.run_settings()
+    # interleave the optimizers (seed 1 of each, then seed 2 ...), so an interrupted comparison stays balanced
+    runs = [Run(settings, config, seed) for seed in options.seeds for config in options.configs]
+    threads = max(1, (os.cpu_count() or 1) // max(1, options.jobs))
+    with worker_pool(options.jobs) as pool:
+        for future in as_completed([pool.submit(run.execute, threads) for run in runs]):
+            future.result()  # the first failure stops the others (resumable) and is reported by runner_session
+
+    summaries = [run.summary() for run in runs]
+    table = aggregate(summaries, options.configs)
+    results = {
+        "data": str(options.data),
+        "configs": options.configs,
+        "seeds": options.seeds,
+        "beam": options.beam,
+        "lenpen": options.lenpen,
+        "overrides": options.overrides,
+        "table": table,
+        "runs": summaries,
+    }
+    out = options.out
+    write_atomic(out / "results.json", json.dumps(results, indent=1))
+    text = comparison_markdown(options.configs, summaries, options.data, options.beam, options.lenpen)
+    write_atomic(out / "results.md", text)
+    plot_learning_curves(out / "learning_curves.png", summaries, options.configs)
+    say("\n" + text)
+    say(f"wrote {out / 'results.md'}, {out / 'results.json'}, {out / 'learning_curves.png'}")
+    return results

@@ -1,0 +1,162 @@
+"""What a study shows: study.md's tables, its three plots, and the final checkpoints of a finished study."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from sage_toolkit.atomic import savefig_atomic
+from sage_toolkit.errors import ToolkitError
+from sage_toolkit.runner.report import plot_learning_curves
+from sage_toolkit.stats import format_difference, format_mean_std
+from sage_toolkit.study.spec import StudySpec
+
+
+def _has_nan(values: list) -> bool:
+    return any(isinstance(v, float) and math.isnan(v) for v in values)
+
+
+def _mean_std(values: list, digits: int) -> str:
+    """A table cell over seeds; a NaN (a seed that diverged) makes it "nan" rather than being left out of the mean
+    (format_mean_std drops NaN, which would hide the seed)."""
+    return "nan" if _has_nan(values) else format_mean_std(values, digits)
+
+
+def _difference(a: list, b: list, digits: int) -> str:
+    """The difference row's cell, "nan" where a column holds a NaN (as :func:`_mean_std`)."""
+    return "nan" if _has_nan(a) or _has_nan(b) else format_difference(a, b, digits)
+
+
+def report(spec: StudySpec, results: dict) -> str:
+    """study.md: the grid, the length-penalty sweep, the test tables (tuned length penalty and 1.0, with the difference
+    of the two optimizers' means), the per-seed table and the sacreBLEU signatures."""
+    names = list(results)
+    lines = [f"# {spec.description}", ""]
+    lines += [f"## Grid (seed {spec.tune_seed}, validation, beam {spec.beam}, lenpen 1)", ""]
+    lines += ["| optimizer | setting | overrides | valid sacreBLEU | valid tok. BLEU | BP | final valid loss |"]
+    lines += ["|---|---|---|---|---|---|---|"]
+    for name in names:
+        for setting, g in results[name]["grid"].items():
+            if g["failed"]:
+                lines.append(f"| {name} | {setting} | `{' '.join(g['overrides'])}` | failed | | | |")
+                continue
+            mark = " **(best)**" if setting == results[name]["best_setting"] else ""
+            lines.append(
+                f"| {name} | {setting}{mark} | `{' '.join(g['overrides'])}` | {g['valid_sacrebleu']:.2f} | "
+                f"{g['valid_bleu_tok']:.2f} | {g['valid_bp']:.3f} | {g['final_valid_loss']:.3f} |"
+            )
+    lines += ["", "## Length penalty (mean validation sacreBLEU over the seeds)", ""]
+    lenpens = [f"{lp:g}" for lp in spec.lenpens]
+    lines += ["| optimizer | " + " | ".join(f"lenpen {lp}" for lp in lenpens) + " | chosen |"]
+    lines += ["|---|" + "---|" * (len(lenpens) + 1)]
+    for name in names:
+        by = results[name]["valid_sacrebleu_by_lenpen"]
+        lines.append(
+            f"| {name} | " + " | ".join(f"{by[lp]:.2f}" for lp in lenpens) + f" | {results[name]['lenpen']:g} |"
+        )
+    for label, which in (("tuned length penalty", "tuned"), ("length penalty 1.0", "1")):
+        lines += ["", f"## Test, {label} (mean ± std over {len(spec.seeds)} seeds)", ""]
+        head = "| optimizer | lenpen | final valid loss |"
+        for subset in spec.test_subsets:
+            shown = spec.shown(subset)
+            head += f" {shown} tok. BLEU | {shown} sacreBLEU | {shown} BP |"
+        lines += [head, "|" + "---|" * (3 + 3 * len(spec.test_subsets))]
+        columns = {}  # name -> the per-seed values of every column, for the difference row
+        for name in names:
+            lp = f"{results[name]['lenpen']:g}" if which == "tuned" else "1"
+            seeds = results[name]["seeds"]
+            values = [([s["final_valid_loss"] for s in seeds], 3)]
+            for subset in spec.test_subsets:
+                cells = [s["test"][subset][lp] for s in seeds]
+                values += [
+                    ([c[key] for c in cells], digits) for key, digits in (("bleu_tok", 2), ("sacrebleu", 2), ("bp", 3))
+                ]
+            columns[name] = values
+            lines.append(f"| {name} | {lp} | " + " | ".join(_mean_std(v, d) for v, d in values) + " |")
+        if len(names) == 2 and all(len(results[n]["seeds"]) > 1 for n in names):
+            first, second = names
+            cells = [_difference(a, b, d) for (a, d), (b, _) in zip(columns[first], columns[second], strict=True)]
+            lines.append(f"| {second} − {first} | | " + " | ".join(cells) + " |")
+            lines += [
+                "",
+                "Last row: difference of the means ± its standard error, sqrt(s1²/n1 + s2²/n2) (seeds unpaired).",
+            ]
+    lines += ["", "## Per seed (tuned length penalty)", ""]
+    head = "| optimizer | seed | final valid loss | valid sacreBLEU |"
+    for subset in spec.test_subsets:
+        shown = spec.shown(subset)
+        head += f" {shown} tok. BLEU | {shown} sacreBLEU | {shown} BP |"
+    lines += [head + " train time (s) |", "|" + "---|" * (5 + 3 * len(spec.test_subsets))]
+    for name in names:
+        lp = f"{results[name]['lenpen']:g}"
+        for s in results[name]["seeds"]:
+            row = f"| {name} | {s['seed']} | {s['final_valid_loss']:.3f} | {s['valid'][lp]['sacrebleu']:.2f} |"
+            for subset in spec.test_subsets:
+                c = s["test"][subset][lp]
+                row += f" {c['bleu_tok']:.2f} | {c['sacrebleu']:.2f} | {c['bp']:.3f} |"
+            lines.append(row + f" {s['train_wall_s'] or float('nan'):.0f} |")
+    signatures = sorted(
+        {c["sacrebleu_signature"] for n in names for s in results[n]["seeds"] for t in s["test"].values()
+         for c in t.values() if c.get("sacrebleu_signature")}
+    )  # fmt: skip
+    lines += [
+        "",
+        "Tokenized BLEU: fairseq's scorer on the lowercased Moses-tokenised text (the Multi30k/IWSLT'14 way);",
+    ]
+    lines += [
+        "sacreBLEU on detokenised output. BP: sacreBLEU's brevity penalty. Validation loss: label-smoothed, base 2."
+    ]
+    lines += [f"sacreBLEU signature: `{s}`" for s in signatures]
+    return "\n".join(lines) + "\n"
+
+
+def plots(out: Path, spec: StudySpec, results: dict) -> None:
+    """learning_curves.png (the final runs), grid_curves.png (the grid's validation loss), lenpen.png (the sweep)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    # the final runs' validation curves, drawn as a comparison draws them: one colour per optimizer
+    labels = {name: f"{name} {r['best_setting']}" for name, r in results.items()}
+    finals = [{"config": labels[name], **s} for name, r in results.items() for s in r["seeds"]]
+    plot_learning_curves(out / "learning_curves.png", finals, list(labels.values()))
+
+    fig, axes = plt.subplots(1, len(results), figsize=(5.5 * len(results), 4), squeeze=False)
+    for ax, (name, r) in zip(axes[0], results.items(), strict=True):
+        for setting, curve in r["grid_curves"].items():
+            ax.plot([c["update"] for c in curve], [c["valid_loss"] for c in curve], marker=".", label=setting)
+        ax.set(xlabel="update", ylabel="validation loss", title=f"{name} grid (seed {spec.tune_seed})")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    savefig_atomic(fig, out / "grid_curves.png", dpi=110)
+    plt.close(fig)
+
+    colors = dict(zip(results, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for name, r in results.items():
+        lps = [float(k) for k in r["valid_sacrebleu_by_lenpen"]]
+        for s in r["seeds"]:
+            ax.plot(lps, [s["valid"][f"{lp:g}"]["sacrebleu"] for lp in lps], color=colors[name], alpha=0.4)
+        ax.plot(lps, list(r["valid_sacrebleu_by_lenpen"].values()), color=colors[name], lw=2.5, label=f"{name} mean")
+    ax.set(xlabel="length penalty", ylabel=f"validation sacreBLEU (beam {spec.beam})", title="length penalty")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    savefig_atomic(fig, out / "lenpen.png", dpi=110)
+    plt.close(fig)
+
+
+def list_checkpoints(out: Path) -> dict[str, str]:
+    """The final models of a finished study in ``out``, OPTIMIZER/seedN -> checkpoint path (analyze_redundancy.py's
+    NAME=PATH arguments). ToolkitError if there is no study.json."""
+    summary_file = out / "study.json"
+    if not summary_file.exists():
+        raise ToolkitError(f"{summary_file}: no finished study there (run scripts/study.py SPEC first)")
+    results = json.loads(summary_file.read_text())["results"]
+    return {
+        f"{name}/seed{s['seed']}": str(Path(s["dir"]) / "checkpoint_last.pt") for name, r in results.items()
+        for s in r["seeds"]
+    }  # fmt: skip

@@ -1,0 +1,109 @@
+"""The study spec: a YAML file naming the data-bin, a Hydra config per optimizer and, per optimizer, a grid of settings
+(each a list of Hydra overrides); studies/multi30k_de_en.yaml is the one RESULTS.md reports.
+
+Keys (defaults in brackets): ``data``, ``seeds`` and ``optimizers`` (``NAME: {config: CONFIG, grid: {SETTING:
+[OVERRIDE, ...]}}``) are required; ``out`` (the default of --out), ``jobs`` [1], ``beam`` [5], ``tune_seed`` [the
+first seed], ``lenpens`` [[1.0]], ``test_subsets`` [[test]], ``subset_names`` [{}] (how a subset is shown in the
+tables), ``overrides`` [[]] (for every run), ``validate_every`` [0], ``valid_bleu`` [true], ``description``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sage_toolkit.errors import ToolkitError
+from sage_toolkit.paths import CONFIG_DIR
+
+SPEC_KEYS = {"data", "out", "jobs", "beam", "tune_seed", "seeds", "lenpens", "test_subsets", "subset_names",
+             "optimizers", "overrides", "validate_every", "valid_bleu", "description"}  # fmt: skip
+
+
+@dataclass
+class OptimizerSpec:
+    """One optimizer of the study: its Hydra config (a name in configs/) and its grid, setting -> Hydra overrides."""
+
+    config: str
+    grid: dict[str, list[str]]
+
+
+@dataclass
+class StudySpec:
+    """A checked study spec (see the module's documentation for the keys)."""
+
+    source: Path  # the spec file, as given (study.json records it)
+    data: str  # the data-bin, relative to the repository root unless absolute
+    seeds: list[int]
+    optimizers: dict[str, OptimizerSpec]
+    tune_seed: int
+    out: str | None = None
+    jobs: int = 1
+    beam: int = 5
+    lenpens: list[float] = field(default_factory=lambda: [1.0])
+    test_subsets: list[str] = field(default_factory=lambda: ["test"])
+    subset_names: dict[str, str] = field(default_factory=dict)
+    overrides: list[str] = field(default_factory=list)
+    validate_every: int = 0
+    valid_bleu: bool = True
+    description: str = "Adam vs SAGE"
+    # the spec as read, defaults added, in the file's order: what study.json records as "spec"
+    record: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def shown(self, subset: str) -> str:
+        """A test subset's name in the tables."""
+        return self.subset_names.get(subset, subset)
+
+
+def load_spec(path: Path) -> StudySpec:
+    """Read and check a spec file (YAML; JSON is YAML). ToolkitError names the file and the key at fault."""
+    from omegaconf import OmegaConf
+
+    path = Path(path)
+    if not path.is_file():
+        raise ToolkitError(f"study spec {path}: no such file")
+    return parse_spec(OmegaConf.to_container(OmegaConf.load(path), resolve=True), path)
+
+
+def parse_spec(raw: dict, source: Path) -> StudySpec:
+    """Check a spec read from ``source`` (a spec file, or study.json's record of one) and fill in its defaults."""
+    source = Path(source)
+    spec = dict(raw)
+    unknown = sorted(set(spec) - SPEC_KEYS)
+    if unknown:
+        raise ToolkitError(f"study spec {source}: unknown key(s) {unknown}; known: {sorted(SPEC_KEYS)}")
+    for key in ("data", "optimizers", "seeds"):
+        if key not in spec:
+            raise ToolkitError(f"study spec {source}: '{key}' is missing")
+    spec.setdefault("jobs", 1)
+    spec.setdefault("beam", 5)
+    spec.setdefault("lenpens", [1.0])
+    spec.setdefault("test_subsets", ["test"])
+    spec.setdefault("subset_names", {})
+    spec.setdefault("overrides", [])
+    spec.setdefault("validate_every", 0)
+    spec.setdefault("valid_bleu", True)
+    spec.setdefault("tune_seed", spec["seeds"][0])
+    if spec["tune_seed"] not in spec["seeds"]:
+        raise ToolkitError(f"study spec {source}: tune_seed {spec['tune_seed']} is not one of seeds {spec['seeds']}")
+    if 1.0 not in spec["lenpens"]:
+        raise ToolkitError(
+            f"study spec {source}: lenpens {spec['lenpens']} must include 1.0 (the grid's and the baseline)"
+        )
+    for name, opt in spec["optimizers"].items():
+        if not isinstance(opt, dict) or "config" not in opt or not opt.get("grid"):
+            raise ToolkitError(f"study spec {source}: optimizers.{name} needs 'config' and a non-empty 'grid'")
+        if not (CONFIG_DIR / f"{opt['config']}.yaml").exists():
+            raise ToolkitError(f"study spec {source}: optimizers.{name}.config: no {CONFIG_DIR / opt['config']}.yaml")
+        for setting, overrides in opt["grid"].items():
+            if not isinstance(overrides, list) or not all(isinstance(o, str) and "=" in o for o in overrides):
+                raise ToolkitError(
+                    f"study spec {source}: optimizers.{name}.grid.{setting} must be a list of Hydra overrides KEY=VALUE"
+                )
+    sizes = {len(opt["grid"]) for opt in spec["optimizers"].values()}
+    if len(sizes) != 1:
+        raise ToolkitError(
+            f"study spec {source}: every optimizer needs a grid of the same size (found {sorted(sizes)})"
+        )
+    optimizers = {name: OptimizerSpec(opt["config"], dict(opt["grid"])) for name, opt in spec["optimizers"].items()}
+    fields = {key: value for key, value in spec.items() if key != "optimizers"}
+    return StudySpec(source=source, optimizers=optimizers, record=spec, **fields)
