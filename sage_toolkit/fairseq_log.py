@@ -14,6 +14,18 @@ def number(value):
         return value
 
 
+def parse_record(line: str) -> dict | None:
+    """The JSON object in one line of fairseq's log or progress output (after its "[time][kind][INFO] - " prefix),
+    values as fairseq wrote them; None for a line without one."""
+    start = line.find('{"')
+    if start < 0:
+        return None
+    try:
+        return json.loads(line[start:])
+    except json.JSONDecodeError:
+        return None
+
+
 def json_records(path: Path):
     """Every JSON object in the log, once: fairseq 0.12's progress_bar() adds one more FileHandler for
     common.log_file at every call (each epoch), so from epoch k on every record is written k times."""
@@ -25,10 +37,9 @@ def json_records(path: Path):
         if start < 0 or line[start:] in seen:
             continue
         seen.add(line[start:])
-        try:
-            yield json.loads(line[start:])
-        except json.JSONDecodeError:
-            continue
+        record = parse_record(line[start:])
+        if record is not None:
+            yield record
 
 
 def read_log(path: Path) -> dict[str, list[dict]]:

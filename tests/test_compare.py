@@ -9,8 +9,10 @@ import sys
 import pytest
 
 from sage_toolkit.fairseq_log import read_log
+from sage_toolkit.runner import (
+    commands as compare,  # the command: its main(argv) as `python scripts/compare.py` runs it
+)
 from sage_toolkit.runner.training import Run, RunSettings
-from scripts import compare  # the command: its main(argv) as `python scripts/compare.py` runs it
 
 
 def _run(demo_bin, out, capsys):

@@ -10,9 +10,9 @@ import pytest
 
 from sage_toolkit.errors import ToolkitError
 from sage_toolkit.stats import format_difference
+from sage_toolkit.study import command as study  # the command: its main(argv) as `python scripts/study.py` runs it
 from sage_toolkit.study.report import plots, report
 from sage_toolkit.study.spec import load_spec, parse_spec
-from scripts import study  # the command: its main(argv) as `python scripts/study.py` runs it
 from tests.fairseq_utils import ROOT
 
 TINY = ["optimization.max_update=4", "dataset.max_tokens=1024", "common.log_interval=2",

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from sage_toolkit.atomic import write_atomic
 from sage_toolkit.errors import ToolkitError
-from sage_toolkit.fairseq_log import read_log
+from sage_toolkit.fairseq_log import parse_record, read_log
 from sage_toolkit.paths import CONFIG_DIR, ROOT
 from sage_toolkit.runner.console import say
 from sage_toolkit.runner.locks import RUN_LOCK, locked
@@ -67,12 +67,8 @@ def prep_settings(data: Path) -> dict:
 
 def progress(line: str) -> str | None:
     """A short status from one of fairseq's JSON progress lines (training statistics or validation), else None."""
-    start = line.find('{"')
-    if start < 0:
-        return None
-    try:
-        rec = json.loads(line[start:])
-    except json.JSONDecodeError:
+    rec = parse_record(line)
+    if rec is None:
         return None
     if "valid_loss" in rec:
         bleu = f", BLEU {rec['valid_bleu']}" if "valid_bleu" in rec else ""

@@ -1,0 +1,58 @@
+"""A tuned Adam-versus-SAGE study from one spec file: grid on validation, seeds, length penalty, test table, plots.
+
+    python scripts/study.py studies/multi30k_de_en.yaml [--out runs/multi30k_de_en] [--jobs 2]
+
+The spec (YAML; studies/multi30k_de_en.yaml is the one RESULTS.md reports) names the data-bin, a Hydra config per
+optimizer and, per optimizer, a grid of settings (each a list of Hydra overrides). The protocol keeps the test sets
+out of every decision: the grid is scored on the validation set (tune seed, length penalty 1.0), the winner is trained
+with every seed, the length penalty is chosen on the validation set, and only then is the test set translated.
+
+Outputs in OUT: one folder per run (``OPTIMIZER/SETTING/seedN``), ``study.json`` (everything measured), ``study.md``
+(the tables) and ``learning_curves.png``, ``grid_curves.png``, ``lenpen.png``. Re-running resumes: finished trainings
+and evaluations are read, not redone. Like scripts/compare.py: SIGINT/SIGTERM stop every child (exit 128 + the signal,
+one line on stderr); the output folder and every run folder are locked while written; a run that fails outside the
+grid stops the study (exit 1), a grid run that fails is recorded in its failed.json and loses the grid.
+
+The protocol step by step, the spec's keys and the outputs: sage_toolkit.study (protocol, spec, report), over
+sage_toolkit.runner.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from sage_toolkit.errors import ToolkitError, run_command
+from sage_toolkit.study.protocol import Study, run_study
+from sage_toolkit.study.report import list_checkpoints
+from sage_toolkit.study.spec import load_spec
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("spec", type=Path, help="study spec (YAML), e.g. studies/multi30k_de_en.yaml")
+    parser.add_argument("--out", type=Path, help="output folder (default: the spec's 'out')")
+    parser.add_argument("--jobs", type=int, help="trainings/evaluations at the same time (default: the spec's)")
+    parser.add_argument("--gpu", dest="cpu", action="store_false", help="translate on the GPU (default: CPU)")
+    parser.add_argument(
+        "--list-checkpoints",
+        action="store_true",
+        help="print OPTIMIZER/seedN=PATH of the finished study's final checkpoints (for analyze_redundancy.py)",
+    )
+    args = parser.parse_args(argv)
+    try:  # a bad spec, data-bin or --out is a usage error: exit status 2
+        spec = load_spec(args.spec)
+        out = (args.out or Path(spec.out or parser.error("--out: the spec has no 'out'"))).absolute()
+        if args.list_checkpoints:
+            checkpoints = list_checkpoints(out)
+            print(" ".join(f"{name}={path}" for name, path in checkpoints.items()))
+            return checkpoints
+        study = Study(spec, out, args.jobs or spec.jobs, args.cpu)
+    except ToolkitError as e:
+        parser.error(str(e))
+    return run_command("study", lambda: run_study(study))
+
+
+def cli() -> None:
+    """The console script's entry point (it exits with what this returns: main's dict is not an exit status)."""
+    main()
