@@ -1,17 +1,24 @@
 """Helpers for tests that run fairseq's real command-line tools on a tiny generated corpus.
 
-The corpus is a synthetic word-for-word "translation" (source word aN -> target word bN, same order) that a tiny
-transformer learns within a few dozen updates on a CPU. It is generated, so the tests need no data files.
+The corpus, the tiny model and the fairseq runs are sage_toolkit.tiny_fairseq's (the GPU checks' smoke runs use them
+too); this module adds what only the tests need.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import random
 import subprocess
 import sys
 from pathlib import Path
+
+from sage_toolkit.tiny_fairseq import (  # noqa: F401 - the tests import them from here
+    TINY_MODEL,
+    make_tiny_corpus,
+    preprocess,
+    run_cli,
+    train_args,
+    train_log,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN_DIR = ROOT / "fairseq_plugins"
@@ -20,86 +27,6 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 # Threads of the fairseq processes the tests start: the caller's OMP_NUM_THREADS (so that running the tests with
 # OMP_NUM_THREADS=2 exercises 2 threads in them too), else 1 (no oversubscription when pytest runs tests in parallel).
 THREADS = os.environ.get("OMP_NUM_THREADS", "1")
-
-TINY_MODEL = [
-    "--arch", "transformer",
-    "--encoder-layers", "1", "--decoder-layers", "1",
-    "--encoder-embed-dim", "32", "--decoder-embed-dim", "32",
-    "--encoder-ffn-embed-dim", "64", "--decoder-ffn-embed-dim", "64",
-    "--encoder-attention-heads", "2", "--decoder-attention-heads", "2",
-    "--share-decoder-input-output-embed",
-]  # fmt: skip
-
-
-def make_tiny_corpus(raw_dir: Path, n_train: int = 400, n_valid: int = 40, n_test: int = 20, seed: int = 0) -> Path:
-    raw_dir.mkdir(parents=True, exist_ok=True)
-    rng = random.Random(seed)
-    for split, n in (("train", n_train), ("valid", n_valid), ("test", n_test)):
-        src, tgt = [], []
-        for _ in range(n):
-            ids = [rng.randrange(30) for _ in range(rng.randint(3, 8))]
-            src.append(" ".join(f"a{i}" for i in ids))
-            tgt.append(" ".join(f"b{i}" for i in ids))
-        (raw_dir / f"{split}.src").write_text("\n".join(src) + "\n")
-        (raw_dir / f"{split}.tgt").write_text("\n".join(tgt) + "\n")
-    return raw_dir
-
-
-def run_cli(tool: str, args: list[str], check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run a fairseq CLI (``train``, ``generate``, ``preprocess``, ...) with this Python; returns the process."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=THREADS, MKL_NUM_THREADS=THREADS,
-               CUDA_VISIBLE_DEVICES="")  # fmt: skip
-    proc = subprocess.run(
-        [sys.executable, "-m", f"fairseq_cli.{tool}", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=timeout,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(
-            f"fairseq-{tool} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-        )
-    return proc
-
-
-def preprocess(raw_dir: Path, dest_dir: Path) -> Path:
-    run_cli(
-        "preprocess",
-        ["--source-lang", "src", "--target-lang", "tgt", "--trainpref", raw_dir / "train",
-         "--validpref", raw_dir / "valid", "--testpref", raw_dir / "test", "--destdir", dest_dir, "--workers", "1"],
-    )  # fmt: skip
-    return dest_dir
-
-
-def train_args(data_bin: Path, save_dir: Path, optimizer: list[str], max_update: int, extra: list[str] = ()):
-    return [
-        data_bin, "--user-dir", PLUGIN_DIR, "--task", "translation", *TINY_MODEL,
-        *optimizer, "--lr", "5e-3", "--lr-scheduler", "inverse_sqrt", "--warmup-updates", "10",
-        "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1", "--dropout", "0.1",
-        "--max-tokens", "400", "--max-update", str(max_update), "--seed", "1", "--cpu", "--num-workers", "0",
-        "--save-dir", save_dir, "--no-epoch-checkpoints", "--no-progress-bar", "--log-format", "json",
-        "--log-interval", "1", "--disable-validation", *extra,
-    ]  # fmt: skip
-
-
-def train_log(proc: subprocess.CompletedProcess) -> list[dict]:
-    """The per-update records (``train_inner``) that fairseq logs with --log-format json --log-interval 1."""
-    records = []
-    for line in (proc.stdout + proc.stderr).splitlines():
-        if "| train_inner |" in line:
-            record = json.loads(line.split("| train_inner |", 1)[1])
-            records.append({k: _number(v) for k, v in record.items()})
-    return records
-
-
-def _number(value):
-    """fairseq's JSON log writes numbers as strings (already rounded): parse them back."""
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return value
 
 
 def free_port() -> int:

@@ -1,18 +1,13 @@
-"""scripts/gpu_check_iwslt14.py: the IWSLT'14 configs' short-budget check, its plumbing run on the CPU (--allow-cpu)
-with a shrunken model on the tiny demo corpus, and its refusal to run on a CPU by accident."""
+"""scripts/gpu/check_iwslt14.py (sage_toolkit.gpu.iwslt14): the IWSLT'14 configs' short-budget check, its plumbing
+run on the CPU (--allow-cpu) with a shrunken model on the tiny demo corpus, and its refusal to run on a CPU by accident."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
 
-from tests.fairseq_utils import ROOT
-
-spec = importlib.util.spec_from_file_location("gpu_check_iwslt14", ROOT / "scripts" / "gpu_check_iwslt14.py")
-gpu_check = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(gpu_check)
+from sage_toolkit.gpu import iwslt14 as gpu_check
 
 _SIZES = (("embed_dim", 16), ("ffn_embed_dim", 32), ("attention_heads", 2), ("layers", 1))
 SMALL = [f"model.{part}.{key}={value}" for part in ("encoder", "decoder") for key, value in _SIZES]

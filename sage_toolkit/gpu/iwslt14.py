@@ -1,11 +1,10 @@
-#!/usr/bin/env python
 """GPU check: the full-size IWSLT'14 De-En configs, Adam and SAGE, for a short fixed budget; curves and projected cost.
 
     python -m data_prep.iwslt14                                  # -> data-bin/iwslt14.tokenized.de-en (downloads)
-    python scripts/gpu_check_iwslt14.py --out runs/gpu_iwslt14 [--updates 3000] [--seeds 1]
+    python scripts/gpu/check_iwslt14.py --out runs/gpu_iwslt14 [--updates 3000] [--seeds 1]
 
 Trains ``iwslt14_de_en_adam`` and ``iwslt14_de_en_sage`` (transformer_iwslt_de_en, fairseq's recipe, the configs of
-configs/) one after the other through ``scripts/compare.py``: validation loss and greedy BLEU every
+configs/) one after the other through sage_toolkit.runner.comparison: validation loss and greedy BLEU every
 ``--validate-every`` updates, beam-5 test BLEU of the last checkpoint after ``--updates`` updates, ``results.md`` and
 ``learning_curves.png``. It then writes ``OUT/gpu_check.json``: the device, the measured seconds per update (training
 wall-clock, validation included, over the updates run) and, from it, the projected GPU-hours of a full run
@@ -19,25 +18,17 @@ small data-bin and a shrunken model (any Hydra override after the options applie
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import platform
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from sage_toolkit.atomic import write_atomic
+from sage_toolkit.errors import ToolkitError, run_command
+from sage_toolkit.paths import ROOT
+from sage_toolkit.runner.comparison import CompareOptions, compare
+
 CONFIGS = ["iwslt14_de_en_adam", "iwslt14_de_en_sage"]
 FULL_UPDATES = 50_000  # configs/experiment/iwslt14_de_en.yaml, optimization.max_update
-
-
-def _compare():
-    name = "fairseq_sage_compare"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().with_name("compare.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -61,10 +52,13 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error("no CUDA GPU found; this is a GPU check (use --allow-cpu for a smoke test of the plumbing)")
     device = torch.cuda.get_device_name(0) if cuda else f"CPU ({platform.processor() or platform.machine()})"
     overrides = [f"optimization.max_update={args.updates}", *([] if cuda else ["common.cpu=true"]), *args.override]
-    compare_args = ["--configs", *CONFIGS, "--seeds", *map(str, args.seeds), "--data", str(args.data),
-                    "--out", str(args.out), "--validate-every", str(args.validate_every),
-                    *([] if cuda else ["--cpu"]), *overrides]  # fmt: skip
-    results = _compare().main(compare_args)
+    options = CompareOptions(data=args.data, out=args.out, configs=CONFIGS, seeds=args.seeds,
+                             validate_every=args.validate_every, cpu=not cuda, overrides=overrides)  # fmt: skip
+    try:
+        options.check()
+    except ToolkitError as e:
+        parser.error(str(e))
+    results = run_command("compare", lambda: compare(options))
 
     runs = []
     for run in results["runs"]:
@@ -87,14 +81,10 @@ def main(argv: list[str] | None = None) -> dict:
         "runs": runs,
     }
     out = args.out / "gpu_check.json"
-    out.write_text(json.dumps(report, indent=1))
+    write_atomic(out, json.dumps(report, indent=1))
     for r in runs:
         hours = r["projected_full_run_gpu_hours"]
         print(f"{r['config']} seed {r['seed']}: {r['seconds_per_update']:.3f} s/update, {r['words_per_s'] or 0:.0f} "
               f"words/s on {device} -> {hours:.1f} h for {FULL_UPDATES} updates")  # fmt: skip
     print(f"wrote {out}, {args.out / 'results.md'}, {args.out / 'learning_curves.png'}")
     return report
-
-
-if __name__ == "__main__":
-    main()
