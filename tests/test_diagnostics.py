@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fairseq_plugins.optim import AdamaxSAGE, AdamSAGE
+from fairseq_plugins.optim import AdamSAGE
 from fairseq_plugins.optim.diagnostics import summarize, weighted_quantiles
 from tests.fairseq_utils import run_cli, train_args, train_log
+from tests.optim_infos import cases
 
 KEYS = {"r_mean", "r_gt1", "r_q10", "r_q50", "r_q90", "mult_mean"}
 
@@ -23,6 +24,7 @@ def _backward(model, seed):
     model(torch.randn(16, 12, generator=g)).pow(2).sum().backward()
 
 
+@torch.no_grad()
 def _reference_r(opt, params):
     """r of the coming step for every entry, from the state before it (the formula of ../shared/docs/SAGE.md).
 
@@ -43,11 +45,11 @@ def _reference_r(opt, params):
     return torch.cat([r.flatten() for r in out])
 
 
-@pytest.mark.parametrize("cls", [AdamSAGE, AdamaxSAGE])
-def test_statistics_equal_the_formula_when_the_sample_covers_every_entry(cls):
+@pytest.mark.parametrize("info, impl", cases(impls="kernels"))
+def test_statistics_equal_the_formula_when_the_sample_covers_every_entry(info, impl):
     model = _model()
     params = list(model.parameters())
-    opt = cls(params, lr=1e-2, sage_strength=0.4)
+    opt = info.optim_cls(params, lr=1e-2, sage_strength=0.4, impl=impl)
     for step in range(1, 6):
         _backward(model, step)
         r = _reference_r(opt, params)
@@ -66,9 +68,10 @@ def test_statistics_equal_the_formula_when_the_sample_covers_every_entry(cls):
         assert opt.pop_sage_stats() is None  # popped
 
 
-def test_statistics_do_not_change_the_update_and_are_computed_only_on_request():
+@pytest.mark.parametrize("info, impl", cases(impls="kernels"))
+def test_statistics_do_not_change_the_update_and_are_computed_only_on_request(info, impl):
     a, b = _model(), _model()
-    opt_a, opt_b = AdamSAGE(a.parameters(), lr=1e-2), AdamSAGE(b.parameters(), lr=1e-2)
+    opt_a, opt_b = (info.optim_cls(m.parameters(), lr=1e-2, impl=impl) for m in (a, b))
     for step in range(1, 8):
         _backward(a, step)
         _backward(b, step)
@@ -157,7 +160,7 @@ def test_low_precision_parameters_are_measured_in_fp32():
         sens = state.get("exp_avg_sens", torch.zeros(50))
         assert sens.dtype == torch.float32
         t = int(state["step"]) + 1 if state else 1
-        sensitivity = (p.float() * p.grad.float()).abs().double()
+        sensitivity = (p.detach().float() * p.grad.float()).abs().double()
         smoothed = (0.75 * sens.double() + 0.25 * sensitivity) / (1 - 0.75**t)
         r = ((sensitivity - smoothed).abs() + 1e-16) / (smoothed + 1e-16)
         opt.request_sage_stats(num_samples=1000)

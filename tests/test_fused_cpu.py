@@ -8,11 +8,9 @@ import warnings
 import pytest
 import torch
 
-from fairseq_plugins.optim import AdamaxSAGE, AdamSAGE, ReferenceAdamaxSAGE, ReferenceAdamSAGE, _fused_cpu
+from fairseq_plugins.optim import AdamSAGE, _fused_cpu
 from fairseq_plugins.optim import _functional as F
-
-PAIRS = [(AdamSAGE, ReferenceAdamSAGE, "exp_avg_sq"), (AdamaxSAGE, ReferenceAdamaxSAGE, "exp_inf")]
-KW = dict(lr=1e-2, betas=(0.9, 0.99), eps=1e-4, weight_decay=0.05, beta3=0.8, sage_strength=0.7)
+from tests.optim_infos import FUSED_INPUT, FUSED_INPUT_NO_BIAS_CORRECTION, cases
 
 pytestmark = pytest.mark.skipif(not _fused_cpu.available(), reason=f"fused kernel unavailable: {_fused_cpu.error()}")
 
@@ -38,27 +36,28 @@ def _run(opt, params, steps, seed=1):
         opt.step()
 
 
-@pytest.mark.parametrize("bias_correction", [True, False])
-@pytest.mark.parametrize("pair", range(len(PAIRS)))
-def test_threaded_fused_matches_reference_float64(pair, bias_correction):
-    fast_cls, ref_cls, second = PAIRS[pair]
-    a, b = _big_params(torch.float64), _big_params(torch.float64)
-    fast = fast_cls(a, impl="fused", bias_correction=bias_correction, **KW)
-    ref = ref_cls(b, bias_correction=bias_correction, **KW)
+@pytest.mark.parametrize("info, opt_input, dtype", cases(dtypes=(torch.float64,)))
+def test_threaded_fused_matches_reference_float64(info, opt_input, dtype):
+    a, b = _big_params(dtype), _big_params(dtype)
+    fast = info.optim_cls(opt_input.groups(a), impl="fused", **opt_input.kwargs)
+    ref = info.reference_cls(opt_input.groups(b), **opt_input.kwargs)
     _run(fast, a, 6)
     _run(ref, b, 6)
-    for p, q in zip(a, b, strict=True):
+    for i, (p, q) in enumerate(zip(a, b, strict=True)):
         torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12)
-        for key in ("exp_avg", second, "exp_avg_sens"):
+        for key in info.state_keys:
+            if key == "exp_avg_sens" and i in opt_input.unselected:
+                assert key not in fast.state[p]
+                continue
             torch.testing.assert_close(fast.state[p][key], ref.state[q][key], rtol=1e-10, atol=1e-14)
     assert float(fast.state[a[3]]["step"]) == 3
 
 
-@pytest.mark.parametrize("pair", range(len(PAIRS)))
-def test_mixed_dtypes_and_layouts_in_one_group(pair):
+@pytest.mark.parametrize("opt_input", [FUSED_INPUT, FUSED_INPUT_NO_BIAS_CORRECTION], ids=lambda i: i.desc)
+@pytest.mark.parametrize("info", cases())
+def test_mixed_dtypes_and_layouts_in_one_group(info, opt_input):
     """fp32, bf16, fp16 and non-contiguous tensors in one group: each dtype in its own kernel call, the
     non-contiguous ones through the single-tensor path; all as the single-tensor kernel computes them."""
-    fast_cls, _, second = PAIRS[pair]
 
     def make():
         g = torch.Generator().manual_seed(3)
@@ -74,7 +73,7 @@ def test_mixed_dtypes_and_layouts_in_one_group(pair):
     results = []
     for impl in ("fused", "single_tensor"):
         params = make()
-        opt = fast_cls(params, impl=impl, **KW)
+        opt = info.optim_cls(params, impl=impl, **opt_input.kwargs)
         g = torch.Generator().manual_seed(4)
         for _ in range(4):
             for p in params:
@@ -86,7 +85,7 @@ def test_mixed_dtypes_and_layouts_in_one_group(pair):
         assert p.dtype == q.dtype
         tol = {torch.float32: 1e-5, torch.bfloat16: 2**-7, torch.float16: 2**-10}[p.dtype]
         torch.testing.assert_close(p.float(), q.float(), rtol=tol, atol=1e-5)
-        for key in ("exp_avg", second, "exp_avg_sens"):
+        for key in info.state_keys:
             assert fopt.state[p][key].dtype == torch.float32
             # the state of a low-precision tensor sees its rounded parameter: one flipped rounding shows there too
             torch.testing.assert_close(fopt.state[p][key], sopt.state[q][key], rtol=max(tol, 1e-4), atol=1e-6)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from fairseq_plugins.optim import AdamaxSAGE, AdamSAGE
+from tests.optim_infos import cases
 
 
 def _step(opt, params, grads):
@@ -106,13 +108,13 @@ def test_multiplier_invariant_to_gradient_scale():
     torch.testing.assert_close(sens[0], sens[1], rtol=1e-8, atol=0)  # theta agrees to ~1e-9, not exactly
 
 
-@pytest.mark.parametrize("cls", [AdamSAGE, AdamaxSAGE])
-def test_zero_initialised_entries_train(cls):
+@pytest.mark.parametrize("info, impl", cases(impls="all"))
+def test_zero_initialised_entries_train(info, impl):
     """The literal multiplier U/(Ihat+eps^2) is 0 for an entry that is exactly 0: it would never move."""
     gen = torch.Generator().manual_seed(7)
     bias = torch.zeros(10)
     weight = torch.randn(10, generator=gen)
-    opt = cls([bias, weight], lr=1e-2)
+    opt = info.optim_cls([bias, weight], lr=1e-2, impl=impl)
     for t in range(5):
         before = bias.clone()
         _step(opt, [bias, weight], [torch.randn(10, generator=gen), torch.randn(10, generator=gen)])
@@ -124,14 +126,16 @@ def test_zero_initialised_entries_train(cls):
             assert bias.abs().min() > 1e-4
 
 
-def test_strength_zero_is_plain_adamw_and_strength_is_settable():
+@pytest.mark.parametrize("info, impl", cases(impls="all"))
+def test_strength_zero_is_the_plain_update_and_strength_is_settable(info, impl):
+    """Strength 0 is the base optimizer (AdamW, Adamax) exactly: the multiplier is 1 + 0 * (r - 1) = 1."""
     gen = torch.Generator().manual_seed(5)
     theta0 = torch.randn(50, generator=gen, dtype=torch.float64)
     grads = [torch.randn(50, generator=gen, dtype=torch.float64) for _ in range(8)]
     a, b = theta0.clone(), theta0.clone()
-    sage = AdamSAGE([a], lr=1e-2, weight_decay=0.1)
+    sage = info.optim_cls([a], lr=1e-2, weight_decay=0.1, impl=impl)
     sage.set_sage_strength(0.0)
-    plain = AdamSAGE([{"params": [b], "sage": False}], lr=1e-2, weight_decay=0.1)
+    plain = info.optim_cls([{"params": [b], "sage": False}], lr=1e-2, weight_decay=0.1, impl=impl)
     for g in grads:
         _step(sage, [a], [g])
         _step(plain, [b], [g])
@@ -143,32 +147,13 @@ def test_strength_zero_is_plain_adamw_and_strength_is_settable():
 # ---------------------------------------------------------------- options
 
 
-@pytest.mark.parametrize("cls", [AdamSAGE, AdamaxSAGE])
-@pytest.mark.parametrize(
-    "kwargs, option, shown",
-    [
-        (dict(betas=(1.0, 0.999)), "betas[0]", "1.0"),
-        (dict(betas=(0.9, -0.1)), "betas[1]", "-0.1"),
-        (dict(betas=(0.9,)), "betas", "(0.9,)"),
-        (dict(beta3=1.0), "beta3", "1.0"),
-        (dict(beta3=-0.5), "beta3", "-0.5"),
-        (dict(eps=-1e-8), "eps", "-1e-08"),
-        (dict(lr=-1.0), "lr", "-1.0"),
-        (dict(lr=float("nan")), "lr", "nan"),
-        (dict(weight_decay=-0.1), "weight_decay", "-0.1"),
-        (dict(sage_strength=-1.0), "sage_strength", "-1.0"),
-        (dict(sage_params="attention_only"), "sage_params", "attention_only"),
-        (dict(sage_params="regex:fc[12"), "sage_params", "fc[12"),
-        (dict(sage_params="regex:nothing_like_this"), "sage_params", "nothing_like_this"),
-        (dict(impl="cuda_magic"), "impl", "cuda_magic"),
-    ],
-)
-def test_invalid_options_raise_value_error_naming_them(cls, kwargs, option, shown):
+@pytest.mark.parametrize("info, bad", cases(errors="construction"))
+def test_invalid_options_raise_value_error_naming_them(info, bad):
     model = torch.nn.Sequential(torch.nn.Linear(2, 2))
-    with pytest.raises(ValueError) as err:
-        cls(model.named_parameters(), **kwargs)
+    with pytest.raises(bad.error_type) as err:
+        info.optim_cls(model.named_parameters(), **bad.kwargs)
     message = str(err.value)
-    assert message.startswith(option) and shown in message, message
+    assert message.startswith(bad.option) and bad.shown in message, message
 
 
 def test_name_selection_needs_names():
@@ -216,8 +201,9 @@ def test_attn_ffn_preset_and_regex_select_by_name():
 # ---------------------------------------------------------------- state
 
 
-@pytest.mark.parametrize("cls", [AdamSAGE, AdamaxSAGE])
-def test_state_dict_round_trip_continues_identically(cls):
+@pytest.mark.parametrize("info, impl", cases(impls="all"))
+def test_state_dict_round_trip_continues_identically(info, impl):
+    cls = functools.partial(info.optim_cls, impl=impl)
     gen = torch.Generator().manual_seed(11)
     theta0 = [torch.randn(6, 3, generator=gen), torch.zeros(3)]
     grads = [[torch.randn(6, 3, generator=gen), torch.randn(3, generator=gen)] for _ in range(10)]

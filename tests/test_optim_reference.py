@@ -1,16 +1,13 @@
-"""The fast paths against the line-by-line reference, on parameters and on every state tensor."""
+"""The fast paths against the line-by-line reference, on parameters and on every state tensor: every optimizer x
+option set x impl of the table in tests/optim_infos.py."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from fairseq_plugins.optim import AdamaxSAGE, AdamSAGE, ReferenceAdamaxSAGE, ReferenceAdamSAGE, _fused_cpu
-
-PAIRS = [(AdamSAGE, ReferenceAdamSAGE, "exp_avg_sq"), (AdamaxSAGE, ReferenceAdamaxSAGE, "exp_inf")]
-_NO_FUSED = pytest.mark.skipif(not _fused_cpu.available(), reason=f"no fused kernel here: {_fused_cpu.error()}")
-IMPLS = ["single_tensor", "foreach", pytest.param("fused", marks=_NO_FUSED), "auto"]  # auto: fused, or its fallback
-IMPL_NAMES = ["single_tensor", "foreach", "auto"] + (["fused"] if _fused_cpu.available() else [])
+from fairseq_plugins.optim import AdamSAGE
+from tests.optim_infos import LOW_PRECISION, available_impls, cases
 
 
 def _make_params(dtype=torch.float64, seed=0):
@@ -42,8 +39,8 @@ def _grads(params, step, seed=1):
     return grads
 
 
-def _run(opt_cls, params, steps, **kw):
-    opt = opt_cls(params, **kw)
+def _run(opt_cls, opt_input, params, steps, **kw):
+    opt = opt_cls(opt_input.groups(params), **{**opt_input.kwargs, **kw})
     for t in range(1, steps + 1):
         for p, gr in zip(params, _grads(params, t), strict=True):
             p.grad = None if gr is None else gr.clone()
@@ -51,22 +48,11 @@ def _run(opt_cls, params, steps, **kw):
     return opt
 
 
-CONFIGS = [
-    dict(lr=1e-2, betas=(0.9, 0.99), eps=1e-3, weight_decay=0.1, beta3=0.8, bias_correction=True),
-    dict(lr=3e-2, betas=(0.5, 0.9), eps=1e-3, weight_decay=0.0, beta3=0.6, bias_correction=False),
-    dict(lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, beta3=0.9, bias_correction=True, sage_strength=0.3),
-]
-
-
-@pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("config", range(len(CONFIGS)))
-@pytest.mark.parametrize("pair", range(len(PAIRS)))
-def test_fast_path_matches_reference_float64(pair, config, impl):
-    fast_cls, ref_cls, second = PAIRS[pair]
-    kw = CONFIGS[config]
-    fast_params, ref_params = _make_params(), _make_params()
-    fast = _run(fast_cls, fast_params, 25, impl=impl, **kw)
-    ref = _run(ref_cls, ref_params, 25, **kw)
+@pytest.mark.parametrize("info, opt_input, dtype, impl", cases(dtypes=(torch.float64,), impls="all"))
+def test_fast_path_matches_reference_float64(info, opt_input, dtype, impl):
+    fast_params, ref_params = _make_params(dtype), _make_params(dtype)
+    fast = _run(info.optim_cls, opt_input, fast_params, 25, impl=impl)
+    ref = _run(info.reference_cls, opt_input, ref_params, 25)
     for i, (p, q) in enumerate(zip(fast_params, ref_params, strict=True)):
         torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12, msg=f"param {i}")
         if i == 5:
@@ -74,39 +60,37 @@ def test_fast_path_matches_reference_float64(pair, config, impl):
             continue
         fs, rs = fast.state[p], ref.state[q]
         assert float(fs["step"]) == rs["step"]
-        for key in ("exp_avg", second, "exp_avg_sens"):
+        for key in info.state_keys:
+            if key == "exp_avg_sens" and i in opt_input.unselected:
+                assert key not in fs, "a tensor without SAGE must get no sensitivity state"
+                continue
             assert fs[key].dtype == torch.float64
             torch.testing.assert_close(fs[key], rs[key], rtol=1e-10, atol=1e-14, msg=f"{key} of param {i}")
     assert float(fast.state[fast_params[4]]["step"]) < 25  # the intermittent gradient really skipped steps
 
 
-@pytest.mark.parametrize("pair", range(len(PAIRS)))
-def test_fast_paths_agree_float32(pair):
-    fast_cls, _, _ = PAIRS[pair]
+@pytest.mark.parametrize("info, opt_input, dtype", cases(dtypes=(torch.float32,)))
+def test_fast_paths_agree_float32(info, opt_input, dtype):
     results = []
-    for impl in IMPL_NAMES:
-        params = _make_params(torch.float32)
-        _run(fast_cls, params, 20, impl=impl, **CONFIGS[0])
+    for impl in available_impls(info):
+        params = _make_params(dtype)
+        _run(info.optim_cls, opt_input, params, 20, impl=impl)
         results.append(params)
     for other in results[1:]:
         for p, q in zip(results[0], other, strict=True):
             torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("pair", range(len(PAIRS)))
-def test_low_precision_params_keep_fp32_state(pair, dtype, impl):
-    fast_cls, ref_cls, second = PAIRS[pair]
-    kw = dict(CONFIGS[0], eps=1e-6)  # eps**2 = 1e-12 underflows in fp16: the state must be fp32
+@pytest.mark.parametrize("info, opt_input, dtype, impl", cases(dtypes=LOW_PRECISION, impls="all"))
+def test_low_precision_params_keep_fp32_state(info, opt_input, dtype, impl):
     low, ref_params = _make_params(dtype), _make_params(dtype)  # both round the parameter to `dtype` each step
-    opt = _run(fast_cls, low, 20, impl=impl, **kw)
-    _run(ref_cls, ref_params, 20, **kw)
+    opt = _run(info.optim_cls, opt_input, low, 20, impl=impl)
+    _run(info.reference_cls, opt_input, ref_params, 20)
     for p, q in zip(low, ref_params, strict=True):
         assert p.dtype == q.dtype == dtype
         ulp = 2**-7 if dtype == torch.bfloat16 else 2**-10  # fp32 vs fp64 state may flip a final rounding
         torch.testing.assert_close(p.double(), q.double(), rtol=ulp, atol=1e-3)
-        for key in ("exp_avg", second, "exp_avg_sens"):
+        for key in info.state_keys:
             if opt.state[p]:
                 assert opt.state[p][key].dtype == torch.float32
 

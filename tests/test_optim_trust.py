@@ -14,13 +14,11 @@ import pytest
 import torch
 from torch import nn
 
-from fairseq_plugins.optim import AdamaxSAGE, AdamSAGE
-from fairseq_plugins.optim import _functional as F
+from fairseq_plugins.optim import AdamSAGE, _fused_cpu
+from fairseq_plugins.optim._functional import StepOptions
 from fairseq_plugins.optim.sage import SelectionChangedError
 from tests.fairseq_utils import ROOT
-
-CLASSES = [AdamSAGE, AdamaxSAGE]
-IMPLS = ["fused", "single_tensor", "foreach"]
+from tests.optim_infos import cases
 
 
 def _train(opt, params, steps=2, seed=0):
@@ -41,8 +39,8 @@ _MISFIT = textwrap.dedent(
     """
     import json, sys, torch
     from torch import nn
-    from fairseq_plugins.optim import AdamSAGE, AdamaxSAGE
-    cls = {"AdamSAGE": AdamSAGE, "AdamaxSAGE": AdamaxSAGE}[sys.argv[1]]
+    import fairseq_plugins.optim
+    cls = getattr(fairseq_plugins.optim, sys.argv[1])
     impl, saved_size, loaded_size = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     src = nn.Linear(saved_size, saved_size)
     opt = cls(src.named_parameters(), impl=impl)
@@ -63,12 +61,11 @@ _MISFIT = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("info, impl", cases(impls="kernels"))
 @pytest.mark.parametrize("saved, loaded", [(2, 512), (512, 2)], ids=["smaller-state", "larger-state"])
-def test_a_state_saved_for_other_tensors_is_refused_by_name(cls, impl, saved, loaded):
+def test_a_state_saved_for_other_tensors_is_refused_by_name(info, impl, saved, loaded):
     proc = subprocess.run(
-        [sys.executable, "-c", _MISFIT, cls.__name__, impl, str(saved), str(loaded)],
+        [sys.executable, "-c", _MISFIT, info.name, impl, str(saved), str(loaded)],
         capture_output=True, text=True, cwd=ROOT, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 0, f"exit {proc.returncode} (a negative code is a signal):\n{proc.stderr[-3000:]}"
@@ -81,12 +78,11 @@ def test_a_state_saved_for_other_tensors_is_refused_by_name(cls, impl, saved, lo
     assert result["state_after_refusal"] == 1 + 1, "the refused load changed the state (expected the 2 fresh entries)"
 
 
-@pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
-def test_a_state_tensor_of_another_size_is_refused_before_the_step_moves_anything(cls, impl):
+@pytest.mark.parametrize("info, impl", cases(impls="kernels"))
+def test_a_state_tensor_of_another_size_is_refused_before_the_step_moves_anything(info, impl):
     """State edited in place after loading (or handed to the functional API) meets the step's own check."""
     model = nn.Linear(8, 8)
-    opt = cls(model.named_parameters(), impl=impl)
+    opt = info.optim_cls(model.named_parameters(), impl=impl)
     params = list(model.parameters())
     _train(opt, params, steps=1)
     opt.state[model.weight]["exp_avg"] = torch.zeros(2, 2)
@@ -101,39 +97,46 @@ def test_a_state_tensor_of_another_size_is_refused_before_the_step_moves_anythin
             assert torch.equal(value, state[key]) or key == "exp_avg", key
 
 
-@pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("fn", [F.adam_sage, F.adamax_sage], ids=lambda f: f.__name__)
-def test_the_functional_api_checks_every_list(fn, impl):
+_GOOD = dict(lr=1e-3, beta1=0.9, beta2=0.99, beta3=0.75, eps=1e-8, weight_decay=0.0, bias_correction=True,
+             strength=1.0)  # fmt: skip
+
+
+@pytest.mark.parametrize("info, bad, impl", cases(errors="lists", impls="kernels"))
+def test_the_functional_api_checks_every_list(info, bad, impl):
     p, g = torch.zeros(16), torch.ones(16)
-    good = dict(lr=1e-3, beta1=0.9, beta2=0.99, beta3=0.75, eps=1e-8, weight_decay=0.0, bias_correction=True,
-                strength=1.0, impl=impl)  # fmt: skip
     step = torch.tensor(0.0)
-    cases = {
-        "a short state": ([p], [g], [torch.zeros(4)], [torch.zeros(16)], [torch.zeros(16)], [step]),
-        "a long state": ([p], [g], [torch.zeros(16)], [torch.zeros(16)], [torch.zeros(64)], [step]),
-        "a missing list entry": ([p], [g], [torch.zeros(16)], [], [torch.zeros(16)], [step]),
-        "a state in fp16": ([p], [g], [torch.zeros(16, dtype=torch.half)], [torch.zeros(16)], None, [step]),
-        "a gradient of another shape": ([p], [torch.ones(4, 4)], [torch.zeros(16)], [torch.zeros(16)], None, [step]),
-    }
-    for what, lists in cases.items():
-        with pytest.raises(ValueError, match="SAGE"):
-            fn(*lists, **good)
-        assert float(step) == 0.0 and torch.equal(p, torch.zeros(16)), what
+    with pytest.raises(ValueError, match="SAGE"):
+        info.functional(*bad.make(p, g, step), impl=impl, **_GOOD)
+    assert float(step) == 0.0 and torch.equal(p, torch.zeros(16)), bad.desc
+
+
+@pytest.mark.parametrize("info", cases())
+@pytest.mark.parametrize("missing", ["eps", "beta3"])
+def test_the_functional_api_names_a_missing_option(info, missing):
+    """The scalar options are keywords of one list (``StepOptions``): a forgotten one is named, nothing moves."""
+    p, step = torch.zeros(16), torch.tensor(0.0)
+    lists = ([p], [torch.ones(16)], [torch.zeros(16)], [torch.zeros(16)], [torch.zeros(16)], [step])
+    options = {k: v for k, v in _GOOD.items() if k != missing}
+    with pytest.raises(TypeError, match=missing):
+        info.functional(*lists, **options)
+    with pytest.raises(TypeError, match="typo"):
+        info.functional(*lists, **_GOOD, typo=1.0)
+    assert float(step) == 0.0 and torch.equal(p, torch.zeros(16))
 
 
 def test_the_fused_kernel_guards_its_raw_pointers():
-    from fairseq_plugins.optim import _fused_cpu
-
     if not _fused_cpu.available():
         pytest.skip(f"fused kernel unavailable: {_fused_cpu.error()}")
     p, g = torch.zeros(1 << 16), torch.ones(1 << 16)
-    kw = dict(beta1=0.9, beta2=0.99, beta3=0.75, eps=1e-8, lr=1e-3, weight_decay=0.0, strength=1.0)
+    kw = dict(adamax=False, step_sizes=[1e-3], bc3s=[1.0], options=StepOptions(**_GOOD))
     with pytest.raises(ValueError, match="state or gradient for a parameter of shape"):
-        _fused_cpu.step(False, [p], [g], [torch.zeros(4)], [torch.zeros(1 << 16)], None, [1e-3], [1.0], **kw)
+        _fused_cpu.step([p], [g], [torch.zeros(4)], [torch.zeros(1 << 16)], None, **kw)
     with pytest.raises(ValueError, match="not eligible"):
-        _fused_cpu.step(False, [p], [g], [torch.zeros(1 << 16)[::2]], [torch.zeros(1 << 15)], None, [1e-3], [1.0], **kw)
+        _fused_cpu.step([p], [g], [torch.zeros(1 << 16)[::2]], [torch.zeros(1 << 15)], None, **kw)
     with pytest.raises(ValueError, match="lists of"):
-        _fused_cpu.step(False, [p], [g], [torch.zeros(1 << 16)], [], None, [1e-3], [1.0], **kw)
+        _fused_cpu.step([p], [g], [torch.zeros(1 << 16)], [], None, **kw)
+    with pytest.raises(TypeError):  # the per-tensor scalars are keywords too: no positional step sizes
+        _fused_cpu.step([p], [g], [torch.zeros(1 << 16)], [torch.zeros(1 << 16)], None, [1e-3], [1.0], **kw)
 
 
 # ---------------------------------------------------------------- selection changes (plain PyTorch)
@@ -193,8 +196,9 @@ def test_load_keeps_the_caller_dict_and_fp32_state_of_half_parameters():
 # ---------------------------------------------------------------- parameters and options
 
 
-@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
-def test_complex_and_integer_parameters_are_refused_at_construction(cls):
+@pytest.mark.parametrize("info", cases())
+def test_complex_and_integer_parameters_are_refused_at_construction(info):
+    cls = info.optim_cls
     z = torch.zeros(3, dtype=torch.complex64, requires_grad=True)
     with pytest.raises(ValueError, match=r"complex parameters: parameter 'z'.*view_as_real"):
         cls([("z", z)])
@@ -207,14 +211,13 @@ def test_complex_and_integer_parameters_are_refused_at_construction(cls):
         cls([torch.zeros(3, dtype=torch.int64)])
 
 
-@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
-@pytest.mark.parametrize(
-    "option, value", [("beta3", 1.0), ("eps", -1.0), ("lr", float("nan")), ("sage_strength", -0.5), ("impl", "gpu")]
-)
-def test_bad_options_of_an_added_group_are_refused(cls, option, value):
-    opt = cls([torch.zeros(2)])
-    with pytest.raises(ValueError, match=option):
-        opt.add_param_group({"params": [torch.zeros(3)], option: value})
+@pytest.mark.parametrize("info, bad", cases(errors="group"))
+def test_bad_options_of_an_added_group_are_refused(info, bad):
+    opt = info.optim_cls([torch.zeros(2)])
+    with pytest.raises(bad.error_type) as err:
+        opt.add_param_group({"params": [torch.zeros(3)], **bad.kwargs})
+    message = str(err.value)
+    assert message.startswith(bad.option) and bad.shown in message, message
     assert len(opt.param_groups) == 1
 
 

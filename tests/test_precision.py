@@ -12,8 +12,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from fairseq_plugins.fairseq_optim import FairseqAdamSAGE, FairseqAdamSAGEConfig
+import fairseq_plugins.fairseq_optim  # noqa: F401 - registers adam_sage and adamax_sage with fairseq
 from tests.fairseq_utils import train_args
+from tests.optim_infos import LOW_PRECISION, cases
 
 
 def _params(dtype):
@@ -27,15 +28,23 @@ def _grads(step, dtype):
     return [(torch.randn(16, 8, generator=gen) * 1e-2).to(dtype), (torch.randn(16, generator=gen) * 1e-2).to(dtype)]
 
 
-def _cfg(dtype, memory_efficient):
+def _fairseq_optimizer(info):
+    """The fairseq wrapper class of ``info``'s optimizer and its configuration (lr 1e-2, weight decay 0.01)."""
+    from fairseq.optim import OPTIMIZER_DATACLASS_REGISTRY, OPTIMIZER_REGISTRY
+
+    config = OmegaConf.structured(OPTIMIZER_DATACLASS_REGISTRY[info.fairseq_name](lr=[1e-2], weight_decay=0.01))
+    return OPTIMIZER_REGISTRY[info.fairseq_name], config
+
+
+def _cfg(info, dtype, memory_efficient):
     from fairseq.dataclass.configs import FairseqConfig
 
     cfg = OmegaConf.structured(FairseqConfig())
     half = "bf16" if dtype == torch.bfloat16 else "fp16"
     cfg.common[half] = True
     cfg.common[f"memory_efficient_{half}"] = memory_efficient
-    cfg.optimizer = OmegaConf.structured(FairseqAdamSAGEConfig(lr=[1e-2], weight_decay=0.01))
-    cfg.optimizer._name = "adam_sage"
+    cfg.optimizer = _fairseq_optimizer(info)[1]
+    cfg.optimizer._name = info.fairseq_name
     return cfg
 
 
@@ -43,8 +52,9 @@ STEPS = 15
 
 
 @pytest.mark.parametrize("memory_efficient", [False, True], ids=["fp32-master", "memory-efficient"])
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
-def test_fairseq_fp16_wrappers(dtype, memory_efficient, monkeypatch):
+@pytest.mark.parametrize("dtype", LOW_PRECISION, ids=["fp16", "bf16"])
+@pytest.mark.parametrize("info", cases())
+def test_fairseq_fp16_wrappers(info, dtype, memory_efficient, monkeypatch):
     """The same half-precision gradients through fairseq's wrapper (with its loss scaling) and without it.
 
     With fp32 master weights the result must equal an fp32 run; updating half-precision weights in place must equal
@@ -56,15 +66,15 @@ def test_fairseq_fp16_wrappers(dtype, memory_efficient, monkeypatch):
     # fairseq's flat fp32 masters are keyed by torch.cuda.current_device(), and gradients are matched to them by
     # p.device.index, which is None on CPU: answer None so the real flattening code runs here
     monkeypatch.setattr(torch.cuda, "current_device", lambda: None)
-    config = OmegaConf.structured(FairseqAdamSAGEConfig(lr=[1e-2], weight_decay=0.01))
+    optimizer_cls, config = _fairseq_optimizer(info)
     direct = [p.detach().clone().requires_grad_() for p in _params(dtype)]
     if not memory_efficient:
         direct = [p.detach().float().requires_grad_() for p in direct]
-    direct_opt = FairseqAdamSAGE(config, direct)
+    direct_opt = optimizer_cls(config, direct)
 
     params = _params(dtype)
     wrapper_cls = MemoryEfficientFP16Optimizer if memory_efficient else FP16Optimizer
-    wrapper = wrapper_cls.build_optimizer(_cfg(dtype, memory_efficient), params)
+    wrapper = wrapper_cls.build_optimizer(_cfg(info, dtype, memory_efficient), params)
     for step in range(STEPS):
         grads = _grads(step, dtype)
         wrapper.zero_grad()  # as fairseq's Trainer does first: it also arms the unscaling by 1/loss_scale
@@ -77,9 +87,7 @@ def test_fairseq_fp16_wrappers(dtype, memory_efficient, monkeypatch):
         direct_opt.step()
 
     states = [s for s in wrapper.optimizer.state.values() if s]
-    assert states and all(
-        s[k].dtype == torch.float32 for s in states for k in ("exp_avg", "exp_avg_sq", "exp_avg_sens")
-    )
+    assert states and all(s[k].dtype == torch.float32 for s in states for k in info.state_keys)
     assert (params[1] != 0).all(), "the zero-initialised bias trains"
     if memory_efficient:
         for p, q in zip(params, direct, strict=True):

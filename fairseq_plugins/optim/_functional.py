@@ -1,11 +1,13 @@
 """Functional SAGE updates over lists of tensors: ``adam_sage`` and ``adamax_sage``.
 
-Each dispatches (``impl``) to one of three kernels:
+Each dispatches (``impl``) to one of three kernels, listed in the table ``IMPLS`` (impl name -> ``Impl``):
 
 - ``fused``: one compiled pass per entry over all tensors of the list, threads over chunks, no temporaries
   (``_fused_cpu``; CPU only, contiguous tensors; others in the list take the single-tensor kernel);
 - ``single_tensor``: a loop of in-place torch ops per tensor, few temporaries;
 - ``foreach``: torch._foreach_* ops over the whole list (list-wide temporaries; the choice for CUDA).
+
+The last two are in ``_torch_kernels``; this module holds the options, the checks, the fused wrapper and the table.
 
 ``auto`` picks ``foreach`` when every tensor is on CUDA, else ``fused`` (see BENCHMARKS.md), or ``single_tensor`` with a
 one-time warning if the fused kernel cannot be built here. All compute in at least fp32: fp16/bf16 parameters and
@@ -17,6 +19,18 @@ correction ``bc3`` so that no division by ``bc3`` is needed:
     r = (|bc3 * I - Ibar| + bc3 * eps^2) / (Ibar + bc3 * eps^2)
 
 and the applied multiplier is ``1 + strength * (r - 1)``.
+
+Kernel calling convention (every entry of ``IMPLS``, and any new one, follows it)::
+
+    kernel(params, grads, exp_avgs, second_moments, exp_avg_sens, steps, *, options)
+
+The six lists, positional as in torch's kernels (``torch/optim/adam.py``), are aligned per parameter:
+``second_moments`` is ``exp_avg_sqs`` (Adam) or ``exp_infs`` (Adamax); ``exp_avg_sens`` is None for tensors without
+SAGE (the plain update); ``steps`` are one-element tensors, already incremented for this step. The scalars travel only
+as ``options``, a frozen ``StepOptions`` (keyword-only fields ``lr, beta1, beta2, beta3, eps, weight_decay,
+bias_correction, strength``): the one place that lists them, so two of them cannot be swapped silently. A kernel may
+assume that ``check_tensors`` has passed (shapes, devices and state dtypes fit) and updates every list in place.
+A new impl is one ``Impl`` entry: its Adam kernel, its Adamax kernel and a function that says why it cannot run here.
 """
 
 from __future__ import annotations
@@ -24,48 +38,82 @@ from __future__ import annotations
 import math
 import warnings
 from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
 from . import _fused_cpu
+from ._torch_kernels import LOW_PRECISION, adam_foreach, adam_single_tensor, adamax_foreach, adamax_single_tensor
+from ._torch_kernels import bias_corrections as _bias_corrections
 
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
 
-IMPLEMENTATIONS = ("auto", "fused", "single_tensor", "foreach")
+@dataclass(frozen=True, kw_only=True, slots=True)
+class StepOptions:
+    """The scalar options of one update, the same for every tensor of the call (the functional forms take them as
+    keyword arguments). ``beta1``/``beta2``: the moments' EMA coefficients; ``beta3``: the sensitivity's;
+    ``bias_correction``: divide the smoothed sensitivity by ``1 - beta3**t``; ``strength``: SAGE's alpha."""
+
+    lr: float
+    beta1: float
+    beta2: float
+    beta3: float
+    eps: float
+    weight_decay: float
+    bias_correction: bool
+    strength: float
+
+
+class Kernel(Protocol):
+    """One update of aligned tensor lists (see the module's calling convention)."""
+
+    def __call__(
+        self,
+        params: list[Tensor],
+        grads: list[Tensor],
+        exp_avgs: list[Tensor],
+        second_moments: list[Tensor],
+        exp_avg_sens: list[Tensor] | None,
+        steps: list[Tensor],
+        /,
+        *,
+        options: StepOptions,
+    ) -> None: ...
+
 
 _warned_fallback = False
 
 
 def resolve_impl(impl: str, params: list[Tensor]) -> str:
-    """The kernel that ``impl`` means for these tensors; ``fused`` raises if it cannot be built, ``auto`` falls back."""
+    """The kernel that ``impl`` means for these tensors; an unavailable impl raises, ``auto`` falls back."""
     global _warned_fallback
     if impl == "auto":
         if params and all(p.is_cuda for p in params):
             return "foreach"
-        if _fused_cpu.available():
+        reason = IMPLS["fused"].unavailable()
+        if reason is None:
             return "fused"
         if not _warned_fallback:
             _warned_fallback = True
             warnings.warn(
-                f"SAGE: the fused CPU kernel is unavailable ({_fused_cpu.error()}); using the slower single_tensor "
-                "kernel",
+                f"SAGE: the fused CPU kernel is unavailable ({reason}); using the slower single_tensor kernel",
                 RuntimeWarning,
                 stacklevel=3,
             )
         return "single_tensor"
-    if impl == "fused" and not _fused_cpu.available():
-        raise RuntimeError(f"SAGE impl='fused' is unavailable: {_fused_cpu.error()}")
+    if impl not in IMPLS:
+        raise ValueError(f"SAGE impl must be one of {', '.join(IMPLEMENTATIONS)}, got {impl!r}")
+    reason = IMPLS[impl].unavailable()
+    if reason is not None:
+        raise RuntimeError(f"SAGE impl={impl!r} is unavailable: {reason}")
     return impl
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """SAGE arithmetic and state run in fp32 at least (eps^2 underflows in fp16)."""
-    return torch.float32 if dtype in _LOW_PRECISION else dtype
-
-
-def _upcast(t: Tensor) -> Tensor:
-    return t.float() if t.dtype in _LOW_PRECISION else t
+    return torch.float32 if dtype in LOW_PRECISION else dtype
 
 
 # what to do about a saved state that does not fit: every such error ends with it
@@ -113,45 +161,28 @@ def check_tensors(
             raise ValueError(f"SAGE: the step counter of parameter {i} has {steps[i].numel()} elements, not 1")
 
 
-def _bias_corrections(step: float, beta1: float, beta2: float, beta3: float, bias_correction: bool):
-    bc1 = 1.0 - beta1**step
-    bc2 = 1.0 - beta2**step
-    bc3 = 1.0 - beta3**step if bias_correction else 1.0
-    return bc1, bc2, bc3
-
-
-def _multiplier_(sens: Tensor, exp_avg_sens: Tensor, bc3: float, eps_sq: float, strength: float) -> Tensor:
-    """Turn ``sens`` (holding I_t) into the applied multiplier, in place; ``exp_avg_sens`` already holds Ibar_t."""
-    floor = bc3 * eps_sq
-    sens.mul_(bc3).sub_(exp_avg_sens).abs_().add_(floor)
-    sens.div_(exp_avg_sens + floor)
-    if strength != 1.0:
-        sens.mul_(strength).add_(1.0 - strength)
-    return sens
-
-
-def _foreach_multiplier_(sens, exp_avg_sens, bc3: float, eps_sq: float, strength: float):
-    floor = bc3 * eps_sq
-    torch._foreach_mul_(sens, bc3)
-    torch._foreach_sub_(sens, exp_avg_sens)
-    torch._foreach_abs_(sens)
-    torch._foreach_add_(sens, floor)
-    denom = torch._foreach_add(exp_avg_sens, floor)
-    torch._foreach_div_(sens, denom)
-    del denom
-    if strength != 1.0:
-        torch._foreach_mul_(sens, strength)
-        torch._foreach_add_(sens, 1.0 - strength)
-    return sens
-
-
-def _group_by_step(params, *lists):
-    """Yield (step value, params, lists...) buckets: tensors that skipped a step (no grad) have other counts."""
-    buckets: dict[tuple, list[int]] = defaultdict(list)
-    for i, p in enumerate(params):
-        buckets[(p.device, p.dtype, float(lists[-1][i]))].append(i)
-    for (_, _, step), idx in buckets.items():
-        yield step, [params[i] for i in idx], *[[lst[i] for i in idx] for lst in lists[:-1]]
+def _update(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    seconds: list[Tensor],
+    exp_avg_sens: list[Tensor] | None,
+    steps: list[Tensor],
+    *,
+    family: str,
+    second_name: str,
+    impl: str,
+    param_names: list[str | None] | None,
+    options: dict[str, Any],
+) -> None:
+    """Check, count the step, dispatch: the body of both functional forms."""
+    step_options = StepOptions(**options)  # a missing or unknown option raises TypeError naming it
+    check_tensors(params, grads, exp_avgs, seconds, exp_avg_sens, steps, second_name=second_name,
+                  param_names=param_names)  # fmt: skip
+    if steps:
+        torch._foreach_add_(steps, 1.0)
+    kernel = getattr(IMPLS[resolve_impl(impl, params)], family)
+    kernel(params, grads, exp_avgs, seconds, exp_avg_sens, steps, options=step_options)
 
 
 def adam_sage(
@@ -162,131 +193,18 @@ def adam_sage(
     exp_avg_sens: list[Tensor] | None,
     steps: list[Tensor],
     *,
-    lr: float,
-    beta1: float,
-    beta2: float,
-    beta3: float,
-    eps: float,
-    weight_decay: float,
-    bias_correction: bool,
-    strength: float,
     impl: str = "auto",
     param_names: list[str | None] | None = None,
+    **options: Any,
 ) -> None:
     """AdamW-SAGE on a list of tensors. ``exp_avg_sens`` None: the plain AdamW update (unselected tensors).
 
-    ``steps`` are incremented here. Decoupled weight decay, not scaled by the multiplier. ``param_names`` only
-    serve error messages.
+    ``options``: the fields of ``StepOptions``, all by keyword (``lr, beta1, beta2, beta3, eps, weight_decay,
+    bias_correction, strength``). ``steps`` are incremented here. Decoupled weight decay, not scaled by the multiplier.
+    ``param_names`` only serve error messages.
     """
-    check_tensors(params, grads, exp_avgs, exp_avg_sqs, exp_avg_sens, steps, second_name="exp_avg_sq",
-                  param_names=param_names)  # fmt: skip
-    if steps:
-        torch._foreach_add_(steps, 1.0)
-    kernel = _KERNELS[resolve_impl(impl, params)][0]
-    kernel(
-        params,
-        grads,
-        exp_avgs,
-        exp_avg_sqs,
-        exp_avg_sens,
-        steps,
-        lr,
-        beta1,
-        beta2,
-        beta3,
-        eps,
-        weight_decay,
-        bias_correction,
-        strength,
-    )
-
-
-def _adam_sage_single_tensor(
-    params,
-    grads,
-    exp_avgs,
-    exp_avg_sqs,
-    exp_avg_sens,
-    steps,
-    lr,
-    beta1,
-    beta2,
-    beta3,
-    eps,
-    weight_decay,
-    bias_correction,
-    strength,
-):
-    for i, p in enumerate(params):
-        param, grad = _upcast(p), _upcast(grads[i])
-        exp_avg, exp_avg_sq = exp_avgs[i], exp_avg_sqs[i]
-        bc1, bc2, bc3 = _bias_corrections(float(steps[i]), beta1, beta2, beta3, bias_correction)
-
-        exp_avg.lerp_(grad, 1.0 - beta1)
-        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
-        update = exp_avg_sq.sqrt().add_(eps)  # the denominator, reused as the update buffer
-        if exp_avg_sens is not None:
-            sens = torch.mul(param, grad).abs_()  # sensitivity of the parameter *before* this step
-            exp_avg_sens[i].lerp_(sens, 1.0 - beta3)
-            update = _multiplier_(sens, exp_avg_sens[i], bc3, eps * eps, strength).mul_(exp_avg).div_(update)
-        else:
-            update = torch.div(exp_avg, update)
-
-        if weight_decay != 0.0:
-            param.mul_(1.0 - lr * weight_decay)
-        param.add_(update, alpha=-lr * math.sqrt(bc2) / bc1)
-        if param is not p:
-            p.copy_(param)
-
-
-def _adam_sage_foreach(
-    params,
-    grads,
-    exp_avgs,
-    exp_avg_sqs,
-    exp_avg_sens,
-    steps,
-    lr,
-    beta1,
-    beta2,
-    beta3,
-    eps,
-    weight_decay,
-    bias_correction,
-    strength,
-):
-    lists = [params, grads, exp_avgs, exp_avg_sqs] + ([exp_avg_sens] if exp_avg_sens is not None else []) + [steps]
-    for step, ps, gs, ms, vs, *rest in _group_by_step(*lists):
-        bc1, bc2, bc3 = _bias_corrections(step, beta1, beta2, beta3, bias_correction)
-        params32, grads32 = [_upcast(p) for p in ps], [_upcast(g) for g in gs]
-
-        torch._foreach_lerp_(ms, grads32, 1.0 - beta1)
-        torch._foreach_mul_(vs, beta2)
-        torch._foreach_addcmul_(vs, grads32, grads32, value=1.0 - beta2)
-        denom = torch._foreach_sqrt(vs)
-        torch._foreach_add_(denom, eps)
-        if rest:
-            (sens_avgs,) = rest
-            update = torch._foreach_mul(params32, grads32)
-            torch._foreach_abs_(update)
-            torch._foreach_lerp_(sens_avgs, update, 1.0 - beta3)
-            _foreach_multiplier_(update, sens_avgs, bc3, eps * eps, strength)
-            torch._foreach_mul_(update, ms)
-            torch._foreach_div_(update, denom)
-        else:
-            update = torch._foreach_div(ms, denom)
-        del denom
-
-        if weight_decay != 0.0:
-            torch._foreach_mul_(params32, 1.0 - lr * weight_decay)
-        torch._foreach_add_(params32, update, alpha=-lr * math.sqrt(bc2) / bc1)
-        _copy_back(ps, params32)
-
-
-def _copy_back(params, params32):
-    pairs = [(p, p32) for p, p32 in zip(params, params32, strict=True) if p is not p32]
-    if pairs:
-        torch._foreach_copy_([p for p, _ in pairs], [p32 for _, p32 in pairs])
+    _update(params, grads, exp_avgs, exp_avg_sqs, exp_avg_sens, steps, family="adam", second_name="exp_avg_sq",
+            impl=impl, param_names=param_names, options=options)  # fmt: skip
 
 
 def adamax_sage(
@@ -297,125 +215,21 @@ def adamax_sage(
     exp_avg_sens: list[Tensor] | None,
     steps: list[Tensor],
     *,
-    lr: float,
-    beta1: float,
-    beta2: float,
-    beta3: float,
-    eps: float,
-    weight_decay: float,
-    bias_correction: bool,
-    strength: float,
     impl: str = "auto",
     param_names: list[str | None] | None = None,
+    **options: Any,
 ) -> None:
     """Adamax-SAGE on a list of tensors (the authors' Adamax: no bias correction of the first moment, weight decay
-    coupled inside the scaled update). ``exp_avg_sens`` None: the plain update with multiplier 1. ``param_names``
-    only serve error messages."""
-    check_tensors(params, grads, exp_avgs, exp_infs, exp_avg_sens, steps, second_name="exp_inf",
-                  param_names=param_names)  # fmt: skip
-    if steps:
-        torch._foreach_add_(steps, 1.0)
-    kernel = _KERNELS[resolve_impl(impl, params)][1]
-    kernel(
-        params,
-        grads,
-        exp_avgs,
-        exp_infs,
-        exp_avg_sens,
-        steps,
-        lr,
-        beta1,
-        beta2,
-        beta3,
-        eps,
-        weight_decay,
-        bias_correction,
-        strength,
-    )
+    coupled inside the scaled update). ``exp_avg_sens`` None: the plain update with multiplier 1. ``options`` as in
+    ``adam_sage``. ``param_names`` only serve error messages."""
+    _update(params, grads, exp_avgs, exp_infs, exp_avg_sens, steps, family="adamax", second_name="exp_inf",
+            impl=impl, param_names=param_names, options=options)  # fmt: skip
 
 
-def _adamax_sage_single_tensor(
-    params,
-    grads,
-    exp_avgs,
-    exp_infs,
-    exp_avg_sens,
-    steps,
-    lr,
-    beta1,
-    beta2,
-    beta3,
-    eps,
-    weight_decay,
-    bias_correction,
-    strength,
-):
-    for i, p in enumerate(params):
-        param, grad = _upcast(p), _upcast(grads[i])
-        exp_avg, exp_inf = exp_avgs[i], exp_infs[i]
-        _, _, bc3 = _bias_corrections(float(steps[i]), 0.0, 0.0, beta3, bias_correction)
-
-        exp_avg.lerp_(grad, 1.0 - beta1)
-        torch.maximum(exp_inf.mul_(beta2), grad.abs().add_(eps), out=exp_inf)
-        update = torch.add(exp_inf, eps)
-        torch.div(exp_avg, update, out=update)
-        if weight_decay != 0.0:
-            update.add_(param, alpha=weight_decay)
-        if exp_avg_sens is not None:
-            sens = torch.mul(param, grad).abs_()
-            exp_avg_sens[i].lerp_(sens, 1.0 - beta3)
-            update.mul_(_multiplier_(sens, exp_avg_sens[i], bc3, eps * eps, strength))
-        param.add_(update, alpha=-lr)
-        if param is not p:
-            p.copy_(param)
+# ---------------------------------------------------------------- fused (CPU)
 
 
-def _adamax_sage_foreach(
-    params,
-    grads,
-    exp_avgs,
-    exp_infs,
-    exp_avg_sens,
-    steps,
-    lr,
-    beta1,
-    beta2,
-    beta3,
-    eps,
-    weight_decay,
-    bias_correction,
-    strength,
-):
-    lists = [params, grads, exp_avgs, exp_infs] + ([exp_avg_sens] if exp_avg_sens is not None else []) + [steps]
-    for step, ps, gs, ms, us, *rest in _group_by_step(*lists):
-        _, _, bc3 = _bias_corrections(step, 0.0, 0.0, beta3, bias_correction)
-        params32, grads32 = [_upcast(p) for p in ps], [_upcast(g) for g in gs]
-
-        torch._foreach_lerp_(ms, grads32, 1.0 - beta1)
-        torch._foreach_mul_(us, beta2)
-        abs_grads = torch._foreach_abs(grads32)
-        torch._foreach_add_(abs_grads, eps)
-        torch._foreach_maximum_(us, abs_grads)
-        del abs_grads
-        denom = torch._foreach_add(us, eps)
-        update = torch._foreach_div(ms, denom)
-        del denom
-        if weight_decay != 0.0:
-            torch._foreach_add_(update, params32, alpha=weight_decay)
-        if rest:
-            (sens_avgs,) = rest
-            sens = torch._foreach_mul(params32, grads32)
-            torch._foreach_abs_(sens)
-            torch._foreach_lerp_(sens_avgs, sens, 1.0 - beta3)
-            torch._foreach_mul_(update, _foreach_multiplier_(sens, sens_avgs, bc3, eps * eps, strength))
-            del sens
-        torch._foreach_add_(params32, update, alpha=-lr)
-        _copy_back(ps, params32)
-
-
-def _fused(
-    adamax, fallback, params, grads, firsts, seconds, sens, steps, lr, b1, b2, b3, eps, wd, bias_correction, alpha
-):
+def _fused(params, grads, firsts, seconds, sens, steps, /, *, options: StepOptions, adamax: bool, fallback: Kernel):
     """The fused kernel on every eligible tensor (one call per dtype), ``fallback`` on the others."""
     try:
         step_values = torch.stack(steps).tolist()  # one op for the usual 0-dim CPU step counters
@@ -436,55 +250,59 @@ def _fused(
             rest.append(i)
     corrections = {}  # step value -> (step size, bc3): tensors usually share a step count
     for step in set(step_values):
-        bc1, bc2, bc3 = _bias_corrections(step, b1, b2, b3, bias_correction)
-        corrections[step] = (lr if adamax else lr * math.sqrt(bc2) / bc1, bc3)
+        bc1, bc2, bc3 = _bias_corrections(step, options)
+        corrections[step] = (options.lr if adamax else options.lr * math.sqrt(bc2) / bc1, bc3)
     for idx in buckets.values():
-        sizes = [corrections[step_values[i]][0] for i in idx]
-        bc3s = [corrections[step_values[i]][1] for i in idx]
         _fused_cpu.step(
-            adamax,
             [params[i] for i in idx],
             [grads[i] for i in idx],
             [firsts[i] for i in idx],
             [seconds[i] for i in idx],
             None if sens is None else [sens[i] for i in idx],
-            sizes,
-            bc3s,
-            beta1=b1,
-            beta2=b2,
-            beta3=b3,
-            eps=eps,
-            lr=lr,
-            weight_decay=wd,
-            strength=alpha,
+            adamax=adamax,
+            step_sizes=[corrections[step_values[i]][0] for i in idx],
+            bc3s=[corrections[step_values[i]][1] for i in idx],
+            options=options,
         )
     if rest:
         pick = [[lst[i] for i in rest] for lst in (params, grads, firsts, seconds)]
-        fallback(
-            *pick,
-            None if sens is None else [sens[i] for i in rest],
-            [steps[i] for i in rest],
-            lr,
-            b1,
-            b2,
-            b3,
-            eps,
-            wd,
-            bias_correction,
-            alpha,
-        )
+        fallback(*pick, None if sens is None else [sens[i] for i in rest], [steps[i] for i in rest], options=options)
 
 
-def _adam_sage_fused(*args):
-    _fused(False, _adam_sage_single_tensor, *args)
+def _adam_sage_fused(params, grads, exp_avgs, exp_avg_sqs, exp_avg_sens, steps, /, *, options: StepOptions):
+    _fused(params, grads, exp_avgs, exp_avg_sqs, exp_avg_sens, steps, options=options, adamax=False,
+           fallback=adam_single_tensor)  # fmt: skip
 
 
-def _adamax_sage_fused(*args):
-    _fused(True, _adamax_sage_single_tensor, *args)
+def _adamax_sage_fused(params, grads, exp_avgs, exp_infs, exp_avg_sens, steps, /, *, options: StepOptions):
+    _fused(params, grads, exp_avgs, exp_infs, exp_avg_sens, steps, options=options, adamax=True,
+           fallback=adamax_single_tensor)  # fmt: skip
 
 
-_KERNELS = {
-    "single_tensor": (_adam_sage_single_tensor, _adamax_sage_single_tensor),
-    "foreach": (_adam_sage_foreach, _adamax_sage_foreach),
-    "fused": (_adam_sage_fused, _adamax_sage_fused),
+# ---------------------------------------------------------------- the impl table
+
+
+def _always_available() -> str | None:
+    return None
+
+
+def _fused_cpu_unavailable() -> str | None:
+    return None if _fused_cpu.available() else _fused_cpu.error()
+
+
+@dataclass(frozen=True)
+class Impl:
+    """One implementation: its kernel per optimizer family, and why it cannot run here (None: it can)."""
+
+    adam: Kernel
+    adamax: Kernel
+    unavailable: Callable[[], str | None] = _always_available
+
+
+# impl name -> kernels; the order is the one ``--sage-impl`` lists after ``auto``
+IMPLS: dict[str, Impl] = {
+    "fused": Impl(_adam_sage_fused, _adamax_sage_fused, _fused_cpu_unavailable),
+    "single_tensor": Impl(adam_single_tensor, adamax_single_tensor),
+    "foreach": Impl(adam_foreach, adamax_foreach),
 }
+IMPLEMENTATIONS = ("auto", *IMPLS)

@@ -26,9 +26,13 @@ import subprocess
 import tempfile
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:  # only for the annotation: _functional imports this module
+    from ._functional import StepOptions
 
 _SOURCE = r"""
 #include <cmath>
@@ -313,24 +317,22 @@ def _pointers(tensors) -> ctypes.Array:
 
 
 def step(
-    adamax: bool,
     params: list[Tensor],
     grads: list[Tensor],
     firsts: list[Tensor],
     seconds: list[Tensor],
     sens: list[Tensor] | None,
+    *,
+    adamax: bool,
     step_sizes: list[float],
     bc3s: list[float],
-    *,
-    beta1: float,
-    beta2: float,
-    beta3: float,
-    eps: float,
-    lr: float,
-    weight_decay: float,
-    strength: float,
+    options: StepOptions,
 ) -> None:
-    """One update of tensors that share a dtype and are ``eligible``; per-tensor step sizes and bias corrections."""
+    """One update of tensors that share a dtype and are ``eligible``: AdamW-SAGE, or Adamax-SAGE with ``adamax``.
+
+    Per tensor, the step size (``lr`` times the moments' bias corrections for Adam, ``lr`` for Adamax) and the
+    sensitivity's bias correction ``bc3``, aligned with ``params``; every other scalar comes from ``options``
+    (``_functional.StepOptions``; its ``bias_correction`` is already in ``bc3s``)."""
     lib = load()
     if lib is None:
         raise RuntimeError(f"the fused SAGE kernel is unavailable: {_error}")
@@ -343,6 +345,7 @@ def step(
     numels = (ctypes.c_int64 * n)(*[p.numel() for p in params])
     sizes = (ctypes.c_double * n)(*step_sizes)
     bcs = (ctypes.c_double * n)(*bc3s)
+    o = options
     rc = lib.sage_step(
         int(adamax),
         _DTYPES[params[0].dtype],
@@ -351,13 +354,14 @@ def step(
         numels,
         sizes,
         bcs,
-        beta1,
-        beta2,
-        beta3,
-        eps,
-        lr,
-        weight_decay,
-        strength,
+        # the C signature's order: beta1, beta2, beta3, eps, lr, weight_decay, strength
+        o.beta1,
+        o.beta2,
+        o.beta3,
+        o.eps,
+        o.lr,
+        o.weight_decay,
+        o.strength,
         torch.get_num_threads(),
     )
     if rc != 0:
