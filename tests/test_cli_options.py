@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
         ("adam_sage", ["--sage-beta3", "1.0"], "--sage-beta3 must be in [0.0, 1.0), got 1.0"),
         ("adamax_sage", ["--sage-strength", "-1"], "--sage-strength must be >= 0.0, got -1.0"),
         ("adam_sage", ["--adam-betas", "(0.9, 1.5)"], "--adam-betas[1] must be in [0.0, 1.0), got 1.5"),
-        ("adam_sage", ["--sage-impl", "gpu"], "--sage-impl must be one of auto, fused, single_tensor, foreach"),
+        ("adam_sage", ["--sage-impl", "gpu"], "--sage-impl must be one of auto, fused, single_tensor, foreach, triton"),
         ("adamax_sage", ["--adam-eps=-1e-8"], "--adam-eps must be >= 0.0"),
     ],
 )

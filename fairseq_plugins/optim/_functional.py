@@ -1,11 +1,13 @@
 """Functional SAGE updates over lists of tensors: ``adam_sage`` and ``adamax_sage``.
 
-Each dispatches (``impl``) to one of three kernels, listed in the table ``IMPLS`` (impl name -> ``Impl``):
+Each dispatches (``impl``) to one of four kernels, listed in the table ``IMPLS`` (impl name -> ``Impl``):
 
 - ``fused``: one compiled pass per entry over all tensors of the list, threads over chunks, no temporaries
   (``_fused_cpu``; CPU only, contiguous tensors; others in the list take the single-tensor kernel);
 - ``single_tensor``: a loop of in-place torch ops per tensor, few temporaries;
-- ``foreach``: torch._foreach_* ops over the whole list (list-wide temporaries; the choice for CUDA).
+- ``foreach``: torch._foreach_* ops over the whole list (list-wide temporaries; the choice for CUDA);
+- ``triton``: one Triton launch per dtype over chunks of every tensor, each entry read and written once
+  (``_fused_triton``; CUDA, or CPU tensors under TRITON_INTERPRET=1); opt-in until measured on a GPU.
 
 The last two are in ``_torch_kernels``; this module holds the options, the checks, the fused wrapper and the table.
 
@@ -45,7 +47,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-from . import _fused_cpu
+from . import _fused_cpu, _fused_triton
 from ._torch_kernels import LOW_PRECISION, adam_foreach, adam_single_tensor, adamax_foreach, adamax_single_tensor
 from ._torch_kernels import bias_corrections as _bias_corrections
 
@@ -304,5 +306,6 @@ IMPLS: dict[str, Impl] = {
     "fused": Impl(_adam_sage_fused, _adamax_sage_fused, _fused_cpu_unavailable),
     "single_tensor": Impl(adam_single_tensor, adamax_single_tensor),
     "foreach": Impl(adam_foreach, adamax_foreach),
+    "triton": Impl(_fused_triton.adam_sage, _fused_triton.adamax_sage, _fused_triton.error),
 }
 IMPLEMENTATIONS = ("auto", *IMPLS)

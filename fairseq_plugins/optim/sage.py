@@ -352,7 +352,8 @@ class AdamSAGE(_SAGEBase):
         sage_strength: alpha above; 0 gives plain AdamW, 1 full SAGE. ``set_sage_strength`` changes it in place.
         sage_params: ``"all"`` (default), ``"attn_ffn"`` (attention and feed-forward projections, the authors' GLUE
             choice), ``"none"``, or ``"regex:PATTERN"`` searched in parameter names.
-        impl: ``"auto"`` (fused on CPU, foreach on CUDA), ``"fused"``, ``"single_tensor"`` or ``"foreach"``.
+        impl: ``"auto"`` (fused on CPU, foreach on CUDA), ``"fused"``, ``"single_tensor"``, ``"foreach"`` or
+            ``"triton"`` (one fused Triton kernel on CUDA; opt-in, not yet measured on a GPU).
 
     State per selected tensor: ``step``, ``exp_avg``, ``exp_avg_sq``, ``exp_avg_sens`` (fp32 for fp16/bf16 tensors).
     """

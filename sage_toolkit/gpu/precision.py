@@ -1,11 +1,10 @@
-#!/usr/bin/env python
 """GPU check: SAGE training curves in fp16 / memory-efficient fp16 / AMP / bf16 against fp32.
 
 Trains the tiny transformer of the test suite on its generated corpus with ``--optimizer adam_sage`` for a fixed
 number of updates in each precision mode, through the real ``fairseq-train``, and writes the per-update losses, the
 largest deviation from the fp32 curve, and the device name to ``OUT/precision.json`` (plus ``precision.png``).
 
-    python scripts/gpu_check_precision.py --out runs/gpu_precision --updates 300
+    python scripts/gpu/check_precision.py --out runs/gpu_precision --updates 300
 
 Needs a CUDA GPU (``--allow-cpu`` runs the plumbing on CPU with the modes that fairseq supports there). fairseq
 0.12.2's ``--bf16`` implies ``--tpu`` and needs torch_xla: where that fails, the mode is recorded as refused with
@@ -16,14 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.fairseq_utils import make_tiny_corpus, preprocess, run_cli, train_args, train_log  # noqa: E402
+from sage_toolkit.atomic import savefig_atomic, write_atomic
+from sage_toolkit.tiny_fairseq import make_tiny_corpus, preprocess, run_cli, train_args, train_log
 
 MODES = {
     "fp32": [],
@@ -76,7 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
             )
             entry["final_diff_vs_fp32"] = entry["losses"][n - 1] - reference[n - 1]
             print(f"{mode:>24}: max |loss - fp32 loss| = {entry['max_abs_diff_vs_fp32']:.4f}")
-    (args.out / "precision.json").write_text(json.dumps(results, indent=1))
+    write_atomic(args.out / "precision.json", json.dumps(results, indent=1))
     _plot(results, args.out / "precision.png")
     print(f"wrote {args.out / 'precision.json'} ({device})")
     return results
@@ -95,9 +93,5 @@ def _plot(results: dict, path: Path) -> None:
     ax.set(xlabel="update", ylabel="training loss", title=f"adam_sage precision modes on {results['device']}")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    savefig_atomic(fig, path, dpi=120)
     plt.close(fig)
-
-
-if __name__ == "__main__":
-    main()

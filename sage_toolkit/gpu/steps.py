@@ -1,0 +1,165 @@
+"""One optimizer step on real model shapes: time and memory per optimizer, and the fused path's parity with foreach.
+
+Every variant holds its own copy of the same parameters; each round gives all of them the same fresh gradients and
+times one step of every variant in a new random order (interleaved, so drifts of clock and temperature hit all alike),
+with a device synchronisation before and after each step. The figure per variant is the median over the rounds after
+the warm-up rounds, and its ratio to torch's fused AdamW measured in the same rounds. Memory: the persistent state
+(bytes of every tensor in the optimizer's state) and the transient peak of one step (``max_memory_allocated`` during
+the step minus ``memory_allocated`` before it; CUDA only).
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from fairseq_plugins.optim import AdamSAGE
+
+# ---------------------------------------------------------------- parameter shapes
+
+
+def transformer_shapes(layers: int, dim: int, ffn: int, vocab: int) -> list[tuple[int, ...]]:
+    """The parameter shapes of fairseq's post-norm TransformerModel with one joined dictionary and
+    ``--share-all-embeddings`` (the WMT'16 En-De recipes): embeddings, attention, feed-forward, layer norms."""
+    attention = [(dim, dim), (dim,)] * 4  # k, v, q, out projections
+    norm = [(dim,), (dim,)]
+    ffn_block = [(ffn, dim), (ffn,), (dim, ffn), (dim,)]
+    encoder = (attention + norm + ffn_block + norm) * layers
+    decoder = (attention + norm + attention + norm + ffn_block + norm) * layers
+    return [(vocab, dim)] + encoder + decoder
+
+
+MODELS = {
+    "transformer_wmt_en_de": transformer_shapes(6, 512, 2048, 32768),
+    "transformer_vaswani_wmt_en_de_big": transformer_shapes(6, 1024, 4096, 32768),
+    "tiny": transformer_shapes(1, 32, 64, 100),  # smoke mode only
+}
+
+# ---------------------------------------------------------------- optimizers
+
+
+def _fairseq_adam(params):
+    from fairseq.optim.adam import Adam  # fairseq's --optimizer adam (imports fairseq: only when measured)
+
+    return Adam(params, lr=5e-4, betas=(0.9, 0.98), eps=1e-8, weight_decay=1e-4)
+
+
+VARIANTS: dict[str, Callable] = {
+    "adamw_fused": lambda params: torch.optim.AdamW(params, lr=5e-4, betas=(0.9, 0.98), weight_decay=1e-4, fused=True),
+    "fairseq_adam": _fairseq_adam,
+    "sage_foreach": lambda params: AdamSAGE(params, lr=5e-4, betas=(0.9, 0.98), weight_decay=1e-4, impl="foreach"),
+    "sage_triton": lambda params: AdamSAGE(params, lr=5e-4, betas=(0.9, 0.98), weight_decay=1e-4, impl="triton"),
+}
+REFERENCE = "adamw_fused"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _state_bytes(opt: torch.optim.Optimizer) -> int:
+    return sum(t.numel() * t.element_size() for s in opt.state.values() for t in s.values() if torch.is_tensor(t))
+
+
+@dataclass
+class StepResult:
+    model: str
+    dtype: str
+    parameters: int
+    variant: str
+    median_ms: float | None = None
+    ratio_to_adamw_fused: float | None = None
+    state_mb: float | None = None
+    transient_mb: float | None = None
+    error: str | None = None
+
+
+def time_steps(model: str, dtype: torch.dtype, variants: list[str], rounds: int, warmup: int,
+               device: torch.device) -> list[StepResult]:  # fmt: skip
+    """The interleaved benchmark of ``variants`` on ``model``'s shapes in ``dtype``; a variant that cannot be built
+    or stepped here is reported with its error and left out of the rounds."""
+    shapes = MODELS[model]
+    gen = torch.Generator(device=device).manual_seed(0)
+    init = [torch.randn(s, generator=gen, device=device, dtype=torch.float32).mul_(0.02).to(dtype) for s in shapes]
+    dtype_name = str(dtype).removeprefix("torch.")
+    results = {name: StepResult(model, dtype_name, sum(p.numel() for p in init), name) for name in variants}
+    runs: dict[str, tuple[torch.optim.Optimizer, list[torch.Tensor]]] = {}
+    for name in variants:
+        params = [p.clone().requires_grad_() for p in init]
+        try:
+            opt = VARIANTS[name](params)
+            for p in params:
+                p.grad = torch.zeros_like(p)
+            opt.step()  # builds the state (and compiles a kernel) outside the timed rounds
+            runs[name] = (opt, params)
+        except Exception as exc:  # reported in the table, the other variants still run
+            results[name].error = f"{type(exc).__name__}: {exc}"[:300]
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    order = list(runs)
+    rng = random.Random(0)
+    for r in range(warmup + rounds):
+        grads = [torch.randn(s, generator=gen, device=device, dtype=torch.float32).to(dtype) for s in shapes]
+        rng.shuffle(order)
+        for name in order:
+            opt, params = runs[name]
+            for p, g in zip(params, grads, strict=True):
+                p.grad.copy_(g)
+            _sync(device)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            before = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
+            start = time.perf_counter()
+            opt.step()
+            _sync(device)
+            elapsed = time.perf_counter() - start
+            if r >= warmup:
+                times[name].append(elapsed * 1e3)
+                if device.type == "cuda":
+                    peak = (torch.cuda.max_memory_allocated(device) - before) / 2**20
+                    results[name].transient_mb = max(results[name].transient_mb or 0.0, peak)
+    reference = statistics.median(times[REFERENCE]) if times.get(REFERENCE) else None
+    for name, values in times.items():
+        result = results[name]
+        result.median_ms = statistics.median(values) if values else None
+        if reference and result.median_ms is not None:
+            result.ratio_to_adamw_fused = result.median_ms / reference
+        result.state_mb = _state_bytes(runs[name][0]) / 2**20
+    return [results[name] for name in variants]
+
+
+def parity(model: str, dtype: torch.dtype, steps: int, device: torch.device) -> dict:
+    """The fused (triton) and foreach paths from the same parameters through the same ``steps`` gradients: the largest
+    difference of any parameter or state tensor relative to that tensor's largest magnitude, and the largest absolute
+    difference of the parameters."""
+    shapes = MODELS[model]
+    gen = torch.Generator(device=device).manual_seed(1)
+    init = [torch.randn(s, generator=gen, device=device, dtype=torch.float32).mul_(0.02).to(dtype) for s in shapes]
+    runs = []
+    for impl in ("triton", "foreach"):
+        params = [p.clone().requires_grad_() for p in init]
+        runs.append((AdamSAGE(params, lr=5e-4, betas=(0.9, 0.98), weight_decay=1e-4, impl=impl), params))
+    for _ in range(steps):
+        grads = [torch.randn(s, generator=gen, device=device, dtype=torch.float32).to(dtype) for s in shapes]
+        for opt, params in runs:
+            for p, g in zip(params, grads, strict=True):
+                p.grad = g.clone()
+            opt.step()
+    (fused, fused_params), (foreach, foreach_params) = runs
+    worst_rel, worst_abs = 0.0, 0.0
+    for p, q in zip(fused_params, foreach_params, strict=True):
+        pairs = [(p.detach().float(), q.detach().float())]
+        pairs += [(fused.state[p][k].float(), foreach.state[q][k].float()) for k in ("exp_avg", "exp_avg_sq",
+                                                                                      "exp_avg_sens")]  # fmt: skip
+        for a, b in pairs:
+            scale = b.abs().max().item() if b.numel() else 0.0
+            diff = (a - b).abs().max().item() if b.numel() else 0.0
+            worst_rel = max(worst_rel, diff / scale if scale > 0 else diff)
+        worst_abs = max(worst_abs, (pairs[0][0] - pairs[0][1]).abs().max().item() if p.numel() else 0.0)
+    return dict(model=model, dtype=str(dtype).removeprefix("torch."), steps=steps, max_rel_diff=worst_rel,
+                max_abs_param_diff=worst_abs)  # fmt: skip

@@ -1,0 +1,61 @@
+"""The GPU check (scripts/gpu/check_sage_gpu.py) in its CPU smoke mode: every part runs and lands in the JSON and the
+Markdown table (the numbers of a tiny model on a CPU mean nothing). With Triton installed, the triton path runs in
+Triton's interpreter and its parity with foreach is checked."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+
+from fairseq_plugins.optim import _functional as F
+from fairseq_plugins.optim import _fused_triton as FT
+from sage_toolkit.errors import ToolkitError
+from sage_toolkit.gpu.check import GpuCheckOptions, run_check
+from scripts.gpu.check_sage_gpu import main
+
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+
+
+@pytest.fixture
+def triton_wired(monkeypatch):
+    """``impl="triton"`` in the impl table if it is not wired there yet."""
+    if "triton" not in F.IMPLS:
+        monkeypatch.setitem(F.IMPLS, "triton", F.Impl(FT.adam_sage, FT.adamax_sage, FT.error))
+        monkeypatch.setattr(F, "IMPLEMENTATIONS", (*F.IMPLEMENTATIONS, "triton"))
+
+
+@pytest.mark.slow
+def test_smoke_mode_writes_json_and_table(tmp_path, triton_wired, capsys):
+    report = main(["--out", str(tmp_path), "--smoke"])
+    assert json.loads((tmp_path / "gpu_check.json").read_text()) == json.loads(json.dumps(report))
+    table = (tmp_path / "gpu_check.md").read_text()
+    assert "| model | dtype | optimizer | ms | ratio |" in table and table in capsys.readouterr().out
+    rows = {(r["dtype"], r["variant"]): r for r in report["steps"]}
+    assert {v for _, v in rows} == {"adamw_fused", "fairseq_adam", "sage_foreach", "sage_triton"}
+    for dtype in ("float32", "bfloat16"):
+        assert rows[(dtype, "adamw_fused")]["ratio_to_adamw_fused"] == 1.0
+        for variant in ("fairseq_adam", "sage_foreach") + (("sage_triton",) if HAS_TRITON else ()):
+            row = rows[(dtype, variant)]
+            assert row["error"] is None and row["median_ms"] > 0 and row["state_mb"] > 0, row
+        if not HAS_TRITON:
+            assert "Triton is not installed" in rows[(dtype, "sage_triton")]["error"]
+    if HAS_TRITON:
+        parity = {p["dtype"]: p for p in report["parity"]}
+        assert parity["float32"]["max_rel_diff"] < 1e-5 and parity["bfloat16"]["max_rel_diff"] < 1e-2, parity
+    assert [t["run"] for t in report["train"]] == ["adam", "adam_sage_foreach"]
+    for run in report["train"]:
+        assert run["error"] is None and run["words_per_second"] > 0, run
+
+
+def test_refuses_without_a_gpu_unless_smoke(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    with pytest.raises(ToolkitError, match="no CUDA device.*--smoke"):
+        run_check(GpuCheckOptions(out=tmp_path))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--out", str(tmp_path), "--smoke", "--rounds", "0"])
+    assert exit_info.value.code == 1 and not (tmp_path / "gpu_check.json").exists()
