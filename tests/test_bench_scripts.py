@@ -6,17 +6,13 @@ from __future__ import annotations
 
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from fairseq_plugins.optim import ReferenceAdamSAGE
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-import bench_optimizer  # noqa: E402
-import bench_optimizer_gpu  # noqa: E402
+from sage_toolkit.bench import optimizer as bench_optimizer
+from sage_toolkit.bench import optimizer_gpu as bench_optimizer_gpu
 
 KW = dict(lr=1e-2, betas=(0.9, 0.98), eps=1e-4, weight_decay=0.01, beta3=0.75)
 

@@ -1,5 +1,6 @@
 """scripts/gpu/check_iwslt14.py (sage_toolkit.gpu.iwslt14): the IWSLT'14 configs' short-budget check, its plumbing
-run on the CPU (--allow-cpu) with a shrunken model on the tiny demo corpus, and its refusal to run on a CPU by accident."""
+run on the CPU (--allow-cpu) with a shrunken model on the tiny demo corpus, and its refusal to run on a CPU by
+accident."""
 
 from __future__ import annotations
 

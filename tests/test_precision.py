@@ -152,14 +152,10 @@ def test_gradient_overflow_skips_the_update_and_training_goes_on(tiny_data_bin, 
 
 def test_gpu_precision_check_script_runs_its_cpu_modes(tmp_path):
     """The GPU check script's plumbing, on the modes fairseq can run on a CPU (a GPU runs all of them)."""
-    import importlib.util
     import json
 
-    from tests.fairseq_utils import ROOT
+    from sage_toolkit.gpu import precision as script
 
-    spec = importlib.util.spec_from_file_location("gpu_check_precision", ROOT / "scripts/gpu_check_precision.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
     if torch.cuda.is_available():
         pytest.skip("a GPU is present: run the script itself")
     with pytest.raises(SystemExit):

@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """One optimizer step on the parameter shapes of transformer_wmt_en_de and transformer_iwslt_de_en: time and memory.
 
 Every variant runs in this one process on the same parameters and gradients, interleaved: each round times one step of
@@ -8,8 +7,8 @@ the bytes of every tensor in the optimizer's state; the transient memory is the 
 torch CPU allocator holds beyond what it held before the step (allocation and free events from torch.profiler with
 profile_memory=True, summed in time order).
 
-    python scripts/bench_optimizer.py                      # both models, 30 rounds
-    python scripts/bench_optimizer.py --models iwslt --rounds 20 --json out.json
+    python scripts/bench/bench_optimizer.py                      # both models, 30 rounds
+    python scripts/bench/bench_optimizer.py --models iwslt --rounds 20 --json out.json
 
 Variants: ``sage_fused``, ``sage_single_tensor``, ``sage_foreach`` (AdamSAGE with each impl), ``adamax_sage_fused``,
 ``adamw_foreach``, ``adamw_fused`` (torch), ``fairseq_adam`` (fairseq.optim.adam.Adam, the optimizer behind
@@ -32,8 +31,7 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir))
-from fairseq_plugins.optim import AdamaxSAGE, AdamSAGE  # noqa: E402
+from fairseq_plugins.optim import AdamaxSAGE, AdamSAGE
 
 # ---------------------------------------------------------------------------------------------- parameter shapes
 
@@ -375,7 +373,3 @@ def main(argv=None):
         with open(args.json, "w") as f:
             json.dump(out, f, indent=2)
     return out
-
-
-if __name__ == "__main__":
-    main()

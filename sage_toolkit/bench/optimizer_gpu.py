@@ -1,8 +1,7 @@
-#!/usr/bin/env python
-"""The optimizer benchmark of bench_optimizer.py on a CUDA GPU; writes its results (with the device name) as JSON.
+"""The optimizer benchmark of sage_toolkit.bench.optimizer on a CUDA GPU; writes its results (with the device) as JSON.
 
-    python scripts/bench_optimizer_gpu.py --json bench_gpu.json              # both models, 50 rounds
-    python scripts/bench_optimizer_gpu.py --device cpu --models tiny --rounds 2 --no-compile   # smoke test, no GPU
+    python scripts/gpu/bench_optimizer_gpu.py --json bench_gpu.json              # both models, 50 rounds
+    python scripts/gpu/bench_optimizer_gpu.py --device cpu --models tiny --rounds 2 --no-compile   # smoke test, no GPU
 
 Variants: torch AdamW (fused=True, the reference of the ratios, and foreach), AdamSAGE with ``impl="foreach"`` (what
 ``auto`` picks on CUDA) and ``single_tensor``, fairseq's ``adam``, the authors'-style loop, and ``sage_compiled_flat``:
@@ -16,13 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(__file__))
-import bench_optimizer as bench  # noqa: E402
+from . import optimizer as bench
 
 GPU_VARIANTS = [
     "sage_foreach",
@@ -45,7 +42,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        sys.exit("no CUDA device: run bench_optimizer.py for the CPU figures")
+        sys.exit("no CUDA device: run scripts/bench/bench_optimizer.py for the CPU figures")
     names = GPU_VARIANTS + ([] if args.no_compile else ["sage_compiled_flat"])
     info = bench.machine()
     info["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
@@ -58,7 +55,3 @@ def main(argv=None):
         json.dump(out, f, indent=2)
     print(f"wrote {args.json}")
     return out
-
-
-if __name__ == "__main__":
-    main()

@@ -1,8 +1,7 @@
-#!/usr/bin/env python3
 """Cost of the SAGE multiplier statistics: optimizer steps with and without a statistics request, interleaved.
 
-    python scripts/bench_sage_stats.py                 # transformer_iwslt_de_en's tensors (about 39M + embeddings)
-    python scripts/bench_sage_stats.py --rounds 30 --samples 8192
+    python scripts/bench/bench_sage_stats.py           # transformer_iwslt_de_en's tensors (about 39M + embeddings)
+    python scripts/bench/bench_sage_stats.py --rounds 30 --samples 8192
 
 Prints the median step time of each kind, the extra time of a step that computes statistics, and that extra time
 spread over --log-interval updates as a fraction of a plain optimizer step (the statistics run once per interval).
@@ -13,14 +12,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from fairseq_plugins.optim import AdamSAGE  # noqa: E402
+from fairseq_plugins.optim import AdamSAGE
 
 
 def iwslt_shapes(src_vocab: int = 8848, tgt_vocab: int = 6632, d: int = 512, ffn: int = 1024, layers: int = 6):
@@ -88,7 +84,3 @@ def main(argv=None) -> dict:
         f"{100 * result['amortized_overhead_of_optimizer_step']:.3f}% of an optimizer step"
     )
     return result
-
-
-if __name__ == "__main__":
-    main()

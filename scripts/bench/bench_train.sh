@@ -2,8 +2,8 @@
 # fairseq-train words/s with --optimizer adam_sage versus adam: same model, data and seed; runs interleaved (the order
 # alternates every repetition); prints each run's median words/s and the ratio adam_sage / adam.
 #
-#   bash scripts/bench_train.sh            # 3 repetitions of 40 updates each, 1 thread
-#   REPS=5 UPDATES=60 THREADS=2 bash scripts/bench_train.sh
+#   bash scripts/bench/bench_train.sh            # 3 repetitions of 40 updates each, 1 thread
+#   REPS=5 UPDATES=60 THREADS=2 bash scripts/bench/bench_train.sh
 #
 # Model: transformer 2+2 layers, d256, ffn 1024, 4 heads (about 5M parameters) on a generated corpus (4000-word
 # vocabulary, 12k sentence pairs) in fp32 on the CPU, max 1024 tokens per batch, THREADS torch threads (default 1:
@@ -11,7 +11,7 @@
 # Words/s is fairseq's own `wps` of the train_inner log lines (target tokens per second, over each interval of 10
 # updates); the first interval (start-up) is dropped and the median of the rest is the run's figure.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 PY=${PY:-.venv/bin/python}
 REPS=${REPS:-3}
 UPDATES=${UPDATES:-40}
