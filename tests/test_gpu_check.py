@@ -12,8 +12,7 @@ import pytest
 from fairseq_plugins.optim import _functional as F
 from fairseq_plugins.optim import _fused_triton as FT
 from sage_toolkit.errors import ToolkitError
-from sage_toolkit.gpu.check import GpuCheckOptions, run_check
-from scripts.gpu.check_sage_gpu import main
+from sage_toolkit.gpu.check import GpuCheckOptions, main, run_check
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 

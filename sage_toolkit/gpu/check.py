@@ -17,6 +17,7 @@ Triton is installed), for the test suite; its numbers mean nothing.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import json
@@ -30,7 +31,7 @@ from pathlib import Path
 import torch
 
 from sage_toolkit.atomic import write_atomic
-from sage_toolkit.errors import ToolkitError
+from sage_toolkit.errors import ToolkitError, run_command
 
 from . import steps, train_speed
 
@@ -182,3 +183,28 @@ def markdown(report: dict) -> str:
         title = "fairseq-train transformer_iwslt_de_en on a synthetic corpus (medians of the logged intervals after "
         lines += _table(title + "the first):", ["run", "updates", "words/s", "updates/s", "peak MB"], rows)
     return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """``scripts/gpu/check_sage_gpu.py``: the check, then its Markdown table on stdout."""
+    parser = argparse.ArgumentParser(description="The GPU check of SAGE's fused Triton path (JSON + Markdown).")
+    parser.add_argument("--out", type=Path, required=True, help="folder for gpu_check.json and gpu_check.md")
+    parser.add_argument("--smoke", action="store_true", help="CPU, tiny shapes, a few steps (the test suite's run)")
+    parser.add_argument("--rounds", type=int, help="timed rounds per model and dtype (default 30; smoke 3)")
+    parser.add_argument("--warmup", type=int, help="untimed rounds first (default 5; smoke 1)")
+    parser.add_argument("--parity-steps", type=int, help="steps of the parity check (default 50; smoke 3)")
+    parser.add_argument("--train-updates", type=int, help="updates per fairseq-train run (default 300; smoke 4)")
+    parser.add_argument("--no-train", action="store_true", help="leave out the fairseq-train runs")
+    args = parser.parse_args(argv)
+    defaults = dict(rounds=3, warmup=1, parity_steps=3, train_updates=4) if args.smoke else {}
+    given = {k: getattr(args, k) for k in ("rounds", "warmup", "parity_steps", "train_updates")}
+    options = GpuCheckOptions(out=args.out, smoke=args.smoke, train=not args.no_train,
+                              **{**defaults, **{k: v for k, v in given.items() if v is not None}})  # fmt: skip
+
+    def body() -> dict:
+        report = run_check(options)
+        print((args.out / "gpu_check.md").read_text(), end="")
+        print(f"wrote {args.out / 'gpu_check.json'} and {args.out / 'gpu_check.md'}")
+        return report
+
+    return run_command("check_sage_gpu", body)
