@@ -7,8 +7,10 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from sage_toolkit.fairseq_log import read_log
+from sage_toolkit.paths import CONFIG_DIR
 from sage_toolkit.runner import (
     commands as compare,  # the command: its main(argv) as `python scripts/compare.py` runs it
 )
@@ -34,6 +36,11 @@ def test_runner_trains_evaluates_tabulates_and_resumes(demo_bin, tmp_path, capsy
     assert "update 2: valid loss" in printed and "SAGE alpha" in printed  # progress while it runs
     table = (out / "results.md").read_text()
     assert "| demo_adam | 1 |" in table and "| demo_sage | 1 |" in table and "sacreBLEU signature" in table
+    # each config's row names the learning rate it ran with: the one its config file sets (no override here)
+    for config in ("demo_adam", "demo_sage"):
+        lr = yaml.safe_load((CONFIG_DIR / f"{config}.yaml").read_text())["optimization"]["lr"][0]
+        assert [r["lr"] for r in results["runs"] if r["config"] == config] == [lr]
+        assert f"| {config} | 1 | {lr:g} |" in table
     assert json.loads((out / "results.json").read_text())["runs"] == results["runs"]
     assert (out / "learning_curves.png").stat().st_size > 10_000
 

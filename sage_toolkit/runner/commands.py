@@ -47,12 +47,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--no-valid-bleu", dest="valid_bleu", action="store_false", help="validation loss only")
     parser.add_argument("--cpu", action="store_true", help="evaluate on the CPU")
     parser.add_argument("--verbose", action="store_true", help="show every line of fairseq's output")
+    parser.add_argument("--note", default="", help="a paragraph printed under the table and kept in results.md/json")
     parser.add_argument("override", nargs="*", help="Hydra overrides for every run, e.g. optimization.max_update=100")
     args = parser.parse_args(argv)
     options = CompareOptions(
         data=args.data, out=args.out, configs=args.configs, seeds=args.seeds, jobs=args.jobs, beam=args.beam,
         lenpen=args.lenpen, validate_every=args.validate_every, valid_bleu=args.valid_bleu, cpu=args.cpu,
-        verbose=args.verbose, overrides=args.override,
+        verbose=args.verbose, overrides=args.override, note=args.note,
     )  # fmt: skip
     try:
         options.check()

@@ -40,6 +40,7 @@ class CompareOptions:
     cpu: bool = False  # evaluate on the CPU
     verbose: bool = False  # show every line of fairseq's output
     overrides: list[str] = field(default_factory=list)  # Hydra overrides for every run
+    note: str = ""  # printed with the table and kept in results.md/json: what a reader must know to read it
 
     def __post_init__(self):
         self.data, self.out = Path(self.data).absolute(), Path(self.out).absolute()  # the runs start in the repo root
@@ -101,12 +102,13 @@ def _compare(options: CompareOptions) -> dict:
         "beam": options.beam,
         "lenpen": options.lenpen,
         "overrides": options.overrides,
+        "note": options.note,
         "table": table,
         "runs": summaries,
     }
     out = options.out
     write_atomic(out / "results.json", json.dumps(results, indent=1))
-    text = comparison_markdown(options.configs, summaries, options.data, options.beam, options.lenpen)
+    text = comparison_markdown(options.configs, summaries, options.data, options.beam, options.lenpen, options.note)
     write_atomic(out / "results.md", text)
     plot_learning_curves(out / "learning_curves.png", summaries, options.configs)
     say("\n" + text)

@@ -19,22 +19,32 @@ METRICS = [
 ]
 
 
-def comparison_markdown(configs: list[str], runs: list[dict], data: Path, beam: int, lenpen: float) -> str:
-    """results.md: one row per config (mean ± std over its seeds of every METRICS column), the sacreBLEU signatures,
-    then one row per run."""
+def _learning_rates(runs: list[dict]) -> str:
+    rates = sorted({r["lr"] for r in runs if r.get("lr") is not None})
+    return ", ".join(f"{lr:g}" for lr in rates) or "n/a"
+
+
+def comparison_markdown(
+    configs: list[str], runs: list[dict], data: Path, beam: int, lenpen: float, note: str = ""
+) -> str:
+    """results.md: one row per config (its learning rate, mean ± std over its seeds of every METRICS column), the
+    ``note`` (what the reader must know to read the table, e.g. how the learning rates were chosen), the sacreBLEU
+    signatures, then one row per run."""
     configs = list(dict.fromkeys(configs))  # a config named twice is one row (as in the results table)
-    head = "| config | seeds | " + " | ".join(label for _, label, _ in METRICS) + " |"
-    lines = [f"# {' vs '.join(configs)} on {data}", "", head, "|" + "---|" * (len(METRICS) + 2)]
+    head = "| config | seeds | lr | " + " | ".join(label for _, label, _ in METRICS) + " |"
+    lines = [f"# {' vs '.join(configs)} on {data}", "", head, "|" + "---|" * (len(METRICS) + 3)]
     for config in configs:
         mine = [r for r in runs if r["config"] == config]
         cells = [format_mean_std([r[key] for r in mine], digits) for key, _, digits in METRICS]
-        lines.append(f"| {config} | {len(mine)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {config} | {len(mine)} | {_learning_rates(mine)} | " + " | ".join(cells) + " |")
     lines += [
         "",
         "Mean ± standard deviation over seeds (no ± with one seed). Test set, beam "
-        f"{beam}, length penalty {lenpen}; BP is sacreBLEU's brevity penalty.",
+        f"{beam}, length penalty {lenpen}; BP is sacreBLEU's brevity penalty; lr: the peak learning rate.",
         "",
     ]
+    if note:
+        lines += [note, ""]
     signatures = sorted({r["sacrebleu_signature"] for r in runs if r.get("sacrebleu_signature")})
     lines += [f"sacreBLEU signature: `{s}`" for s in signatures]
     lines += [

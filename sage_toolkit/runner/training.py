@@ -280,8 +280,21 @@ class Run:
             "chrf": result.get("chrf"),
             "bp": result.get("bp"),
             "sacrebleu_signature": result.get("sacrebleu_signature"),
+            "lr": self.learning_rate(),
             **self.training_summary(),
         }
+
+    def learning_rate(self) -> float | None:
+        """The peak learning rate the run was trained with (``optimization.lr`` of the configuration Hydra recorded in
+        the run folder), None where there is no record."""
+        import yaml
+
+        record = self.dir / ".hydra" / "config.yaml"
+        if not record.exists():
+            return None
+        lr = (yaml.safe_load(record.read_text()) or {}).get("optimization", {}).get("lr")
+        lr = lr[0] if isinstance(lr, list) and lr else lr
+        return float(lr) if isinstance(lr, (int, float)) else None
 
     def training_summary(self) -> dict:
         """What fairseq's log and timing.json say of the training: losses, updates, time, speed, validation curve."""
