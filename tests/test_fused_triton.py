@@ -32,11 +32,8 @@ KW = dict(lr=1e-2, betas=(0.9, 0.99), eps=1e-4, weight_decay=0.05, beta3=0.8, sa
 
 @pytest.fixture(autouse=True)
 def interpreter(monkeypatch):
-    """TRITON_INTERPRET for this test, and ``impl="triton"`` in the impl table if it is not wired there yet."""
+    """TRITON_INTERPRET for this test (read at each call: CPU tensors then run in Triton's interpreter)."""
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    if "triton" not in F.IMPLS:
-        monkeypatch.setitem(F.IMPLS, "triton", F.Impl(FT.adam_sage, FT.adamax_sage, FT.error))
-        monkeypatch.setattr(F, "IMPLEMENTATIONS", (*F.IMPLEMENTATIONS, "triton"))
 
 
 @pytest.fixture
