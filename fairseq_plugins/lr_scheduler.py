@@ -85,6 +85,11 @@ class SAGEScheduleConfig(FairseqDataclass):
         default=8192,
         metadata={"help": "entries in the fixed random sample for the multiplier statistics (0: no statistics)"},
     )
+    sage_stats_by_kind: bool = field(
+        default=False,
+        metadata={"help": "also log the multiplier statistics per layer type (embed, attn, ffn, norm, other), e.g. "
+                  "sage_embed_r_q50; needs --sage-stats-samples > 0"},
+    )  # fmt: skip
     # no help text: no flag of their own, fairseq fills them from --lr, --max-update and --log-interval
     lr: List[float] = II("optimization.lr")  # noqa: UP006 - fairseq parses typing.List
     max_update: int = II("optimization.max_update")
@@ -128,6 +133,11 @@ class _SAGESchedule(FairseqLRScheduler):
         self.sage_start = cfg.sage_start_updates if cfg.sage_start_updates >= 0 else warmup // 4
         self.sage_ramp = cfg.sage_ramp_updates if cfg.sage_ramp_updates >= 0 else max(warmup - self.sage_start, 0)
         _check(cfg.sage_stats_samples >= 0, "--sage-stats-samples", f"must be >= 0, got {cfg.sage_stats_samples}")
+        _check(
+            not (cfg.sage_stats_by_kind and cfg.sage_stats_samples == 0),
+            "--sage-stats-by-kind",
+            "needs the statistics: --sage-stats-samples is 0",
+        )
         self.stats_interval = cfg.sage_stats_interval if cfg.sage_stats_interval is not None else cfg.log_interval
         _check(self.stats_interval >= 1, "--sage-stats-interval", f"must be >= 1, got {self.stats_interval}")
         if cfg.warmup_init_lr < 0:
@@ -143,6 +153,7 @@ class _SAGESchedule(FairseqLRScheduler):
         full = self.sage_start + self.sage_ramp
         stats = (
             f"multiplier statistics every {self.stats_interval} updates on {cfg.sage_stats_samples} sampled entries"
+            + (", also per layer type" if cfg.sage_stats_by_kind else "")
             if cfg.sage_stats_samples
             else "no multiplier statistics"
         )
@@ -203,7 +214,7 @@ class _SAGESchedule(FairseqLRScheduler):
         self._log_stats()
         samples, interval = self.cfg.sage_stats_samples, self.stats_interval
         if samples > 0 and (num_updates + 1) % interval == 0:
-            self._sage.request_sage_stats(num_samples=samples)
+            self._sage.request_sage_stats(num_samples=samples, by_kind=self.cfg.sage_stats_by_kind)
         return lr
 
     def _log_stats(self) -> None:

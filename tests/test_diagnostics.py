@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fairseq_plugins.optim import AdamSAGE
-from fairseq_plugins.optim.diagnostics import summarize, weighted_quantiles
+from fairseq_plugins.optim.diagnostics import layer_kind, summarize, weighted_quantiles
 from tests.fairseq_utils import run_cli, train_args, train_log
 from tests.optim_infos import cases
 
@@ -119,6 +119,69 @@ def test_unselected_tensors_are_left_out():
     assert opt.pop_sage_stats()["r_mean"] == pytest.approx(float(r.mean()), rel=1e-9)
 
 
+@pytest.mark.parametrize(
+    "name, kind",
+    [
+        ("encoder.embed_tokens.weight", "embed"),
+        ("decoder.embed_positions.weight", "embed"),
+        ("decoder.output_projection.weight", "embed"),
+        ("encoder.layers.0.self_attn.k_proj.weight", "attn"),
+        ("decoder.layers.1.encoder_attn.out_proj.bias", "attn"),
+        ("encoder.layers.0.self_attn_layer_norm.weight", "norm"),
+        ("decoder.layers.0.final_layer_norm.bias", "norm"),
+        ("encoder.layer_norm.weight", "norm"),
+        ("encoder.layers.1.fc1.weight", "ffn"),
+        ("decoder.layers.0.fc2.bias", "ffn"),
+        ("bert.encoder.layer.0.attention.output.dense.weight", "attn"),
+        ("bert.encoder.layer.0.attention.output.LayerNorm.weight", "norm"),
+        ("bert.encoder.layer.0.output.dense.weight", "ffn"),
+        ("bert.embeddings.word_embeddings.weight", "embed"),
+        ("classifier.weight", "other"),
+    ],
+)
+def test_layer_kinds_of_fairseq_and_bert_names(name, kind):
+    assert layer_kind(name) == kind
+
+
+NAMES = ["encoder.embed_tokens.weight", "encoder.layers.0.fc1.bias", "decoder.layers.0.self_attn.q_proj.weight",
+         "decoder.layer_norm.bias"]  # fmt: skip
+KINDS = ["embed", "ffn", "attn", "norm"]
+
+
+def test_statistics_by_layer_kind_are_the_statistics_of_each_kinds_entries():
+    model = _model()
+    params = list(model.parameters())
+    opt = AdamSAGE(list(zip(NAMES, params, strict=True)), lr=1e-2, sage_strength=0.4)
+    for step in range(1, 4):
+        _backward(model, step)
+        rs = [_reference_r(opt, [p]) for p in params]
+        opt.request_sage_stats(num_samples=10**6, by_kind=step != 2)
+        opt.step()
+        stats = opt.pop_sage_stats()
+        if step == 2:  # not asked for: the overall statistics only
+            assert set(stats) == KEYS
+            continue
+        assert set(stats) == KEYS | {f"{kind}_{key}" for kind in KINDS for key in KEYS}
+        for kind, r in zip(KINDS, rs, strict=True):
+            expected = summarize(r, torch.ones_like(r), 0.4)
+            assert stats[f"{kind}_r_mean"] == pytest.approx(expected["r_mean"], rel=1e-9)
+            assert stats[f"{kind}_r_q50"] == pytest.approx(expected["r_q50"], rel=1e-9)
+            assert stats[f"{kind}_r_gt1"] == pytest.approx(expected["r_gt1"], abs=1e-12)
+        assert stats["r_mean"] == pytest.approx(float(torch.cat(rs).mean()), rel=1e-9)
+
+
+def test_statistics_by_kind_without_names_warn_and_give_the_overall_ones():
+    model = _model()
+    opt = AdamSAGE(model.parameters(), lr=1e-2)
+    _backward(model, 1)
+    opt.request_sage_stats(num_samples=100, by_kind=True)
+    with pytest.warns(UserWarning, match="no names"):
+        opt.step()
+    assert set(opt.pop_sage_stats()) == KEYS
+    with pytest.raises(ValueError, match="by_kind must be True or False"):
+        opt.request_sage_stats(by_kind="yes")
+
+
 def test_summarize_and_weighted_quantiles():
     r = torch.tensor([0.5, 2.0, 1.0, 0.1])
     stats = summarize(r, torch.tensor([1.0, 1.0, 1.0, 1.0]), alpha=0.5)
@@ -136,7 +199,7 @@ def test_diagnostics_appear_in_fairseqs_json_log(tiny_data_bin, tmp_path):
     args = train_args(tiny_data_bin, tmp_path / "ckpt", ["--optimizer", "adamax_sage"], max_update=6)
     args[args.index("inverse_sqrt")] = "sage_linear"
     proc = run_cli("train", args + ["--sage-start-updates", "1", "--sage-ramp-updates", "2", "--sage-stats-interval",
-                                    "2", "--total-num-update", "100"])  # fmt: skip
+                                    "2", "--total-num-update", "100", "--sage-stats-by-kind"])  # fmt: skip
     records = train_log(proc)
     assert [r["num_updates"] for r in records] == [1, 2, 3, 4, 5, 6]
     assert [r["sage_alpha"] for r in records] == [0.0, 0.5, 1.0, 1.0, 1.0, 1.0]
@@ -146,6 +209,9 @@ def test_diagnostics_appear_in_fairseqs_json_log(tiny_data_bin, tmp_path):
         assert all((r.get(f"sage_{k}") is not None) == has for k in KEYS), r
         if has:
             assert 0 <= r["sage_r_q10"] <= r["sage_r_q50"] <= r["sage_r_q90"] and 0 <= r["sage_r_gt1"] <= 1
+            # --sage-stats-by-kind: the tiny transformer's embeddings, attention, feed-forward and layer norms
+            for kind in ("embed", "attn", "ffn", "norm"):
+                assert 0 <= r[f"sage_{kind}_r_q10"] <= r[f"sage_{kind}_r_q50"] <= r[f"sage_{kind}_r_q90"], kind
     assert records[1]["sage_mult_mean"] == 1.0  # update 2 ran with alpha 0 (set after update 1)
     assert records[3]["sage_mult_mean"] == pytest.approx(records[3]["sage_r_mean"], abs=1e-3)  # alpha 1
 

@@ -181,6 +181,11 @@ def test_a_plain_optimizer_is_refused_at_start_up():
         (SAGEInverseSqrtSchedule, {"sage_ramp_updates": -5}, "--sage-ramp-updates must be >= 0 or -1"),
         (SAGEInverseSqrtSchedule, {"sage_stats_interval": 0}, "--sage-stats-interval must be >= 1"),
         (SAGEInverseSqrtSchedule, {"sage_stats_samples": -1}, "--sage-stats-samples must be >= 0"),
+        (
+            SAGEInverseSqrtSchedule,
+            {"sage_stats_samples": 0, "sage_stats_by_kind": True},
+            "--sage-stats-by-kind needs the statistics: --sage-stats-samples is 0",
+        ),
         (SAGEInverseSqrtSchedule, {"lr": [1e-3, 1e-4]}, "takes one --lr"),
         (SAGELinearSchedule, {"warmup_updates": 10, "max_update": 0}, "--total-num-update .* must be > "),
         (

@@ -9,6 +9,12 @@ applied multiplier is ``1 + alpha * (r - 1)``). ``opt.pop_sage_stats()`` then re
 * ``r_q10``, ``r_q50``, ``r_q90``: quantiles of r;
 * ``mult_mean``: mean of the applied multiplier ``1 + alpha * (r - 1)`` (alpha of that step).
 
+With ``by_kind=True`` the same statistics are also given per layer type of the tensors' names (:func:`layer_kind`:
+``embed``, ``attn``, ``ffn``, ``norm``, ``other``) as ``KIND_r_mean`` and so on, from the same sample: in a small
+transformer the embeddings hold most entries and dominate the overall numbers. It needs the tensors' names (fairseq's
+wrapper gives them unless the parameters are flattened); without them only the overall statistics come, with a
+warning once.
+
 They are estimated on a fixed random sample: the first request draws, per tensor and once, entry indices with a
 fixed seed (a share of ``num_samples`` proportional to the tensor's size, at least ``min(numel, 16)`` entries), and
 each sampled entry is weighted by ``numel / sampled``, so the mean and fractions estimate the means over all
@@ -19,6 +25,8 @@ hook must see ``theta_t``, ``g_t`` and ``Ibar_{t-1}`` before the update kernel o
 
 from __future__ import annotations
 
+import re
+import warnings
 from typing import Any
 
 import torch
@@ -29,6 +37,25 @@ from ._functional import compute_dtype
 QUANTILES = (0.1, 0.5, 0.9)
 QUANTILE_KEYS = tuple(f"r_q{round(q * 100):02d}" for q in QUANTILES)
 MIN_PER_TENSOR = 16
+# layer types of fairseq's (and torch's) transformer parameter names, tried in this order
+LAYER_KINDS = (
+    ("embed", re.compile(r"(^|\.)(embed_tokens|embed_positions|output_projection|embedding|embeddings)\b")),
+    ("norm", re.compile(r"(^|\.)[a-z_]*(layer_norm|layernorm|LayerNorm)\b")),
+    ("attn", re.compile(r"(^|\.)(self_attn|encoder_attn|attn|attention)\.")),
+    ("ffn", re.compile(r"(^|\.)(fc1|fc2|intermediate\.dense|output\.dense)\.")),
+)
+
+
+LAYER_KIND_INDEX = {kind: i for i, kind in enumerate([k for k, _ in LAYER_KINDS] + ["other"])}
+
+
+def layer_kind(name: str) -> str:
+    """The layer type of a parameter from its name: ``embed`` (token and position embeddings, the output
+    projection), ``norm`` (layer norms), ``attn`` (attention projections), ``ffn`` (feed-forward), else ``other``."""
+    for kind, pattern in LAYER_KINDS:
+        if pattern.search(name):
+            return kind
+    return "other"
 
 
 class _Sampler:
@@ -50,11 +77,15 @@ class _Sampler:
 class SAGEStatsMixin:
     """Adds ``request_sage_stats`` / ``pop_sage_stats`` and the step hook to a SAGE optimizer."""
 
-    def request_sage_stats(self, num_samples: int = 8192, seed: int = 0) -> None:
-        """Measure the multiplier on the next ``step()``, on a fixed sample of about ``num_samples`` entries."""
+    def request_sage_stats(self, num_samples: int = 8192, seed: int = 0, by_kind: bool = False) -> None:
+        """Measure the multiplier on the next ``step()``, on a fixed sample of about ``num_samples`` entries; with
+        ``by_kind``, per layer type as well (see the module docstring)."""
         if not (isinstance(num_samples, int) and num_samples > 0):
             raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
+        if not isinstance(by_kind, bool):
+            raise ValueError(f"by_kind must be True or False, got {by_kind!r}")
         self._sage_stats_request = (num_samples, seed)
+        self._sage_stats_by_kind = by_kind
 
     def pop_sage_stats(self) -> dict[str, float] | None:
         """The statistics of the last requested step (a dict of floats), or None; clears them."""
@@ -78,19 +109,35 @@ class SAGEStatsMixin:
 
     @torch.no_grad()
     def _sage_stats_observe(
-        self, acc: list, group: dict[str, Any], params: list[Tensor], grads: list[Tensor], sens: list[Tensor], steps
+        self,
+        acc: list,
+        group: dict[str, Any],
+        params: list[Tensor],
+        grads: list[Tensor],
+        sens: list[Tensor],
+        steps,
+        names: list[str | None],
     ) -> None:
         """Gather this group's sampled entries; ``sens`` holds Ibar_{t-1}, ``steps`` t - 1 (before the kernel)."""
         sampler = self._sage_stats_sampler
         beta3, eps_sq, alpha = group["beta3"], group["eps"] ** 2, float(group["sage_strength"])
-        for p, g, s, t in zip(params, grads, sens, steps, strict=True):
+        by_kind = getattr(self, "_sage_stats_by_kind", False)
+        if by_kind and any(n is None for n in names) and not getattr(self, "_warned_kind_names", False):
+            self._warned_kind_names = True
+            warnings.warn(
+                "SAGE statistics by layer type: the parameters have no names (flattened parameters, or an optimizer "
+                "built from bare tensors without name_parameters): only the overall statistics are given",
+                stacklevel=3,
+            )
+        for p, g, s, t, name in zip(params, grads, sens, steps, names, strict=True):
             idx = sampler.index.get(id(p))
             if idx is None or idx.numel() == 0:
                 continue
             step = float(t) + 1.0
             bc3 = 1.0 - beta3**step if group["bias_correction"] else 1.0
             gathered = [x.reshape(-1).index_select(0, idx) for x in (p, g, s)]  # theta_t, g_t, Ibar_{t-1}
-            acc.append((gathered, (beta3, bc3, eps_sq, alpha, sampler.weight[id(p)]), idx.numel()))
+            kind = layer_kind(name) if by_kind and name is not None else None
+            acc.append((gathered, (beta3, bc3, eps_sq, alpha, sampler.weight[id(p)]), idx.numel(), kind))
 
     def _sage_stats_finish(self, acc: list | None) -> None:
         if acc is None:
@@ -102,23 +149,31 @@ class SAGEStatsMixin:
 @torch.no_grad()
 def _multiplier_stats(acc: list) -> dict[str, float]:
     """r for all gathered entries in one vectorised pass (float64 on the CPU), then the summary."""
-    devices = {gathered[0].device for gathered, _, _ in acc}
+    devices = {gathered[0].device for gathered, *_ in acc}
     columns = []
     for i in range(3):
-        parts = [gathered[i] for gathered, _, _ in acc]
+        parts = [gathered[i] for gathered, *_ in acc]
         if len(devices) == 1:
             columns.append(torch.cat([x.to(compute_dtype(x.dtype)) for x in parts]).to("cpu", torch.float64))
         else:
             columns.append(torch.cat([x.to("cpu", torch.float64) for x in parts]))
     theta, grad, sens_bar = columns
-    counts = torch.tensor([n for _, _, n in acc])
+    counts = torch.tensor([n for _, _, n, _ in acc])
     beta3, bc3, eps_sq, alpha, weight = (
-        torch.tensor([m for _, m, _ in acc], dtype=torch.float64).repeat_interleave(counts, dim=0).unbind(1)
+        torch.tensor([m for _, m, _, _ in acc], dtype=torch.float64).repeat_interleave(counts, dim=0).unbind(1)
     )
     sensitivity = (theta * grad).abs()
     smoothed = (beta3 * sens_bar + (1.0 - beta3) * sensitivity) / bc3
     r = ((sensitivity - smoothed).abs() + eps_sq) / (smoothed + eps_sq)
-    return summarize(r, weight, alpha)
+    stats = summarize(r, weight, alpha)
+    kinds = [kind for _, _, _, kind in acc]
+    if any(kind is not None for kind in kinds):
+        labels = torch.tensor([LAYER_KIND_INDEX.get(kind, -1) for kind in kinds]).repeat_interleave(counts)
+        for kind, index in LAYER_KIND_INDEX.items():
+            mask = labels == index
+            if mask.any():
+                stats.update({f"{kind}_{key}": v for key, v in summarize(r[mask], weight[mask], alpha[mask]).items()})
+    return stats
 
 
 def summarize(r: Tensor, weight: Tensor, alpha: Tensor | float = 1.0) -> dict[str, float]:

@@ -268,7 +268,7 @@ class _SAGEBase(SAGEStatsMixin, torch.optim.Optimizer):
                 if group["sage"]:
                     sens.append(state["exp_avg_sens"])
             if stats is not None and group["sage"]:  # diagnostics: before the kernel overwrites the state
-                self._sage_stats_observe(stats, group, params, grads, sens, steps)
+                self._sage_stats_observe(stats, group, params, grads, sens, steps, names)
             if not params:
                 continue
             impl = F.resolve_impl(group["impl"], params)  # auto: fused on CPU, foreach on CUDA
