@@ -4,6 +4,7 @@ penalty, test), a grid setting that fails, resumption, and the spec's errors."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -109,6 +110,10 @@ def test_protocol_end_to_end_with_a_failing_setting_and_resumption(demo_bin, tmp
         ({"tune_seed": 7}, "tune_seed 7 is not one of seeds"),
         ({"lenpens": [0.6, 0.8]}, "must include 1.0"),
         ({"bogus": 1}, "unknown key(s) ['bogus']"),
+        ({"average_last": 1}, "average_last must be 0 (off) or a number of checkpoints >= 2, got 1"),
+        ({"average_last": -2}, "average_last must be 0 (off) or a number of checkpoints >= 2, got -2"),
+        ({"average_last": "5"}, "average_last must be 0 (off) or a number of checkpoints >= 2, got '5'"),
+        ({"record": ""}, "record must be a folder name"),
         ({"optimizers": {"adam": {"config": "no_such_config", "grid": {"a": ["x=1"]}}}}, "no_such_config"),
         ({"optimizers": {"adam": {"config": "demo_adam", "grid": {"a": "optimization.lr=[0.1]"}}}}, "list of Hydra"),
         (
@@ -139,6 +144,17 @@ def test_missing_spec_and_data_are_named(tmp_path, capsys):
     with pytest.raises(SystemExit):
         study.main([str(write_spec(tmp_path / "s.yaml", tmp_path)), "--out", str(tmp_path / "o"), "--list-checkpoints"])
     assert "no finished study there" in capsys.readouterr().err
+    spec_file = str(write_spec(tmp_path / "s.yaml", tmp_path))
+    (tmp_path / "dict.de.txt").write_text("")  # enough of a data-bin for the names to be checked
+    for only, message in [
+        ("adam/lr9", "--only adam/lr9: the spec has no optimizer 'adam' with a setting 'lr9'"),
+        ("adam/lr1/seed7", "--only adam/lr1/seed7: seed 7 is not one of the spec's seeds [1, 2]"),
+        ("adam/lr1/s1", "--only adam/lr1/s1: expected OPTIMIZER/SETTING or OPTIMIZER/SETTING/seedN"),
+    ]:
+        with pytest.raises(SystemExit) as exit_:
+            study.main([spec_file, "--out", str(tmp_path / "o"), "--only", "adam/lr1", only])
+        assert exit_.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists(), "a bad --only starts nothing"
 
 
 def test_the_committed_spec_is_valid_and_balanced():
@@ -153,6 +169,74 @@ def test_difference_is_the_mean_difference_and_its_standard_error():
     assert format_difference([2.0, 4.0], [1.0, 1.0], 3) == "-2.000 ± 1.000"  # sqrt(2/2 + 0/2)
 
 
+@pytest.mark.slow
+def test_a_recorded_study_resumes_from_its_record_alone(demo_bin, tmp_path, capsys):
+    """average_last and record: each run is evaluated on everything (valid and test x lenpens x average and last)
+    as soon as it is trained, and recorded; --only trains pieces; a machine with the record but no runs finishes the
+    study without training a recorded run, and with every run recorded it trains and translates nothing."""
+    record = tmp_path / "record"
+    optimizers = {
+        "adam": {"config": "demo_adam", "grid": {"lr1": ["optimization.lr=[0.001]"]}},
+        "sage": {"config": "demo_sage", "grid": {"ok": ["optimizer.sage_beta3=0.8"]}},
+    }
+    keep = ["checkpoint.save_interval_updates=2", "checkpoint.keep_interval_updates=3"]
+    spec_file = write_spec(
+        tmp_path / "spec.yaml", demo_bin, average_last=2, record=str(record), optimizers=optimizers,
+        overrides=TINY + keep,
+    )  # fmt: skip
+    out = tmp_path / "study"
+    study.main([str(spec_file), "--out", str(out), "--only", "adam/lr1", "sage/ok/seed2"])
+    printed = capsys.readouterr().out
+    assert "adam/lr1/seed1: valid sacreBLEU" in printed and "sage/ok/seed2: valid sacreBLEU" in printed
+    assert not (out / "study.json").exists() and not (out / "sage" / "ok" / "seed1").exists()
+    recorded = record / "adam" / "lr1" / "seed1"
+    evals = {f"eval.{s}.lp{lp}{k}.json" for s in ("valid", "test") for lp in ("1", "1.5") for k in ("", ".avg2")}
+    assert {p.name for p in recorded.glob("eval.*.json")} == evals
+    assert {p.name for p in recorded.glob("*.gz")} == {f"{Path(n).stem}.hyp.en.gz" for n in evals if ".test." in n}
+    averaged = json.loads((recorded / "eval.valid.lp1.avg2.json").read_text())
+    assert averaged["average_last"] == 2 and [Path(c).name for c in averaged["checkpoints"]] == [
+        "checkpoint_1_2.pt", "checkpoint_1_4.pt"
+    ]  # fmt: skip
+    run = json.loads((recorded / "run.json").read_text())
+    assert run["training"]["updates"] == 4 and run["lr"] == 0.001 and (recorded / "config.yaml").is_file()
+
+    shutil.rmtree(out)  # another machine: the record (committed), not the runs
+    summary = study.main([str(spec_file), "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert "[adam/lr1/seed1] training" not in printed and "[sage/ok/seed2] training" not in printed
+    assert "[adam/lr1/seed2] training" in printed and "[sage/ok/seed1] training" in printed
+    assert not (out / "adam" / "lr1" / "seed1").exists()
+    adam = summary["results"]["adam"]
+    seed1 = adam["seeds"][0]
+    assert adam["grid"]["lr1"]["valid_sacrebleu"] == averaged["sacrebleu"]  # the grid scores the average
+    last = json.loads((recorded / "eval.test.lp1.json").read_text())
+    assert seed1["test_last"]["test"]["1"]["sacrebleu"] == last["sacrebleu"]
+    assert seed1["test"]["test"]["1"]["sacrebleu"] == json.loads((recorded / "eval.test.lp1.avg2.json").read_text())[
+        "sacrebleu"
+    ]  # fmt: skip
+    assert seed1["curve"] == run["training"]["curve"]
+    significance = summary["significance"]
+    assert significance["baseline"] == "adam" and significance["model"] == "avg2"
+    assert significance["comparisons"]["sage"]["seeds"] == [1, 2]
+    tested = significance["comparisons"]["sage"]["subsets"]["test"]
+    assert [pair["seed"] for pair in tested["pairs"]] == [1, 2]
+    for scores in [*tested["pairs"], tested["pooled"]]:
+        for metric in ("BLEU", "chrF"):
+            m = scores[metric]
+            assert 0 < m["p_value"] <= 1 and m["difference"] == pytest.approx(m["sage"] - m["adam"])
+    table = (out / "study.md").read_text()
+    assert (
+        "## Test, last checkpoint, tuned length penalty" in table and "## Paired bootstrap (sage against adam" in table
+    )
+    assert "| tatoeba-test | pooled 1,2 |" in table
+
+    shutil.rmtree(out)  # every run recorded now: nothing is trained or translated, the same study comes out
+    again = study.main([str(spec_file), "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert "training" not in printed and not any(out.glob("*/*/seed*")), printed
+    assert again == summary
+
+
 COMMITTED = ROOT / "results" / "multi30k_de_en"
 
 
@@ -162,7 +246,7 @@ def test_the_committed_study_md_regenerates_byte_for_byte_from_study_json():
     spec = parse_spec(summary["spec"], Path(summary["spec_file"]))
     assert report(spec, summary["results"]) == (COMMITTED / "study.md").read_text()
     # the spec file gives the spec that study.json records (keys, values and their order)
-    loaded = load_spec(ROOT / summary["spec_file"]).record
+    loaded = load_spec(ROOT / summary["spec_file"]).as_read
     assert list(loaded.items()) == list(summary["spec"].items())
 
 
@@ -180,6 +264,31 @@ def test_a_seed_that_diverged_shows_as_nan_in_the_test_table():
     results["adam"]["seeds"][0]["final_valid_loss"] = float("nan")
     text = report(parse_spec(summary["spec"], Path(summary["spec_file"])), results)
     assert "| adam | 1.4 | nan |" in text and "| adam | 1 | nan |" in text and "| sage − adam | | nan |" in text
+
+
+def test_more_than_two_optimizers_are_each_compared_with_the_first():
+    """An ablation study (several SAGE variants): a difference row and a paired bootstrap table per optimizer
+    against the first, the baseline."""
+    summary = json.loads((COMMITTED / "study.json").read_text())
+    results = json.loads(json.dumps(summary["results"]))
+    results["sage_variant"] = json.loads(json.dumps(results["sage"]))
+    scores = {"adam": 30.0, "sage": 31.0, "difference": 1.0, "p_value": 0.2, "signature": "nrefs:1|bs:1000"}
+    tested = {"pairs": [{"seed": 1, "BLEU": scores, "chrF": scores}], "pooled": {"BLEU": scores, "chrF": scores}}
+    variant = {k.replace("sage", "sage_variant"): v for k, v in scores.items()}
+    variant_tested = {"pairs": [], "pooled": {"BLEU": variant, "chrF": variant}}
+    significance = {
+        "baseline": "adam", "model": "last",
+        "comparisons": {
+            "sage": {"seeds": [1], "subsets": {"test": tested}},
+            "sage_variant": {"seeds": [1], "subsets": {"test": variant_tested}},
+        },
+    }  # fmt: skip
+    text = report(parse_spec(summary["spec"], Path(summary["spec_file"])), results, significance)
+    assert text.count("| sage − adam | |") == 2 and text.count("| sage_variant − adam | |") == 2
+    assert "Rows X − adam: difference of the means" in text
+    assert "## Paired bootstrap (sage against adam, last checkpoint" in text
+    assert "## Paired bootstrap (sage_variant against adam" in text
+    assert "| test2016 | 1 | 30.00 | 31.00 | +1.00 | 0.200 |" in text and "| test2016 | pooled 1 |" in text
 
 
 @pytest.mark.slow

@@ -131,10 +131,17 @@ class Run:
         ]
 
     def eval_command(
-        self, subset: str = "test", lenpen: float | None = None, out: Path | None = None, checkpoint: Path | None = None
+        self,
+        subset: str = "test",
+        lenpen: float | None = None,
+        out: Path | None = None,
+        checkpoint: Path | None = None,
+        average_last: int | None = None,
     ) -> list[str]:
         """scripts/evaluate.py on this run (default: its save dir's best/last checkpoint, the test set, the
-        settings' length penalty)."""
+        settings' length penalty); ``average_last``: the average of the save dir's last N numbered checkpoints."""
+        if average_last and checkpoint is not None:
+            raise ToolkitError("eval_command: average_last averages the run's save dir; give no checkpoint with it")
         return [
             sys.executable,
             str(EVALUATE),
@@ -150,6 +157,7 @@ class Run:
             str(self.settings.lenpen if lenpen is None else lenpen),
             "--out",
             str(out or self.eval_file),
+            *(["--average-last", str(average_last)] if average_last else []),
             *(["--cpu"] if self.settings.cpu else []),
         ]
 
@@ -185,9 +193,11 @@ class Run:
         lenpen: float | None = None,
         out: Path | None = None,
         checkpoint: Path | None = None,
+        average_last: int | None = None,
     ) -> None:
         """Run :meth:`eval_command` (its output, evaluate's JSON, goes to ``out``, by default the eval file)."""
-        self.run_child(self.eval_command(subset, lenpen, out, checkpoint), run_env(threads), self.dir / "eval.out")
+        command = self.eval_command(subset, lenpen, out, checkpoint, average_last)
+        self.run_child(command, run_env(threads), self.dir / "eval.out")
 
     def train(self, threads: int) -> None:
         """Train (or resume) unless the training completed earlier: fairseq would run one more update on a finished

@@ -23,7 +23,7 @@ import argparse
 from pathlib import Path
 
 from sage_toolkit.errors import ToolkitError, run_command
-from sage_toolkit.study.protocol import Study, run_study
+from sage_toolkit.study.protocol import Study, run_only, run_study
 from sage_toolkit.study.report import list_checkpoints
 from sage_toolkit.study.spec import load_spec
 
@@ -34,6 +34,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, help="output folder (default: the spec's 'out')")
     parser.add_argument("--jobs", type=int, help="trainings/evaluations at the same time (default: the spec's)")
     parser.add_argument("--gpu", dest="cpu", action="store_false", help="translate on the GPU (default: CPU)")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        metavar="RUN",
+        help="train and record only these runs (OPTIMIZER/SETTING: the tune seed's; OPTIMIZER/SETTING/seedN), side by "
+        "side, and stop without study.json: a long study in pieces that fit a sitting",
+    )
     parser.add_argument(
         "--list-checkpoints",
         action="store_true",
@@ -48,8 +55,13 @@ def main(argv: list[str] | None = None) -> dict:
             print(" ".join(f"{name}={path}" for name, path in checkpoints.items()))
             return checkpoints
         study = Study(spec, out, args.jobs or spec.jobs, args.cpu)
+        if args.only:
+            for name in args.only:  # the names are checked before anything starts
+                study.run_named(name)
     except ToolkitError as e:
         parser.error(str(e))
+    if args.only:
+        return run_command("study", lambda: run_only(study, args.only))
     return run_command("study", lambda: run_study(study))
 
 

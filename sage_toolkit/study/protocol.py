@@ -1,12 +1,22 @@
 """The study's protocol, which keeps the test sets out of every decision:
 
-1. Grid: every setting trained with ``tune_seed``; each final checkpoint (``checkpoint_last.pt``: every run has the
-   same update budget) translated on the validation set, beam ``beam``, length penalty 1.0. The setting with the highest
-   validation sacreBLEU wins (ties: the lower final validation loss).
+1. Grid: every setting trained with ``tune_seed``; each final model (every run has the same update budget: the average
+   of the last ``average_last`` checkpoints, or ``checkpoint_last.pt`` without it) translated on the validation set,
+   beam ``beam``, length penalty 1.0. The setting with the highest validation sacreBLEU wins (ties: the lower final
+   validation loss).
 2. Seeds: the winning setting trained with every seed of ``seeds`` (the tune seed's run is the grid's, reused).
 3. Length penalty: each seed's model translates the validation set with every value of ``lenpens``; per optimizer the
    value with the highest mean validation sacreBLEU over its seeds is chosen.
-4. Test: each seed's model translates every subset of ``test_subsets`` with length penalty 1.0 and with the chosen one.
+4. Test: each seed's model translates every subset of ``test_subsets`` with length penalty 1.0 and with the chosen one
+   (with ``average_last``, the last checkpoint as well, reported beside the average).
+5. Significance (two optimizers): sacreBLEU's paired bootstrap on each test subset, each optimizer at its chosen
+   length penalty, for every seed both have (seed s against seed s) and for the pooled seeds
+   (:mod:`sage_toolkit.significance`).
+
+With a ``record`` folder, every run is evaluated on everything steps 1-4 can ask of it (every subset x length penalty x
+checkpoint) as soon as it is trained, and its small outputs are copied there (:mod:`.record`); a recorded run is read
+from the record and never trained or evaluated again, so the study resumes on a machine that has the record (committed)
+but not the runs. ``only`` (the command's ``--only``) trains and records the named runs and stops there.
 
 Outputs in OUT: one folder per run (``OPTIMIZER/SETTING/seedN``: fairseq's log and checkpoints, ``eval.SUBSET.lpX.json``
 from scripts/evaluate.py), ``study.json`` (everything measured), ``study.md`` (the tables) and ``learning_curves.png``,
@@ -35,6 +45,7 @@ from sage_toolkit.paths import ROOT
 from sage_toolkit.runner.console import complain, say
 from sage_toolkit.runner.process import SUPERVISOR, RunFailed, runner_session, worker_pool
 from sage_toolkit.runner.training import Run, RunSettings
+from sage_toolkit.study.record import RunRecord
 from sage_toolkit.study.report import plots, report
 from sage_toolkit.study.spec import StudySpec
 
@@ -58,42 +69,126 @@ class Study:
             validate_every=spec.validate_every, verbose=False, beam=spec.beam, lenpen=1.0, cpu=cpu,
         )  # fmt: skip
         self.pool = None  # the worker pool, while execute() runs
+        record = Path(spec.record) if spec.record else None
+        self.record_root = None if record is None else record if record.is_absolute() else ROOT / record
+        self.primary = spec.checkpoint_kinds[0]  # the model of every decision and table
+
+    # -- where results are -----------------------------------------------------------------------------------------
+
+    @staticmethod
+    def eval_name(subset: str, lenpen: float, kind: str = "last") -> str:
+        """The evaluation file of a run: ``eval.SUBSET.lpX.json`` (last checkpoint), ``eval.SUBSET.lpX.avgN.json``."""
+        return f"eval.{subset}.lp{lenpen:g}{'' if kind == 'last' else '.' + kind}.json"
+
+    def record_of(self, run: Run) -> RunRecord | None:
+        return None if self.record_root is None else RunRecord(self.record_root, run.dir.relative_to(self.out))
+
+    def recorded(self, run: Run) -> RunRecord | None:
+        """The run's record if it is complete (the run is then read from it), else None."""
+        record = self.record_of(run)
+        return record if record is not None and record.complete else None
+
+    def training_summary(self, run: Run) -> dict:
+        record = self.recorded(run)
+        return record.summary() if record is not None else run.training_summary()
+
+    def target_language(self) -> str:
+        from sage_toolkit.evaluation.dataset import infer_langs
+
+        return infer_langs(self.data, self.spec.test_subsets[0])[1]
+
+    def hypotheses(self, run: Run, subset: str, lenpen: float, kind: str) -> list[str]:
+        """The detokenised hypotheses of one evaluation (from the record, else the run folder)."""
+        name, tgt = self.eval_name(subset, lenpen, kind), self.target_language()
+        record = self.recorded(run)
+        if record is not None:
+            return record.hypotheses(name, tgt)
+        return (run.dir / f"{Path(name).stem}.hyp.{tgt}").read_text(encoding="utf-8").splitlines()
 
     # -- units of work (each runs in the pool) ------------------------------------------------------------------
+
+    def run_named(self, name: str) -> Run:
+        """The run ``OPTIMIZER/SETTING`` (its tune-seed run) or ``OPTIMIZER/SETTING/seedN``; ToolkitError naming
+        ``--only`` for a name the spec does not have."""
+        optimizer, setting, *seed = name.split("/")
+        if optimizer not in self.spec.optimizers or setting not in self.spec.optimizers[optimizer].grid:
+            raise ToolkitError(f"--only {name}: the spec has no optimizer '{optimizer}' with a setting '{setting}'")
+        if len(seed) > 1 or (seed and not (seed[0].startswith("seed") and seed[0][4:].isdigit())):
+            raise ToolkitError(f"--only {name}: expected OPTIMIZER/SETTING or OPTIMIZER/SETTING/seedN")
+        number = int(seed[0][4:]) if seed else self.spec.tune_seed
+        if number not in self.spec.seeds:
+            raise ToolkitError(f"--only {name}: seed {number} is not one of the spec's seeds {self.spec.seeds}")
+        return self.run(optimizer, setting, number)
 
     def run(self, optimizer: str, setting: str, seed: int) -> Run:
         opt = self.spec.optimizers[optimizer]
         return Run(self.run_settings, opt.config, seed, opt.grid[setting], tag=f"{optimizer}/{setting}")
 
-    def evaluate(self, run: Run, subset: str, lenpen: float) -> dict:
-        """scripts/evaluate.py on the final checkpoint; cached in the run's folder."""
+    def evaluate(self, run: Run, subset: str, lenpen: float, kind: str | None = None) -> dict:
+        """scripts/evaluate.py on the final model (``kind``: ``last`` or ``avgN``, default the primary one); cached in
+        the run's folder, read from the record for a recorded run."""
+        kind = kind or self.primary
+        name = self.eval_name(subset, lenpen, kind)
+        record = self.recorded(run)
+        if record is not None:
+            return record.evaluation(name)
         SUPERVISOR.check()  # a stopping study starts nothing (and creates no run folder)
-        out = run.dir / f"eval.{subset}.lp{lenpen:g}.json"
+        out = run.dir / name
         with run.locked():
             if not out.exists():
-                run.evaluate(self.threads, subset, lenpen, out, checkpoint=run.dir / "checkpoint_last.pt")
+                if kind == "last":
+                    run.evaluate(self.threads, subset, lenpen, out, checkpoint=run.dir / "checkpoint_last.pt")
+                else:
+                    run.evaluate(self.threads, subset, lenpen, out, average_last=self.spec.average_last)
         return json.loads(out.read_text())
+
+    def finish(self, run: Run) -> None:
+        """With a record: evaluate the trained run on every subset x length penalty x checkpoint the protocol can ask
+        for (its checkpoints may be gone by the time it asks), then copy the small outputs to the record."""
+        record = self.record_of(run)
+        if record is None or record.complete:
+            return
+        spec = self.spec
+        names = []
+        for kind in spec.checkpoint_kinds:
+            for subset in ["valid", *spec.test_subsets]:
+                for lenpen in sorted(spec.lenpens, key=lambda lp: lp != 1.0):  # 1.0 first: the grid's number
+                    self.evaluate(run, subset, lenpen, kind)
+                    names.append(self.eval_name(subset, lenpen, kind))
+        tests = [name for name in names if not name.startswith("eval.valid.")]
+        summary = {"run": run.name, "overrides": run.overrides, "lr": run.learning_rate()}
+        record.write(run.dir, names, tests, self.target_language(), {**summary, "training": run.training_summary()})
+        say(f"[{run.name}] recorded in {record.dir} ({len(names)} evaluations)")
 
     def train_and_validate(self, run: Run, tolerate_failure: bool = False) -> dict:
         """Train, then translate the validation set. A grid run that fails (a setting that diverges: fairseq stops on
         NaN/Inf gradients) is recorded in failed.json and loses the grid instead of ending the study."""
+        recorded = self.recorded(run)
+        if recorded is not None:
+            return recorded.failed or self.evaluate(run, "valid", 1.0)
         SUPERVISOR.check()
         failed = run.dir / "failed.json"
         if failed.exists():
-            return json.loads(failed.read_text())
-        try:
-            run.train(self.threads)
-        except RunFailed as e:  # not an interruption (Stopped): that is never recorded as a failure
-            if not tolerate_failure:
-                raise
-            say(f"[{run.name}] FAILED: {e.what} exited with status {e.returncode}; recorded in {failed}")
-            complain(f"study: {e}")
-            record = {"failed": str(e), "sacrebleu": None, "bleu_tok": None, "bp": None}
-            write_atomic(failed, json.dumps(record))
-            return record
-        result = self.evaluate(run, "valid", 1.0)
-        say(f"[{run.name}] valid sacreBLEU {result['sacrebleu']:.2f} (beam {self.spec.beam}, lenpen 1)")
-        return result
+            failure = json.loads(failed.read_text())
+        else:
+            try:
+                run.train(self.threads)
+            except RunFailed as e:  # not an interruption (Stopped): that is never recorded as a failure
+                if not tolerate_failure:
+                    raise
+                say(f"[{run.name}] FAILED: {e.what} exited with status {e.returncode}; recorded in {failed}")
+                complain(f"study: {e}")
+                failure = {"failed": str(e), "sacrebleu": None, "bleu_tok": None, "bp": None}
+                write_atomic(failed, json.dumps(failure))
+            else:
+                self.finish(run)
+                result = self.evaluate(run, "valid", 1.0)
+                model = "" if self.primary == "last" else f", {self.primary}"
+                say(f"[{run.name}] valid sacreBLEU {result['sacrebleu']:.2f} (beam {self.spec.beam}, lenpen 1{model})")
+                return result
+        if self.record_of(run) is not None:
+            self.record_of(run).write_failed(failure)
+        return failure
 
     # -- the protocol ----------------------------------------------------------------------------------------------
 
@@ -109,7 +204,7 @@ class Study:
                 "valid_sacrebleu": grid[setting]["sacrebleu"],
                 "valid_bleu_tok": grid[setting]["bleu_tok"],
                 "valid_bp": grid[setting]["bp"],
-                "final_valid_loss": run.training_summary()["final_valid_loss"],
+                "final_valid_loss": self.training_summary(run)["final_valid_loss"],
                 "overrides": grid_spec[setting],
                 "failed": grid[setting].get("failed"),
             }
@@ -131,19 +226,23 @@ class Study:
         lenpen = max(spec.lenpens, key=lambda lp: (mean_by_lenpen[lp], -abs(lp - 1.0)))
         say(f"[{optimizer}] length penalty on valid: {lenpen:g} (mean sacreBLEU {mean_by_lenpen[lenpen]:.2f})")
         tests = {
-            (run.seed, subset, lp): self.pool.submit(self.evaluate, run, subset, lp)
+            (run.seed, subset, lp, kind): self.pool.submit(self.evaluate, run, subset, lp, kind)
             for run in runs
             for subset in spec.test_subsets
             for lp in sorted({1.0, lenpen})
+            for kind in spec.checkpoint_kinds
         }
         seeds = []
         for run in runs:
-            entry = {"seed": run.seed, "dir": str(run.dir), **run.training_summary()}
+            entry = {"seed": run.seed, "dir": str(run.dir), **self.training_summary(run)}
             entry["valid"] = {f"{lp:g}": _scores(sweeps[(run.seed, lp)].result()) for lp in spec.lenpens}
-            entry["test"] = {
-                subset: {f"{lp:g}": _scores(tests[(run.seed, subset, lp)].result()) for lp in sorted({1.0, lenpen})}
-                for subset in spec.test_subsets
-            }
+            for kind in spec.checkpoint_kinds:  # "test": the primary model's; "test_last" beside an average's
+                entry["test" if kind == self.primary else f"test_{kind}"] = {
+                    subset: {
+                        f"{lp:g}": _scores(tests[(run.seed, subset, lp, kind)].result()) for lp in sorted({1.0, lenpen})
+                    }
+                    for subset in spec.test_subsets
+                }
             seeds.append(entry)
         return {
             "config": spec.optimizers[optimizer].config,
@@ -153,8 +252,62 @@ class Study:
             "valid_sacrebleu_by_lenpen": {f"{lp:g}": v for lp, v in mean_by_lenpen.items()},
             "lenpen": lenpen,
             "seeds": seeds,
-            "grid_curves": {s: self.run(optimizer, s, spec.tune_seed).training_summary()["curve"] for s in grid},
+            "grid_curves": {s: self.training_summary(self.run(optimizer, s, spec.tune_seed))["curve"] for s in grid},
         }
+
+    def significance(self, results: dict) -> dict:
+        """Step 5: every optimizer after the first against the first (the baseline), each at its chosen length
+        penalty: {"baseline", "model", "comparisons": {name: {"seeds", "subsets": {subset: {"pairs": [per common
+        seed], "pooled"}}}}} ({} for a single optimizer)."""
+        from sage_toolkit.evaluation.dataset import resolve_setup
+
+        names = list(results)
+        if len(names) < 2:
+            return {}
+        references, lowercase = {}, {}
+        for subset in self.spec.test_subsets:
+            setup = resolve_setup(self.data, subset)
+            if setup.ref is None:
+                raise ToolkitError(f"data {self.data}: no detokenised reference of {subset} for the paired bootstrap")
+            references[subset] = Path(setup.ref).read_text(encoding="utf-8").splitlines()
+            lowercase[subset] = setup.lowercase
+        baseline = names[0]
+        comparisons = {}
+        for system in names[1:]:
+            pair = {baseline: results[baseline], system: results[system]}
+            seeds = [
+                s["seed"] for s in pair[baseline]["seeds"] if s["seed"] in {t["seed"] for t in pair[system]["seeds"]}
+            ]
+            subsets = {}
+            for subset in self.spec.test_subsets:
+                hyps = {
+                    name: [
+                        self.hypotheses(self.run(name, r["best_setting"], seed), subset, r["lenpen"], self.primary)
+                        for seed in seeds
+                    ]
+                    for name, r in pair.items()
+                }
+                subsets[subset] = paired_tests(baseline, system, hyps, references[subset], lowercase[subset], seeds)
+            comparisons[system] = {"seeds": seeds, "subsets": subsets}
+        return {
+            "test": "sacreBLEU paired bootstrap (1000 resamples, seed 12345), each optimizer against "
+            f"{baseline}, each at its chosen length penalty",
+            "baseline": baseline,
+            "model": self.primary,
+            "comparisons": comparisons,
+        }
+
+    def execute_only(self, names: list[str]) -> list[str]:
+        """Train, finish and validate only the runs ``names`` (``OPTIMIZER/SETTING``: its tune-seed run, or
+        ``OPTIMIZER/SETTING/seedN``), side by side; a line per run. ToolkitError for a name the spec does not have."""
+        runs = [self.run_named(name) for name in names]
+        with worker_pool(self.jobs) as self.pool:
+            futures = [self.pool.submit(self.train_and_validate, run, True) for run in runs]
+            results = [future.result() for future in futures]
+        return [
+            f"{run.name}: " + ("FAILED" if result.get("failed") else f"valid sacreBLEU {result['sacrebleu']:.2f}")
+            for run, result in zip(runs, results, strict=True)
+        ]
 
     def execute(self) -> dict:
         """Steps 1-4 for every optimizer; the results by optimizer (study.json's "results")."""
@@ -180,6 +333,24 @@ class Study:
         return results
 
 
+def paired_tests(
+    baseline: str, system: str, hyps: dict[str, list[list[str]]], references: list[str], lowercase: bool, seeds: list
+) -> dict:
+    """The paired bootstrap of ``system`` against ``baseline`` for each seed pair (``hyps[name][i]``: seed
+    ``seeds[i]``'s hypotheses) and for the pooled seeds: {"pairs": [...], "pooled": {...}}, each {metric: scores}."""
+    from sage_toolkit.significance import paired_bootstrap, pooled
+
+    def test(base_hyps: list[str], sys_hyps: list[str], refs: list[str]) -> dict:
+        scores = paired_bootstrap(base_hyps, sys_hyps, refs, lowercase=lowercase)
+        return {m: {baseline: r.baseline, system: r.system, "difference": r.difference, "p_value": r.p_value,
+                    "signature": r.signature} for m, r in scores.items()}  # fmt: skip
+
+    pairs = [{"seed": seed, **test(hyps[baseline][i], hyps[system][i], references)} for i, seed in enumerate(seeds)]
+    pooled_base, pooled_refs = pooled(hyps[baseline], references)
+    pooled_sys, _ = pooled(hyps[system], references)
+    return {"pairs": pairs, "pooled": test(pooled_base, pooled_sys, pooled_refs)}
+
+
 def _scores(result: dict) -> dict:
     return {k: result.get(k) for k in SCORE_KEYS}
 
@@ -191,11 +362,24 @@ def run_study(study: Study, prog: str = "study") -> dict:
     out.mkdir(parents=True, exist_ok=True)
     with runner_session(prog, out):
         results = study.execute()
-        summary = {"spec": spec.record, "spec_file": str(spec.source), "results": results}
+        summary = {"spec": spec.as_read, "spec_file": str(spec.source), "results": results}
+        significance = study.significance(results)
+        if significance:
+            summary["significance"] = significance
         write_atomic(out / "study.json", json.dumps(summary, indent=1))
-        text = report(spec, results)
+        text = report(spec, results, significance)
         write_atomic(out / "study.md", text)
         plots(out, spec, results)
     say("\n" + text)
     say(f"wrote {out / 'study.md'}, {out / 'study.json'}, learning_curves.png, grid_curves.png, lenpen.png")
     return summary
+
+
+def run_only(study: Study, names: list[str], prog: str = "study") -> list[str]:
+    """Train, finish and validate only the runs ``names`` (see :meth:`Study.execute_only`) inside a runner session;
+    writes no study.json. Prints a line per run."""
+    study.out.mkdir(parents=True, exist_ok=True)
+    with runner_session(prog, study.out):
+        lines = study.execute_only(names)
+    say("\n".join(lines))
+    return lines

@@ -28,11 +28,18 @@ def _difference(a: list, b: list, digits: int) -> str:
     return "nan" if _has_nan(a) or _has_nan(b) else format_difference(a, b, digits)
 
 
-def report(spec: StudySpec, results: dict) -> str:
+def _model(spec: StudySpec) -> str:
+    return f"average of the last {spec.average_last} checkpoints" if spec.average_last else "last checkpoint"
+
+
+def report(spec: StudySpec, results: dict, significance: dict | None = None) -> str:
     """study.md: the grid, the length-penalty sweep, the test tables (tuned length penalty and 1.0, with the difference
-    of the two optimizers' means), the per-seed table and the sacreBLEU signatures."""
+    of the two optimizers' means; with averaging, the last checkpoint's table too), the per-seed table, the paired
+    bootstrap (``significance``, study.json's) and the sacreBLEU signatures."""
     names = list(results)
     lines = [f"# {spec.description}", ""]
+    if spec.average_last:
+        lines += [f"Model evaluated: the {_model(spec)} of each run (the last checkpoint beside it, below).", ""]
     lines += [f"## Grid (seed {spec.tune_seed}, validation, beam {spec.beam}, lenpen 1)", ""]
     lines += ["| optimizer | setting | overrides | valid sacreBLEU | valid tok. BLEU | BP | final valid loss |"]
     lines += ["|---|---|---|---|---|---|---|"]
@@ -55,47 +62,55 @@ def report(spec: StudySpec, results: dict) -> str:
         lines.append(
             f"| {name} | " + " | ".join(f"{by[lp]:.2f}" for lp in lenpens) + f" | {results[name]['lenpen']:g} |"
         )
-    for label, which in (("tuned length penalty", "tuned"), ("length penalty 1.0", "1")):
+    tables = [("tuned length penalty", "tuned", "test"), ("length penalty 1.0", "1", "test")]
+    if spec.average_last:
+        tables += [("last checkpoint, tuned length penalty", "tuned", "test_last")]
+    for label, which, key in tables:
         lines += ["", f"## Test, {label} (mean ± std over {len(spec.seeds)} seeds)", ""]
         head = "| optimizer | lenpen | final valid loss |"
         for subset in spec.test_subsets:
             shown = spec.shown(subset)
-            head += f" {shown} tok. BLEU | {shown} sacreBLEU | {shown} BP |"
-        lines += [head, "|" + "---|" * (3 + 3 * len(spec.test_subsets))]
+            head += f" {shown} tok. BLEU | {shown} sacreBLEU | {shown} chrF | {shown} BP |"
+        lines += [head, "|" + "---|" * (3 + 4 * len(spec.test_subsets))]
         columns = {}  # name -> the per-seed values of every column, for the difference row
         for name in names:
             lp = f"{results[name]['lenpen']:g}" if which == "tuned" else "1"
             seeds = results[name]["seeds"]
             values = [([s["final_valid_loss"] for s in seeds], 3)]
             for subset in spec.test_subsets:
-                cells = [s["test"][subset][lp] for s in seeds]
+                cells = [s[key][subset][lp] for s in seeds]
                 values += [
-                    ([c[key] for c in cells], digits) for key, digits in (("bleu_tok", 2), ("sacrebleu", 2), ("bp", 3))
+                    ([c[score] for c in cells], digits)
+                    for score, digits in (("bleu_tok", 2), ("sacrebleu", 2), ("chrf", 2), ("bp", 3))
                 ]
             columns[name] = values
             lines.append(f"| {name} | {lp} | " + " | ".join(_mean_std(v, d) for v, d in values) + " |")
-        if len(names) == 2 and all(len(results[n]["seeds"]) > 1 for n in names):
-            first, second = names
-            cells = [_difference(a, b, d) for (a, d), (b, _) in zip(columns[first], columns[second], strict=True)]
-            lines.append(f"| {second} − {first} | | " + " | ".join(cells) + " |")
+        first, others = names[0], [n for n in names[1:] if len(results[n]["seeds"]) > 1]
+        if len(results[first]["seeds"]) > 1 and others:
+            for other in others:
+                cells = [_difference(a, b, d) for (a, d), (b, _) in zip(columns[first], columns[other], strict=True)]
+                lines.append(f"| {other} − {first} | | " + " | ".join(cells) + " |")
             lines += [
                 "",
-                "Last row: difference of the means ± its standard error, sqrt(s1²/n1 + s2²/n2) (seeds unpaired).",
+                ("Last row" if len(others) == 1 else "Rows X − " + first)
+                + ": difference of the means ± its standard error, sqrt(s1²/n1 + s2²/n2) (seeds unpaired).",
             ]
     lines += ["", "## Per seed (tuned length penalty)", ""]
     head = "| optimizer | seed | final valid loss | valid sacreBLEU |"
     for subset in spec.test_subsets:
         shown = spec.shown(subset)
-        head += f" {shown} tok. BLEU | {shown} sacreBLEU | {shown} BP |"
-    lines += [head + " train time (s) |", "|" + "---|" * (5 + 3 * len(spec.test_subsets))]
+        head += f" {shown} tok. BLEU | {shown} sacreBLEU | {shown} chrF | {shown} BP |"
+    lines += [head + " train time (s) |", "|" + "---|" * (5 + 4 * len(spec.test_subsets))]
     for name in names:
         lp = f"{results[name]['lenpen']:g}"
         for s in results[name]["seeds"]:
             row = f"| {name} | {s['seed']} | {s['final_valid_loss']:.3f} | {s['valid'][lp]['sacrebleu']:.2f} |"
             for subset in spec.test_subsets:
                 c = s["test"][subset][lp]
-                row += f" {c['bleu_tok']:.2f} | {c['sacrebleu']:.2f} | {c['bp']:.3f} |"
+                row += f" {c['bleu_tok']:.2f} | {c['sacrebleu']:.2f} | {c['chrf']:.2f} | {c['bp']:.3f} |"
             lines.append(row + f" {s['train_wall_s'] or float('nan'):.0f} |")
+    if significance:
+        lines += _significance(spec, significance)
     signatures = sorted(
         {c["sacrebleu_signature"] for n in names for s in results[n]["seeds"] for t in s["test"].values()
          for c in t.values() if c.get("sacrebleu_signature")}
@@ -109,6 +124,38 @@ def report(spec: StudySpec, results: dict) -> str:
     ]
     lines += [f"sacreBLEU signature: `{s}`" for s in signatures]
     return "\n".join(lines) + "\n"
+
+
+def _significance(spec: StudySpec, significance: dict) -> list[str]:
+    """The paired bootstrap tables: per optimizer against the baseline, per test subset, every seed pair and the
+    pooled seeds."""
+    base = significance["baseline"]
+    lines = []
+    for system, comparison in significance["comparisons"].items():
+        lines += [
+            "",
+            f"## Paired bootstrap ({system} against {base}, {_model(spec)}, each at its tuned length penalty)",
+        ]
+        lines += ["", f"| test set | seeds | {base} BLEU | {system} BLEU | difference | p | {base} chrF | "
+                  f"{system} chrF | difference | p |", "|" + "---|" * 10]  # fmt: skip
+        for subset, tested in comparison["subsets"].items():
+            rows = [(str(pair["seed"]), pair) for pair in tested["pairs"]]
+            rows.append(("pooled " + ",".join(str(s) for s in comparison["seeds"]), tested["pooled"]))
+            for label, scores in rows:
+                cells = []
+                for metric in ("BLEU", "chrF"):
+                    m = scores[metric]
+                    cells += [f"{m[base]:.2f}", f"{m[system]:.2f}", f"{m['difference']:+.2f}", f"{m['p_value']:.3f}"]
+                lines.append(f"| {spec.shown(subset)} | {label} | " + " | ".join(cells) + " |")
+    pooled = next(iter(next(iter(significance["comparisons"].values()))["subsets"].values()))["pooled"]
+    lines += [
+        "",
+        "sacreBLEU's paired bootstrap (Koehn 2004), 1,000 resamples of the test sentences (pooled: of the (seed, "
+        "sentence) items, every seed's output against the references); p: the fraction of resamples whose centred "
+        "difference is at least the observed one (+1 correction).",
+    ]
+    lines += [f"{metric} test signature: `{pooled[metric]['signature']}`" for metric in ("BLEU", "chrF")]
+    return lines
 
 
 def plots(out: Path, spec: StudySpec, results: dict) -> None:

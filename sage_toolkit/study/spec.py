@@ -4,7 +4,11 @@
 Keys (defaults in brackets): ``data``, ``seeds`` and ``optimizers`` (``NAME: {config: CONFIG, grid: {SETTING:
 [OVERRIDE, ...]}}``) are required; ``out`` (the default of --out), ``jobs`` [1], ``beam`` [5], ``tune_seed`` [the
 first seed], ``lenpens`` [[1.0]], ``test_subsets`` [[test]], ``subset_names`` [{}] (how a subset is shown in the
-tables), ``overrides`` [[]] (for every run), ``validate_every`` [0], ``valid_bleu`` [true], ``description``.
+tables), ``overrides`` [[]] (for every run), ``validate_every`` [0], ``valid_bleu`` [true], ``description``,
+``average_last`` [0]: evaluate the average of each run's last N interval checkpoints (the fairseq recipes' way; the
+model every decision and table uses), the last checkpoint reported beside it (0: the last checkpoint only),
+``record`` [none]: a folder (relative to the repository root) that keeps each finished run's small outputs, to be
+committed, so that the study resumes on another machine without retraining (see :mod:`.record`).
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ from sage_toolkit.errors import ToolkitError
 from sage_toolkit.paths import CONFIG_DIR
 
 SPEC_KEYS = {"data", "out", "jobs", "beam", "tune_seed", "seeds", "lenpens", "test_subsets", "subset_names",
-             "optimizers", "overrides", "validate_every", "valid_bleu", "description"}  # fmt: skip
+             "optimizers", "overrides", "validate_every", "valid_bleu", "description", "average_last",
+             "record"}  # fmt: skip
 
 
 @dataclass
@@ -46,8 +51,16 @@ class StudySpec:
     validate_every: int = 0
     valid_bleu: bool = True
     description: str = "Adam vs SAGE"
+    average_last: int = 0
+    record: str | None = None
     # the spec as read, defaults added, in the file's order: what study.json records as "spec"
-    record: dict = field(default_factory=dict, repr=False, compare=False)
+    as_read: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def checkpoint_kinds(self) -> list[str]:
+        """The checkpoints each run is evaluated with, the model of the decisions and tables first: ``avgN`` (the
+        average of the last N) and ``last``, or ``last`` alone."""
+        return [f"avg{self.average_last}", "last"] if self.average_last else ["last"]
 
     def shown(self, subset: str) -> str:
         """A test subset's name in the tables."""
@@ -85,6 +98,13 @@ def parse_spec(raw: dict, source: Path) -> StudySpec:
     spec.setdefault("tune_seed", spec["seeds"][0])
     if spec["tune_seed"] not in spec["seeds"]:
         raise ToolkitError(f"study spec {source}: tune_seed {spec['tune_seed']} is not one of seeds {spec['seeds']}")
+    average_last = spec.get("average_last", 0)
+    if not isinstance(average_last, int) or isinstance(average_last, bool) or average_last < 0 or average_last == 1:
+        raise ToolkitError(
+            f"study spec {source}: average_last must be 0 (off) or a number of checkpoints >= 2, got {average_last!r}"
+        )
+    if "record" in spec and not (isinstance(spec["record"], str) and spec["record"].strip()):
+        raise ToolkitError(f"study spec {source}: record must be a folder name, got {spec['record']!r}")
     if 1.0 not in spec["lenpens"]:
         raise ToolkitError(
             f"study spec {source}: lenpens {spec['lenpens']} must include 1.0 (the grid's and the baseline)"
@@ -106,4 +126,4 @@ def parse_spec(raw: dict, source: Path) -> StudySpec:
         )
     optimizers = {name: OptimizerSpec(opt["config"], dict(opt["grid"])) for name, opt in spec["optimizers"].items()}
     fields = {key: value for key, value in spec.items() if key != "optimizers"}
-    return StudySpec(source=source, optimizers=optimizers, record=spec, **fields)
+    return StudySpec(source=source, optimizers=optimizers, as_read=spec, **fields)

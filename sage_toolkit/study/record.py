@@ -1,0 +1,99 @@
+"""A study's record: each finished run's small outputs in a folder meant to be committed, so that a long study resumes
+on another machine without retraining the runs it has (checkpoints are never committed: too large).
+
+``RECORD/OPTIMIZER/SETTING/seedN/`` holds
+
+- ``eval.SUBSET.lpX.json`` and, with ``average_last``, ``eval.SUBSET.lpX.avgN.json``: every evaluation of the run;
+- ``eval.SUBSET.lpX[.avgN].hyp.TGT.gz``: the detokenised hypotheses of the test subsets (the paired bootstrap reads
+  them; gzip keeps 24 files per run near 0.5 MB);
+- ``config.yaml``: the configuration fairseq trained with (Hydra's record), for provenance;
+- ``run.json``: the training summary (validation curve, losses, updates, wall time, words/s) and the learning rate,
+  written last: a run folder with ``run.json`` is complete, one without it is ignored (an interrupted copy);
+- or ``failed.json`` alone: a grid setting whose training failed.
+
+Because checkpoints may be gone when the protocol asks for a number (the test sets at a length penalty chosen after
+every seed has run), a run is evaluated on everything the protocol can ask of it before it is recorded (see
+:meth:`sage_toolkit.study.protocol.Study.finish`).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+from pathlib import Path
+
+from sage_toolkit.atomic import atomic_path, write_atomic
+from sage_toolkit.errors import ToolkitError
+
+RUN_FILE = "run.json"
+FAILED_FILE = "failed.json"
+
+
+class RunRecord:
+    """The record of one run: ``root/OPTIMIZER/SETTING/seedN``."""
+
+    def __init__(self, root: Path, relative: Path):
+        self.dir = Path(root) / relative
+
+    @property
+    def complete(self) -> bool:
+        return (self.dir / RUN_FILE).is_file() or (self.dir / FAILED_FILE).is_file()
+
+    @property
+    def failed(self) -> dict | None:
+        path = self.dir / FAILED_FILE
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def summary(self) -> dict:
+        """The recorded training summary (as :meth:`sage_toolkit.runner.training.Run.training_summary`)."""
+        return self._read(RUN_FILE)["training"]
+
+    def learning_rate(self) -> float | None:
+        return self._read(RUN_FILE).get("lr")
+
+    def evaluation(self, name: str) -> dict:
+        """The recorded evaluation ``name`` (e.g. ``eval.valid.lp1.avg5.json``)."""
+        return self._read(name)
+
+    def hypotheses(self, eval_name: str, tgt: str) -> list[str]:
+        """The detokenised hypotheses of the recorded evaluation ``eval_name``, one per test sentence."""
+        path = self.dir / f"{Path(eval_name).stem}.hyp.{tgt}.gz"
+        if not path.is_file():
+            raise ToolkitError(f"record {self.dir}: no {path.name} (only the test subsets' hypotheses are kept)")
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            return f.read().splitlines()
+
+    def _read(self, name: str) -> dict:
+        path = self.dir / name
+        if not path.is_file():
+            raise ToolkitError(
+                f"record {self.dir}: no {name}; the run was recorded without it (a spec changed after the run?): "
+                f"delete {self.dir} and run it again"
+            )
+        return json.loads(path.read_text())
+
+    def write(self, run_dir: Path, evaluations: list[str], hypotheses: list[str], tgt: str, run: dict) -> None:
+        """Copy ``evaluations`` (file names in ``run_dir``), gzip the hypotheses of ``hypotheses`` (evaluation file
+        names), copy Hydra's config.yaml, then write ``run`` as run.json (last: it marks the record complete)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for name in evaluations:
+            shutil.copyfile(run_dir / name, self.dir / name)
+        for name in hypotheses:
+            source = run_dir / f"{Path(name).stem}.hyp.{tgt}"
+            with atomic_path(self.dir / f"{source.name}.gz") as tmp:
+                # mtime=0: the same hypotheses give the same bytes (no spurious change in a commit)
+                with (
+                    open(source, "rb") as src,
+                    open(tmp, "wb") as raw,
+                    gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as dst,
+                ):
+                    shutil.copyfileobj(src, dst)
+        config = run_dir / ".hydra" / "config.yaml"
+        if config.is_file():
+            shutil.copyfile(config, self.dir / "config.yaml")
+        write_atomic(self.dir / RUN_FILE, json.dumps(run, indent=1))
+
+    def write_failed(self, failure: dict) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.dir / FAILED_FILE, json.dumps(failure))
