@@ -64,7 +64,7 @@ def analysed(tiny_data_bin, tmp_path_factory):
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "--data-bin", str(tiny_data_bin), "--checkpoints", f"first={ckpt}",
          f"second={save}", "--out", str(out), "--sparsities", *map(str, SPARSITIES), "--batches", "2",
-         "--max-len-a", "1", "--max-len-b", "4", "--cpu"],
+         "--max-len-a", "1", "--max-len-b", "4", "--cpu", "--by-layer-type"],
         capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=600,
     )  # fmt: skip
     validate_out = validate.communicate(timeout=600)[0]
@@ -129,6 +129,33 @@ def test_curves_json_plots_and_table(analysed, tiny_data_bin):
     assert set(overlap) == {"0.3", "0.6"} and all(0 < v < 1 for v in overlap.values())
     # the printed table: one line per model, method and sparsity
     assert len([line for line in stdout.splitlines() if line.startswith(("first ", "second "))]) == 2 * 2 * 3
+
+
+def test_pruning_within_each_layer_type(analysed):
+    """--by-layer-type: each layer type pruned alone, to each sparsity of its own entries, beside the global sweep."""
+    out, result = analysed["out"], analysed["result"]
+    assert (out / "pruning_curves_by_layer_type.png").stat().st_size > 10_000
+    first = result["models"]["first"]
+    by_type = first["results_by_layer_type"]
+    assert set(by_type) == {"embeddings", "attention", "feed-forward"}
+    entries = {kind: 0 for kind in by_type}
+    for t in first["tensors"]:
+        entries[t["layer_type"]] += t["shape"][0] * t["shape"][1]
+    assert sum(entries.values()) == first["entries_in_scope"]
+    for kind, methods in by_type.items():
+        assert set(methods) == {"sensitivity", "magnitude"}
+        for method, rows in methods.items():
+            zero, *pruned = rows
+            assert zero["loss"] == first["unpruned"]["loss"] and zero["n_pruned"] == 0
+            for r in pruned:
+                assert r["n_pruned"] == round(r["sparsity"] * entries[kind])  # of the type's entries, not the scope's
+                assert abs(r["zero_fraction"] - r["sparsity"]) <= 0.5 / entries[kind] + 1e-12, (kind, method)
+                assert r["loss_increase"] == pytest.approx(r["loss"] - zero["loss"])
+            # magnitude pruning 60 % of a type changes the model's loss
+            assert method != "magnitude" or rows[-1]["loss"] != zero["loss"], kind
+    assert first["results_by_layer_type"] == result["models"]["second"]["results_by_layer_type"]
+    assert set(result["groups_by_layer_type"]) == set(by_type)
+    assert analysed["stdout"].count("pruning_curves_by_layer_type.png") == 1
 
 
 def test_pruning_zeroes_the_lowest_ranked_entries_and_restores(analysed, tiny_data_bin, monkeypatch):

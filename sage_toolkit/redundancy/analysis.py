@@ -15,6 +15,10 @@ when its least important weights are removed. :func:`run` makes that visible. Fo
    unless ``bleu`` is off, sacreBLEU over the whole ``subset``), then restore the weights. The checkpoint file is only
    read.
 
+5. With ``by_layer_type``, step 4 again within each layer type (embeddings, attention, feed-forward) alone: the
+   type's entries ranked among themselves and only they pruned, to each sparsity of the type's own entries. A small
+   model's embeddings hold most of its weights and dominate the global ranking; this shows each type's redundancy.
+
 Cost: the sensitivity is ``batches`` forward/backward passes; every (method, sparsity) point, and the unpruned model,
 is one pass over the subset for the loss and, with BLEU, one decoding of it. A heavily pruned model may translate
 every sentence to the length limit (``max_len_a``/``max_len_b``, fairseq-generate's defaults 0 and 200): on a CPU
@@ -22,7 +26,9 @@ prefer no BLEU or a lower limit; on a GPU a Multi30k/IWSLT'14 validation set is 
 
 Outputs in ``out``: ``redundancy.json`` (settings, the scope, per model: the unpruned metrics, per method and
 sparsity: loss, nll_loss, BLEU, the measured fraction of zeros in the scope, the overlap of the two methods' pruned
-sets; quantiles of log10 sensitivity per layer type; ``groups``: :mod:`.summary`) and the two figures of :mod:`.plots`.
+sets; quantiles of log10 sensitivity per layer type; ``groups``: :mod:`.summary`; with ``by_layer_type``:
+``results_by_layer_type`` per model and ``groups_by_layer_type``) and the figures of :mod:`.plots`
+(``pruning_curves_by_layer_type.png`` with ``by_layer_type``).
 """
 
 from __future__ import annotations
@@ -35,8 +41,9 @@ from sage_toolkit.atomic import write_atomic
 from sage_toolkit.errors import ToolkitError
 from sage_toolkit.redundancy.model import load
 from sage_toolkit.redundancy.options import METHODS, RedundancyOptions
-from sage_toolkit.redundancy.plots import plot_curves, plot_sensitivities
+from sage_toolkit.redundancy.plots import plot_curves, plot_curves_by_layer_type, plot_sensitivities
 from sage_toolkit.redundancy.pruning import (
+    LAYER_TYPES,
     SCOPE,
     layer_type,
     num_pruned,
@@ -52,6 +59,7 @@ from sage_toolkit.redundancy.summary import group_summary
 
 PROG = "analyze_redundancy"
 OUTPUTS = ("redundancy.json", "pruning_curves.png", "sensitivity_by_layer_type.png")
+BY_TYPE_OUTPUT = "pruning_curves_by_layer_type.png"
 
 
 def parse_checkpoints(values: tuple[str, ...]) -> dict[str, Path]:
@@ -137,21 +145,32 @@ def analyze_model(
                 p.copy_(original)
 
     unpruned = measure()
-    results: dict[str, list] = {}
-    for method in o.methods:
-        rows = []
+
+    def sweep(label: str, pruned: list, order) -> list[dict]:
+        """Prune ``pruned`` (a subset of ``params``) to every sparsity of its own entries in ``order``, measure."""
+        rows, count = [], sum(p.numel() for p in pruned)
         for s in o.sparsities:
-            k = num_pruned(s, total)
-            prune_(params, orders[method], k)
-            row = {"sparsity": s, "n_pruned": k, "zero_fraction": zero_fraction(params), **measure()}
+            k = num_pruned(s, count)
+            prune_(pruned, order, k)
+            row = {"sparsity": s, "n_pruned": k, "zero_fraction": zero_fraction(pruned), **measure()}
             row["loss_increase"] = row["loss"] - unpruned["loss"]
             if "bleu" in row:
                 row["bleu_drop"] = unpruned["bleu"] - row["bleu"]
             rows.append(row)
             restore()
-            print(f"{PROG}: {name} {method} {s:.2f}: loss {row['loss']:.4f}"
+            print(f"{PROG}: {name} {label} {s:.2f}: loss {row['loss']:.4f}"
                   + (f" BLEU {row['bleu']:.2f}" if "bleu" in row else ""), flush=True)  # fmt: skip
-        results[method] = rows
+        return rows
+
+    results = {method: sweep(method, params, orders[method]) for method in o.methods}
+    by_type: dict[str, dict[str, list]] = {}
+    if o.by_layer_type:
+        types = [layer_type(n) for n in names]
+        for kind in (t for t in LAYER_TYPES if t in types):
+            chosen = [i for i, t in enumerate(types) if t == kind]
+            pruned = [params[i] for i in chosen]
+            scores = {"sensitivity": [sens[i] for i in chosen], "magnitude": [p.detach().abs() for p in pruned]}
+            by_type[kind] = {method: sweep(f"{kind} {method}", pruned, ranking(scores[method])) for method in o.methods}
     overlap = {}
     if set(METHODS) <= set(orders):
         for s in o.sparsities:
@@ -169,6 +188,7 @@ def analyze_model(
         "excluded_unused_tensors": unused,
         "unpruned": unpruned,
         "results": results,
+        **({"results_by_layer_type": by_type} if o.by_layer_type else {}),
         "pruned_set_overlap_sensitivity_vs_magnitude": overlap,
         "log10_sensitivity_by_layer_type": summary,
         "sensitivity_batches": o.batches,
@@ -206,10 +226,22 @@ def run(options: RedundancyOptions) -> dict:
         "device": "cuda" if use_cuda else "cpu",
         "models": models,
         "groups": group_summary(models),
+        **({"groups_by_layer_type": groups_by_layer_type(models)} if options.by_layer_type else {}),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     json_name, curves_name, sensitivity_name = OUTPUTS
     write_atomic(options.out / json_name, json.dumps(result, indent=2) + "\n")
     plot_curves(models, options.out / curves_name, options.bleu)
     plot_sensitivities(values, options.out / sensitivity_name)
+    if options.by_layer_type:
+        plot_curves_by_layer_type(models, options.out / BY_TYPE_OUTPUT, options.bleu)
     return result
+
+
+def groups_by_layer_type(models: dict) -> dict:
+    """:func:`group_summary` of the pruning within each layer type."""
+    kinds = dict.fromkeys(kind for rec in models.values() for kind in rec.get("results_by_layer_type", {}))
+    return {
+        kind: group_summary({name: {"results": rec["results_by_layer_type"][kind]} for name, rec in models.items()})
+        for kind in kinds
+    }

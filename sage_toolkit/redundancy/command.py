@@ -57,6 +57,12 @@ def parse_args(argv=None) -> RedundancyOptions:
     p.add_argument("--max-tokens", type=int, default=4096, help="tokens per batch (default 4096)")
     p.add_argument("--seed", type=int, default=1, help="seed of the sensitivity batches' order (default 1)")
     p.add_argument("--cpu", action="store_true", help="run on the CPU even if CUDA is available")
+    p.add_argument(
+        "--by-layer-type",
+        action="store_true",
+        help="also prune within each layer type alone (embeddings, attention, feed-forward: each ranked among its own "
+        "entries), beside the global ranking",
+    )
     args = p.parse_args(argv)  # fmt: skip
     for name in ("batches", "beam", "max_tokens"):
         if getattr(args, name) < 1:
@@ -69,7 +75,7 @@ def parse_args(argv=None) -> RedundancyOptions:
         sensitivity_subset=args.sensitivity_subset, batches=args.batches,
         sparsities=tuple(sorted(set(args.sparsities))), methods=tuple(dict.fromkeys(args.methods)), bleu=args.bleu,
         beam=args.beam, max_len_a=args.max_len_a, max_len_b=args.max_len_b, max_tokens=args.max_tokens,
-        seed=args.seed, cpu=args.cpu,
+        seed=args.seed, cpu=args.cpu, by_layer_type=args.by_layer_type,
     )  # fmt: skip
 
 
@@ -79,5 +85,6 @@ def main(argv=None) -> int:
     result = run_command(analysis.PROG, lambda: analysis.run(options))
     print(summary.table(result["models"]))
     json_name, *figures = analysis.OUTPUTS
+    figures += [analysis.BY_TYPE_OUTPUT] if options.by_layer_type else []
     print(f"{analysis.PROG}: wrote {options.out / json_name}, {', '.join(figures)}")
     return 0

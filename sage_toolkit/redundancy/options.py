@@ -28,3 +28,4 @@ class RedundancyOptions:
     max_tokens: int = 4096  # tokens per batch
     seed: int = 1  # seed of the sensitivity batches' order
     cpu: bool = False  # run on the CPU even if CUDA is available
+    by_layer_type: bool = False  # also prune within each layer type alone

@@ -57,6 +57,36 @@ def plot_curves(models: dict, path: Path, bleu: bool) -> None:
     plt.close(fig)
 
 
+def plot_curves_by_layer_type(models: dict, path: Path, bleu: bool) -> None:
+    """The loss increase (and BLEU drop) against sparsity when one layer type alone is pruned: a column per type."""
+    plt = _pyplot()
+    kinds = [k for k in LAYER_TYPES if any(k in rec.get("results_by_layer_type", {}) for rec in models.values())]
+    panels = [("loss_increase", "loss increase over unpruned")] + ([("bleu_drop", "BLEU drop")] if bleu else [])
+    fig, axes = plt.subplots(
+        len(panels), max(1, len(kinds)), figsize=(4.5 * max(1, len(kinds)), 3.6 * len(panels)), squeeze=False
+    )
+    color = _group_colors(plt, models)
+    for col, kind in enumerate(kinds):
+        for row, (key, label) in enumerate(panels):
+            ax, labelled = axes[row][col], set()
+            for name, rec in models.items():
+                group = group_of(name)
+                for method, rows in rec["results_by_layer_type"].get(kind, {}).items():
+                    shown = group if group != name else name
+                    ax.plot([100 * r["sparsity"] for r in rows], [r.get(key) for r in rows],
+                            LINESTYLES.get(method, ":"), marker="o", ms=3, color=color[group], alpha=0.8,
+                            label=None if (shown, method) in labelled else f"{shown}, {method}")  # fmt: skip
+                    labelled.add((shown, method))
+            ax.set_title(f"{kind} pruned alone")
+            ax.set_xlabel(f"sparsity (% of the {kind} entries zeroed)")
+            ax.set_ylabel(label)
+            ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    savefig_atomic(fig, path, dpi=DPI)
+    plt.close(fig)
+
+
 def plot_sensitivities(values: dict, path: Path) -> None:
     import numpy as np
 
