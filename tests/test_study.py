@@ -114,6 +114,10 @@ def test_protocol_end_to_end_with_a_failing_setting_and_resumption(demo_bin, tmp
         ({"average_last": -2}, "average_last must be 0 (off) or a number of checkpoints >= 2, got -2"),
         ({"average_last": "5"}, "average_last must be 0 (off) or a number of checkpoints >= 2, got '5'"),
         ({"record": ""}, "record must be a folder name"),
+        ({"redundancy": {"batchez": 2}}, "redundancy.batchez: unknown option"),
+        ({"redundancy": {"batches": "2"}}, "redundancy.batches must be a int, got '2'"),
+        ({"redundancy": {"by_layer_type": 1}}, "redundancy.by_layer_type must be a bool, got 1"),
+        ({"redundancy": [1]}, "redundancy must be a mapping"),
         ({"optimizers": {"adam": {"config": "no_such_config", "grid": {"a": ["x=1"]}}}}, "no_such_config"),
         ({"optimizers": {"adam": {"config": "demo_adam", "grid": {"a": "optimization.lr=[0.1]"}}}}, "list of Hydra"),
         (
@@ -180,9 +184,10 @@ def test_a_recorded_study_resumes_from_its_record_alone(demo_bin, tmp_path, caps
         "sage": {"config": "demo_sage", "grid": {"ok": ["optimizer.sage_beta3=0.8"]}},
     }
     keep = ["checkpoint.save_interval_updates=2", "checkpoint.keep_interval_updates=3"]
+    redundancy = {"batches": 1, "sparsities": [0.0, 0.5], "by_layer_type": True, "bleu": False}
     spec_file = write_spec(
         tmp_path / "spec.yaml", demo_bin, average_last=2, record=str(record), optimizers=optimizers,
-        overrides=TINY + keep,
+        overrides=TINY + keep, redundancy=redundancy,
     )  # fmt: skip
     out = tmp_path / "study"
     study.main([str(spec_file), "--out", str(out), "--only", "adam/lr1", "sage/ok/seed2"])
@@ -197,6 +202,10 @@ def test_a_recorded_study_resumes_from_its_record_alone(demo_bin, tmp_path, caps
     assert averaged["average_last"] == 2 and [Path(c).name for c in averaged["checkpoints"]] == [
         "checkpoint_1_2.pt", "checkpoint_1_4.pt"
     ]  # fmt: skip
+    analysed = json.loads((recorded / "redundancy.json").read_text())  # the averaged model's analysis, recorded
+    assert list(analysed["models"]) == ["adam/lr1/seed1"] and analysed["sparsities"] == [0.0, 0.5]
+    assert analysed["models"]["adam/lr1/seed1"]["checkpoint"].endswith("seed1/checkpoint.avg2.pt")
+    assert "results_by_layer_type" in analysed["models"]["adam/lr1/seed1"] and analysed["bleu"] is None
     run = json.loads((recorded / "run.json").read_text())
     assert run["training"]["updates"] == 4 and run["lr"] == 0.001 and (recorded / "config.yaml").is_file()
 
@@ -229,12 +238,18 @@ def test_a_recorded_study_resumes_from_its_record_alone(demo_bin, tmp_path, caps
         "## Test, last checkpoint, tuned length penalty" in table and "## Paired bootstrap (sage against adam" in table
     )
     assert "| tatoeba-test | pooled 1,2 |" in table
+    merged = json.loads((out / "redundancy" / "redundancy.json").read_text())
+    assert list(merged["models"]) == ["adam/lr1/seed1", "adam/lr1/seed2", "sage/ok/seed1", "sage/ok/seed2"]
+    assert merged["models"]["adam/lr1/seed1"] == analysed["models"]["adam/lr1/seed1"]
+    assert set(merged["groups"]) == {"adam", "sage"} and set(merged["groups_by_layer_type"]) >= {"embeddings"}
+    assert (out / "redundancy" / "pruning_curves_by_layer_type.png").stat().st_size > 10_000
 
     shutil.rmtree(out)  # every run recorded now: nothing is trained or translated, the same study comes out
     again = study.main([str(spec_file), "--out", str(out)])
     printed = capsys.readouterr().out
     assert "training" not in printed and not any(out.glob("*/*/seed*")), printed
     assert again == summary
+    assert json.loads((out / "redundancy" / "redundancy.json").read_text()) == merged
 
 
 COMMITTED = ROOT / "results" / "multi30k_de_en"

@@ -59,7 +59,8 @@ def parse_args(argv=None) -> RedundancyOptions:
     p.add_argument("--cpu", action="store_true", help="run on the CPU even if CUDA is available")
     p.add_argument(
         "--by-layer-type",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=False,
         help="also prune within each layer type alone (embeddings, attention, feed-forward: each ranked among its own "
         "entries), beside the global ranking",
     )

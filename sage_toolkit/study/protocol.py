@@ -14,7 +14,8 @@
    (:mod:`sage_toolkit.significance`).
 
 With a ``record`` folder, every run is evaluated on everything steps 1-4 can ask of it (every subset x length penalty x
-checkpoint) as soon as it is trained, and its small outputs are copied there (:mod:`.record`); a recorded run is read
+checkpoint, and with ``redundancy`` the redundancy analysis of its final model) as soon as it is trained, and its small
+outputs are copied there (:mod:`.record`); a recorded run is read
 from the record and never trained or evaluated again, so the study resumes on a machine that has the record (committed)
 but not the runs. ``only`` (the command's ``--only``) trains and records the named runs and stops there.
 
@@ -36,6 +37,7 @@ import json
 import math
 import os
 import statistics
+import sys
 from concurrent.futures import Future, as_completed
 from pathlib import Path
 
@@ -44,7 +46,7 @@ from sage_toolkit.errors import ToolkitError
 from sage_toolkit.paths import ROOT
 from sage_toolkit.runner.console import complain, say
 from sage_toolkit.runner.process import SUPERVISOR, RunFailed, runner_session, worker_pool
-from sage_toolkit.runner.training import Run, RunSettings
+from sage_toolkit.runner.training import Run, RunSettings, run_env
 from sage_toolkit.study.record import RunRecord
 from sage_toolkit.study.report import plots, report
 from sage_toolkit.study.spec import StudySpec
@@ -155,10 +157,54 @@ class Study:
                 for lenpen in sorted(spec.lenpens, key=lambda lp: lp != 1.0):  # 1.0 first: the grid's number
                     self.evaluate(run, subset, lenpen, kind)
                     names.append(self.eval_name(subset, lenpen, kind))
+        if spec.redundancy is not None:
+            self.analyze_redundancy(run)
         tests = [name for name in names if not name.startswith("eval.valid.")]
         summary = {"run": run.name, "overrides": run.overrides, "lr": run.learning_rate()}
         record.write(run.dir, names, tests, self.target_language(), {**summary, "training": run.training_summary()})
         say(f"[{run.name}] recorded in {record.dir} ({len(names)} evaluations)")
+
+    def final_checkpoint(self, run: Run) -> Path:
+        """The file of the run's final model (the average written by its evaluation, or checkpoint_last.pt)."""
+        return run.dir / ("checkpoint_last.pt" if self.primary == "last" else f"checkpoint.{self.primary}.pt")
+
+    def analyze_redundancy(self, run: Run) -> dict:
+        """scripts/analyze_redundancy.py on the run's final model, named after the run (its group: the optimizer),
+        into ``run.dir/redundancy``; cached there, read from the record for a recorded run."""
+        record = self.recorded(run)
+        if record is not None:
+            return record.redundancy()
+        out = run.dir / "redundancy"
+        if not (out / "redundancy.json").is_file():
+            SUPERVISOR.check()
+            command = [
+                sys.executable, str(ROOT / "scripts" / "analyze_redundancy.py"), "--data-bin", str(self.data),
+                "--checkpoints", f"{run.name}={self.final_checkpoint(run)}", "--out", str(out),
+                *self.spec.redundancy_flags(), *(["--cpu"] if self.cpu else []),
+            ]  # fmt: skip
+            say(f"[{run.name}] redundancy analysis of {self.final_checkpoint(run).name}")
+            run.run_child(command, run_env(self.threads), run.dir / "redundancy.out", what="redundancy analysis")
+        return json.loads((out / "redundancy.json").read_text())
+
+    def redundancy(self, results: dict) -> dict | None:
+        """The per-run analyses of every optimizer's seed runs merged into one analysis (models named
+        OPTIMIZER/SETTING/seedN, grouped by optimizer), or None without the spec's ``redundancy``."""
+        from sage_toolkit.redundancy.analysis import groups_by_layer_type
+        from sage_toolkit.redundancy.summary import group_summary
+
+        if self.spec.redundancy is None:
+            return None
+        merged, models = None, {}
+        for name, r in results.items():
+            for s in r["seeds"]:
+                analysis = self.analyze_redundancy(self.run(name, r["best_setting"], s["seed"]))
+                merged = merged or {k: v for k, v in analysis.items() if k not in ("models", "groups", "date")}
+                models.update(analysis["models"])
+        merged["models"] = models
+        merged["groups"] = group_summary(models)
+        if any("results_by_layer_type" in m for m in models.values()):
+            merged["groups_by_layer_type"] = groups_by_layer_type(models)
+        return merged
 
     def train_and_validate(self, run: Run, tolerate_failure: bool = False) -> dict:
         """Train, then translate the validation set. A grid run that fails (a setting that diverges: fairseq stops on
@@ -367,12 +413,32 @@ def run_study(study: Study, prog: str = "study") -> dict:
         if significance:
             summary["significance"] = significance
         write_atomic(out / "study.json", json.dumps(summary, indent=1))
+        redundancy = study.redundancy(results)
+        if redundancy is not None:
+            write_redundancy(out / "redundancy", redundancy)
         text = report(spec, results, significance)
         write_atomic(out / "study.md", text)
         plots(out, spec, results)
     say("\n" + text)
     say(f"wrote {out / 'study.md'}, {out / 'study.json'}, learning_curves.png, grid_curves.png, lenpen.png")
     return summary
+
+
+def write_redundancy(out: Path, analysis: dict) -> None:
+    """The merged redundancy analysis: redundancy.json, table.txt (the analysis' printed table) and the pruning curves
+    (the sensitivity histograms need the raw sensitivities, which the per-run records do not keep)."""
+    from sage_toolkit.redundancy.analysis import BY_TYPE_OUTPUT, OUTPUTS
+    from sage_toolkit.redundancy.plots import plot_curves, plot_curves_by_layer_type
+    from sage_toolkit.redundancy.summary import table
+
+    out.mkdir(parents=True, exist_ok=True)
+    json_name, curves_name, _ = OUTPUTS
+    write_atomic(out / json_name, json.dumps(analysis, indent=2) + "\n")
+    write_atomic(out / "table.txt", table(analysis["models"]) + "\n")
+    bleu = analysis.get("bleu") is not None
+    plot_curves(analysis["models"], out / curves_name, bleu)
+    if "groups_by_layer_type" in analysis:
+        plot_curves_by_layer_type(analysis["models"], out / BY_TYPE_OUTPUT, bleu)
 
 
 def run_only(study: Study, names: list[str], prog: str = "study") -> list[str]:

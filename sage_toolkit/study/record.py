@@ -7,6 +7,7 @@ on another machine without retraining the runs it has (checkpoints are never com
 - ``eval.SUBSET.lpX[.avgN].hyp.TGT.gz``: the detokenised hypotheses of the test subsets (the paired bootstrap reads
   them; gzip keeps 24 files per run near 0.5 MB);
 - ``config.yaml``: the configuration fairseq trained with (Hydra's record), for provenance;
+- ``redundancy.json``: with the spec's ``redundancy``, the redundancy analysis of the run's final model;
 - ``run.json``: the training summary (validation curve, losses, updates, wall time, words/s) and the learning rate,
   written last: a run folder with ``run.json`` is complete, one without it is ignored (an interrupted copy);
 - or ``failed.json`` alone: a grid setting whose training failed.
@@ -56,6 +57,10 @@ class RunRecord:
         """The recorded evaluation ``name`` (e.g. ``eval.valid.lp1.avg5.json``)."""
         return self._read(name)
 
+    def redundancy(self) -> dict:
+        """The recorded redundancy analysis of the run's final model (analyze_redundancy.py's JSON)."""
+        return self._read("redundancy.json")
+
     def hypotheses(self, eval_name: str, tgt: str) -> list[str]:
         """The detokenised hypotheses of the recorded evaluation ``eval_name``, one per test sentence."""
         path = self.dir / f"{Path(eval_name).stem}.hyp.{tgt}.gz"
@@ -92,6 +97,9 @@ class RunRecord:
         config = run_dir / ".hydra" / "config.yaml"
         if config.is_file():
             shutil.copyfile(config, self.dir / "config.yaml")
+        redundancy = run_dir / "redundancy" / "redundancy.json"
+        if redundancy.is_file():
+            shutil.copyfile(redundancy, self.dir / "redundancy.json")
         write_atomic(self.dir / RUN_FILE, json.dumps(run, indent=1))
 
     def write_failed(self, failure: dict) -> None:

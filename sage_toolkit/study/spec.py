@@ -8,7 +8,11 @@ tables), ``overrides`` [[]] (for every run), ``validate_every`` [0], ``valid_ble
 ``average_last`` [0]: evaluate the average of each run's last N interval checkpoints (the fairseq recipes' way; the
 model every decision and table uses), the last checkpoint reported beside it (0: the last checkpoint only),
 ``record`` [none]: a folder (relative to the repository root) that keeps each finished run's small outputs, to be
-committed, so that the study resumes on another machine without retraining (see :mod:`.record`).
+committed, so that the study resumes on another machine without retraining (see :mod:`.record`),
+``redundancy`` [none]: options of the redundancy analysis (``scripts/analyze_redundancy.py``; keys: those of
+:data:`REDUNDANCY_OPTIONS`) run on each run's final model as soon as it is trained (a run's checkpoints may be gone
+when the seeds are known); the study merges the analyses of the seed runs into ``redundancy/`` (see
+:mod:`.protocol`).
 """
 
 from __future__ import annotations
@@ -19,9 +23,12 @@ from pathlib import Path
 from sage_toolkit.errors import ToolkitError
 from sage_toolkit.paths import CONFIG_DIR
 
+# the redundancy analysis' options a spec may set (analyze_redundancy.py's flags, with _ for -)
+REDUNDANCY_OPTIONS = {"batches": int, "sparsities": list, "by_layer_type": bool, "bleu": bool, "beam": int,
+                      "max_len_a": float, "max_len_b": int, "max_tokens": int, "seed": int}  # fmt: skip
 SPEC_KEYS = {"data", "out", "jobs", "beam", "tune_seed", "seeds", "lenpens", "test_subsets", "subset_names",
              "optimizers", "overrides", "validate_every", "valid_bleu", "description", "average_last",
-             "record"}  # fmt: skip
+             "record", "redundancy"}  # fmt: skip
 
 
 @dataclass
@@ -53,8 +60,22 @@ class StudySpec:
     description: str = "Adam vs SAGE"
     average_last: int = 0
     record: str | None = None
+    redundancy: dict | None = None
     # the spec as read, defaults added, in the file's order: what study.json records as "spec"
     as_read: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def redundancy_flags(self) -> list[str]:
+        """The redundancy analysis' command-line flags for the spec's ``redundancy`` options."""
+        flags = []
+        for key, value in (self.redundancy or {}).items():
+            flag = "--" + key.replace("_", "-")
+            if isinstance(value, bool):
+                flags.append(flag if value else "--no-" + key.replace("_", "-"))
+            elif isinstance(value, list):
+                flags += [flag, *map(str, value)]
+            else:
+                flags += [flag, str(value)]
+        return flags
 
     @property
     def checkpoint_kinds(self) -> list[str]:
@@ -105,6 +126,25 @@ def parse_spec(raw: dict, source: Path) -> StudySpec:
         )
     if "record" in spec and not (isinstance(spec["record"], str) and spec["record"].strip()):
         raise ToolkitError(f"study spec {source}: record must be a folder name, got {spec['record']!r}")
+    redundancy = spec.get("redundancy")
+    if redundancy is not None:
+        if not isinstance(redundancy, dict):
+            raise ToolkitError(
+                f"study spec {source}: redundancy must be a mapping of analysis options, got {redundancy!r}"
+            )
+        for key, value in redundancy.items():
+            kind = REDUNDANCY_OPTIONS.get(key)
+            if kind is None:
+                raise ToolkitError(
+                    f"study spec {source}: redundancy.{key}: unknown option; known: {sorted(REDUNDANCY_OPTIONS)}"
+                )
+            ok = (
+                isinstance(value, (int, float)) and not isinstance(value, bool)
+                if kind is float
+                else isinstance(value, kind)
+            )
+            if not ok or (kind is int and isinstance(value, bool)):
+                raise ToolkitError(f"study spec {source}: redundancy.{key} must be a {kind.__name__}, got {value!r}")
     if 1.0 not in spec["lenpens"]:
         raise ToolkitError(
             f"study spec {source}: lenpens {spec['lenpens']} must include 1.0 (the grid's and the baseline)"
