@@ -9,15 +9,15 @@
    value with the highest mean validation sacreBLEU over its seeds is chosen.
 4. Test: each seed's model translates every subset of ``test_subsets`` with length penalty 1.0 and with the chosen one
    (with ``average_last``, the last checkpoint as well, reported beside the average).
-5. Significance (two optimizers): sacreBLEU's paired bootstrap on each test subset, each optimizer at its chosen
-   length penalty, for every seed both have (seed s against seed s) and for the pooled seeds
-   (:mod:`sage_toolkit.significance`).
+5. Significance: every optimizer after the first against the first, sacreBLEU's paired bootstrap on each test subset,
+   each optimizer at its chosen length penalty, for every seed both have (seed s against seed s) and for the pooled
+   seeds (:mod:`sage_toolkit.significance`).
 
 With a ``record`` folder, every run is evaluated on everything steps 1-4 can ask of it (every subset x length penalty x
 checkpoint, and with ``redundancy`` the redundancy analysis of its final model) as soon as it is trained, and its small
-outputs are copied there (:mod:`.record`); a recorded run is read
-from the record and never trained or evaluated again, so the study resumes on a machine that has the record (committed)
-but not the runs. ``only`` (the command's ``--only``) trains and records the named runs and stops there.
+outputs are copied there (:mod:`.record`); a recorded run is read from the record and never trained or evaluated again,
+so the study resumes on a machine that has the record (committed) but not the runs. The command's ``--only`` trains and
+records the named runs and stops there.
 
 Outputs in OUT: one folder per run (``OPTIMIZER/SETTING/seedN``: fairseq's log and checkpoints, ``eval.SUBSET.lpX.json``
 from scripts/evaluate.py), ``study.json`` (everything measured), ``study.md`` (the tables) and ``learning_curves.png``,
