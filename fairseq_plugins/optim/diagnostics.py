@@ -44,8 +44,6 @@ LAYER_KINDS = (
     ("attn", re.compile(r"(^|\.)(self_attn|encoder_attn|attn|attention)\.")),
     ("ffn", re.compile(r"(^|\.)(fc1|fc2|intermediate\.dense|output\.dense)\.")),
 )
-
-
 LAYER_KIND_INDEX = {kind: i for i, kind in enumerate([k for k, _ in LAYER_KINDS] + ["other"])}
 
 

@@ -225,23 +225,32 @@ def run(options: RedundancyOptions) -> dict:
         "max_tokens": options.max_tokens,
         "device": "cuda" if use_cuda else "cpu",
         "models": models,
-        "groups": group_summary(models),
-        **({"groups_by_layer_type": groups_by_layer_type(models)} if options.by_layer_type else {}),
+        **summaries(models),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    json_name, curves_name, sensitivity_name = OUTPUTS
-    write_atomic(options.out / json_name, json.dumps(result, indent=2) + "\n")
-    plot_curves(models, options.out / curves_name, options.bleu)
-    plot_sensitivities(values, options.out / sensitivity_name)
-    if options.by_layer_type:
-        plot_curves_by_layer_type(models, options.out / BY_TYPE_OUTPUT, options.bleu)
+    write_outputs(options.out, result, values)
     return result
 
 
-def groups_by_layer_type(models: dict) -> dict:
-    """:func:`group_summary` of the pruning within each layer type."""
+def summaries(models: dict) -> dict:
+    """``groups`` (:func:`group_summary`) and, where the models were pruned within layer types,
+    ``groups_by_layer_type``: the same per layer type."""
     kinds = dict.fromkeys(kind for rec in models.values() for kind in rec.get("results_by_layer_type", {}))
-    return {
+    by_type = {
         kind: group_summary({name: {"results": rec["results_by_layer_type"][kind]} for name, rec in models.items()})
         for kind in kinds
     }
+    return {"groups": group_summary(models), **({"groups_by_layer_type": by_type} if kinds else {})}
+
+
+def write_outputs(out: Path, result: dict, values: dict | None) -> None:
+    """redundancy.json and the figures of ``result`` into ``out`` (the sensitivity histograms only with ``values``,
+    the raw log10 sensitivities per model)."""
+    json_name, curves_name, sensitivity_name = OUTPUTS
+    models, bleu = result["models"], result.get("bleu") is not None
+    write_atomic(out / json_name, json.dumps(result, indent=2) + "\n")
+    plot_curves(models, out / curves_name, bleu)
+    if values is not None:
+        plot_sensitivities(values, out / sensitivity_name)
+    if "groups_by_layer_type" in result:
+        plot_curves_by_layer_type(models, out / BY_TYPE_OUTPUT, bleu)

@@ -21,15 +21,15 @@ SCOPE = (
 )
 
 
+TYPE_OF_KIND = {"embed": "embeddings", "attn": "attention", "ffn": "feed-forward"}
+
+
 def layer_type(name: str) -> str:
-    """embeddings, attention, feed-forward or other, from a fairseq transformer parameter name."""
-    if "embed_tokens" in name or "embed_positions" in name or "output_projection" in name:
-        return "embeddings"
-    if "self_attn" in name or "encoder_attn" in name:
-        return "attention"
-    if ".fc1." in name or ".fc2." in name:
-        return "feed-forward"
-    return "other"
+    """embeddings, attention, feed-forward or other, from a parameter name: the optimizer diagnostics' classification
+    (:func:`fairseq_plugins.optim.diagnostics.layer_kind`), so both speak of the same layer types."""
+    from fairseq_plugins.optim.diagnostics import layer_kind  # torch: imported where tensors are about anyway
+
+    return TYPE_OF_KIND.get(layer_kind(name), "other")
 
 
 def pruned_parameters(model) -> list[tuple[str, object]]:

@@ -189,8 +189,7 @@ class Study:
     def redundancy(self, results: dict) -> dict | None:
         """The per-run analyses of every optimizer's seed runs merged into one analysis (models named
         OPTIMIZER/SETTING/seedN, grouped by optimizer), or None without the spec's ``redundancy``."""
-        from sage_toolkit.redundancy.analysis import groups_by_layer_type
-        from sage_toolkit.redundancy.summary import group_summary
+        from sage_toolkit.redundancy.analysis import summaries
 
         if self.spec.redundancy is None:
             return None
@@ -200,11 +199,7 @@ class Study:
                 analysis = self.analyze_redundancy(self.run(name, r["best_setting"], s["seed"]))
                 merged = merged or {k: v for k, v in analysis.items() if k not in ("models", "groups", "date")}
                 models.update(analysis["models"])
-        merged["models"] = models
-        merged["groups"] = group_summary(models)
-        if any("results_by_layer_type" in m for m in models.values()):
-            merged["groups_by_layer_type"] = groups_by_layer_type(models)
-        return merged
+        return {**merged, "models": models, **summaries(models)}
 
     def train_and_validate(self, run: Run, tolerate_failure: bool = False) -> dict:
         """Train, then translate the validation set. A grid run that fails (a setting that diverges: fairseq stops on
@@ -232,8 +227,9 @@ class Study:
                 model = "" if self.primary == "last" else f", {self.primary}"
                 say(f"[{run.name}] valid sacreBLEU {result['sacrebleu']:.2f} (beam {self.spec.beam}, lenpen 1{model})")
                 return result
-        if self.record_of(run) is not None:
-            self.record_of(run).write_failed(failure)
+        record = self.record_of(run)
+        if record is not None:
+            record.write_failed(failure)
         return failure
 
     # -- the protocol ----------------------------------------------------------------------------------------------
@@ -425,20 +421,15 @@ def run_study(study: Study, prog: str = "study") -> dict:
 
 
 def write_redundancy(out: Path, analysis: dict) -> None:
-    """The merged redundancy analysis: redundancy.json, table.txt (the analysis' printed table) and the pruning curves
-    (the sensitivity histograms need the raw sensitivities, which the per-run records do not keep)."""
-    from sage_toolkit.redundancy.analysis import BY_TYPE_OUTPUT, OUTPUTS
-    from sage_toolkit.redundancy.plots import plot_curves, plot_curves_by_layer_type
+    """The merged redundancy analysis: the analysis' outputs (:func:`sage_toolkit.redundancy.analysis.write_outputs`;
+    no sensitivity histograms: they need the raw sensitivities, which the per-run records do not keep) and
+    table.txt, the analysis' printed table."""
+    from sage_toolkit.redundancy.analysis import write_outputs
     from sage_toolkit.redundancy.summary import table
 
     out.mkdir(parents=True, exist_ok=True)
-    json_name, curves_name, _ = OUTPUTS
-    write_atomic(out / json_name, json.dumps(analysis, indent=2) + "\n")
+    write_outputs(out, analysis, None)
     write_atomic(out / "table.txt", table(analysis["models"]) + "\n")
-    bleu = analysis.get("bleu") is not None
-    plot_curves(analysis["models"], out / curves_name, bleu)
-    if "groups_by_layer_type" in analysis:
-        plot_curves_by_layer_type(analysis["models"], out / BY_TYPE_OUTPUT, bleu)
 
 
 def run_only(study: Study, names: list[str], prog: str = "study") -> list[str]:

@@ -50,9 +50,6 @@ class RunRecord:
         """The recorded training summary (as :meth:`sage_toolkit.runner.training.Run.training_summary`)."""
         return self._read(RUN_FILE)["training"]
 
-    def learning_rate(self) -> float | None:
-        return self._read(RUN_FILE).get("lr")
-
     def evaluation(self, name: str) -> dict:
         """The recorded evaluation ``name`` (e.g. ``eval.valid.lp1.avg5.json``)."""
         return self._read(name)

@@ -138,12 +138,8 @@ def parse_spec(raw: dict, source: Path) -> StudySpec:
                 raise ToolkitError(
                     f"study spec {source}: redundancy.{key}: unknown option; known: {sorted(REDUNDANCY_OPTIONS)}"
                 )
-            ok = (
-                isinstance(value, (int, float)) and not isinstance(value, bool)
-                if kind is float
-                else isinstance(value, kind)
-            )
-            if not ok or (kind is int and isinstance(value, bool)):
+            accepted = (int, float) if kind is float else kind  # an int is a float here; a bool is never a number
+            if not isinstance(value, accepted) or (kind is not bool and isinstance(value, bool)):
                 raise ToolkitError(f"study spec {source}: redundancy.{key} must be a {kind.__name__}, got {value!r}")
     if 1.0 not in spec["lenpens"]:
         raise ToolkitError(
