@@ -13,6 +13,10 @@ and evaluations are read, not redone. Like scripts/compare.py: SIGINT/SIGTERM st
 one line on stderr); the output folder and every run folder are locked while written; a run that fails outside the
 grid stops the study (exit 1), a grid run that fails is recorded in its failed.json and loses the grid.
 
+``--only RUN ...`` trains and records pieces of a long study; ``--budget RUN ...`` prints how fast those runs'
+validation loss still falls and the budget at which it would fall by at most ``--max-fall`` per 1,000 updates
+(:mod:`sage_toolkit.study.budget`).
+
 The protocol step by step, the spec's keys and the outputs: sage_toolkit.study (protocol, spec, report), over
 sage_toolkit.runner.
 """
@@ -23,6 +27,7 @@ import argparse
 from pathlib import Path
 
 from sage_toolkit.errors import ToolkitError, run_command
+from sage_toolkit.study.budget import budget, fit_decay, measured_fall
 from sage_toolkit.study.protocol import Study, run_only, run_study
 from sage_toolkit.study.report import list_checkpoints
 from sage_toolkit.study.spec import load_spec
@@ -42,6 +47,17 @@ def main(argv: list[str] | None = None) -> dict:
         "side, and stop without study.json: a long study in pieces that fit a sitting",
     )
     parser.add_argument(
+        "--budget",
+        nargs="+",
+        metavar="RUN",
+        help="print how fast the validation loss of these trained runs (as --only names them) still falls, and the "
+        "budget at which a power-law fit of each predicts a fall of at most --max-fall per 1,000 updates "
+        "(sage_toolkit.study.budget); trains nothing",
+    )
+    parser.add_argument(
+        "--max-fall", type=float, default=0.01, help="--budget's threshold, per 1,000 updates (default 0.01)"
+    )
+    parser.add_argument(
         "--list-checkpoints",
         action="store_true",
         help="print OPTIMIZER/seedN=PATH of the finished study's final checkpoints (for analyze_redundancy.py)",
@@ -58,11 +74,42 @@ def main(argv: list[str] | None = None) -> dict:
         if args.only:
             for name in args.only:  # the names are checked before anything starts
                 study.run_named(name)
+        if args.budget:
+            if not args.max_fall > 0:
+                raise ToolkitError(f"--max-fall must be > 0, got {args.max_fall}")
+            return print_budget(study, args.budget, args.max_fall)
     except ToolkitError as e:
         parser.error(str(e))
     if args.only:
         return run_command("study", lambda: run_only(study, args.only))
     return run_command("study", lambda: run_study(study))
+
+
+def print_budget(study: Study, names: list[str], max_fall: float) -> dict:
+    """The --budget table: per run its last update, the measured fall over the last 1,000 updates, the power-law fit
+    and its predicted fall there; then the budget for all of them. ToolkitError for a run not trained yet."""
+    rows, fits = [], []
+    for name in names:
+        run = study.run_named(name)
+        summary = study.training_summary(run) if study.recorded(run) or (run.dir / "train.log").exists() else None
+        if not summary or not summary["curve"]:
+            raise ToolkitError(f"--budget {name}: not trained yet (no record and no train.log in {run.dir})")
+        curve = summary["curve"]
+        fit, last = fit_decay(curve), max(p["update"] for p in curve)
+        fits.append(fit)
+        rows.append({"run": name, "update": last, "measured_fall": measured_fall(curve), "fit": fit.__dict__,
+                     "predicted_fall": fit.fall(last)})  # fmt: skip
+    minimum = max(row["update"] for row in rows)
+    result = {"max_fall": max_fall, "runs": rows, "budget": budget(fits, max_fall, minimum=minimum)}
+    print("| run | last update | measured fall / 1k (last 1k) | fit floor + scale*(t/1k)^-decay "
+          "| predicted fall / 1k |")  # fmt: skip
+    print("|---|---|---|---|---|")
+    for row in rows:
+        f = row["fit"]
+        print(f"| {row['run']} | {row['update']} | {row['measured_fall']:.4f} | {f['floor']:.3f} + {f['scale']:.3f}"
+              f"*(t/1k)^-{f['decay']:.3f} (rmse {f['rmse']:.4f}) | {row['predicted_fall']:.4f} |")  # fmt: skip
+    print(f"budget: {result['budget']} updates (every fit predicts a fall <= {max_fall:g} per 1,000 updates there)")
+    return result
 
 
 def cli() -> None:
