@@ -51,3 +51,17 @@ def read_log(path: Path) -> dict[str, list[dict]]:
         if kind != "train_inner" or "num_updates" in raw:
             records[kind].append({k: number(v) for k, v in raw.items()})
     return records
+
+
+def sage_statistics(log: dict[str, list[dict]]) -> dict[str, list] | None:
+    """The SAGE multiplier's statistics over training, from the ``train_inner`` records of :func:`read_log` that carry
+    them (``sage_r_mean`` ...: the scheduler logs them on its sampled updates, ``--sage-stats-by-kind`` adds
+    ``sage_KIND_*``): columns ``{"update": [...], "alpha": [...], "r_mean": [...], ...}`` (the ``sage_`` prefix
+    dropped, None where a record lacks a key); None when no record has them (Adam, or statistics off)."""
+    rows = [r for r in log["train_inner"] if "sage_r_mean" in r]
+    if not rows:
+        return None
+    keys = list(dict.fromkeys(k for r in rows for k in r if k.startswith("sage_")))
+    columns = {"update": [int(r["num_updates"]) for r in rows]}
+    columns.update({k.removeprefix("sage_"): [r.get(k) for r in rows] for k in keys})
+    return columns

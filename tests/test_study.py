@@ -12,7 +12,7 @@ import pytest
 from sage_toolkit.errors import ToolkitError
 from sage_toolkit.stats import format_difference
 from sage_toolkit.study import command as study  # the command: its main(argv) as `python scripts/study.py` runs it
-from sage_toolkit.study.report import plots, report
+from sage_toolkit.study.report import plot_multipliers, plots, report
 from sage_toolkit.study.spec import load_spec, parse_spec
 from tests.fairseq_utils import ROOT
 
@@ -181,7 +181,10 @@ def test_a_recorded_study_resumes_from_its_record_alone(demo_bin, tmp_path, caps
     record = tmp_path / "record"
     optimizers = {
         "adam": {"config": "demo_adam", "grid": {"lr1": ["optimization.lr=[0.001]"]}},
-        "sage": {"config": "demo_sage", "grid": {"ok": ["optimizer.sage_beta3=0.8"]}},
+        "sage": {
+            "config": "demo_sage",
+            "grid": {"ok": ["optimizer.sage_beta3=0.8", "lr_scheduler.sage_stats_by_kind=true"]},
+        },
     }
     keep = ["checkpoint.save_interval_updates=2", "checkpoint.keep_interval_updates=3"]
     redundancy = {"batches": 1, "sparsities": [0.0, 0.5], "by_layer_type": True, "bleu": False}
@@ -224,6 +227,13 @@ def test_a_recorded_study_resumes_from_its_record_alone(demo_bin, tmp_path, caps
         "sacrebleu"
     ]  # fmt: skip
     assert seed1["curve"] == run["training"]["curve"]
+    # the SAGE runs' multiplier statistics (logged every 2 updates here) travel through the record into the table
+    assert "sage_stats" not in seed1 and "sage_stats" not in run["training"]
+    for sage_seed in summary["results"]["sage"]["seeds"]:
+        stats = sage_seed["sage_stats"]
+        assert stats["update"] == [2, 4] and stats["alpha"] == [0.0, 0.0]  # alpha ramps from a quarter of the run
+        assert {"r_mean", "embed_mult_mean", "attn_r_q50", "ffn_r_gt1", "norm_r_q90"} <= set(stats)
+    assert "| sage | attn | 2 |" in (out / "study.md").read_text() and (out / "sage_multipliers.png").is_file()
     significance = summary["significance"]
     assert significance["baseline"] == "adam" and significance["model"] == "avg2"
     assert significance["comparisons"]["sage"]["seeds"] == [1, 2]
@@ -247,7 +257,7 @@ def test_a_recorded_study_resumes_from_its_record_alone(demo_bin, tmp_path, caps
     shutil.rmtree(out)  # every run recorded now: nothing is trained or translated, the same study comes out
     again = study.main([str(spec_file), "--out", str(out)])
     printed = capsys.readouterr().out
-    assert "training" not in printed and not any(out.glob("*/*/seed*")), printed
+    assert "] training" not in printed and not any(out.glob("*/*/seed*")), printed
     assert again == summary
     assert json.loads((out / "redundancy" / "redundancy.json").read_text()) == merged
 
@@ -304,6 +314,31 @@ def test_more_than_two_optimizers_are_each_compared_with_the_first():
     assert "## Paired bootstrap (sage against adam, last checkpoint" in text
     assert "## Paired bootstrap (sage_variant against adam" in text
     assert "| test2016 | 1 | 30.00 | 31.00 | +1.00 | 0.200 |" in text and "| test2016 | pooled 1 |" in text
+
+
+def test_the_sage_multiplier_table_averages_the_end_of_training_over_seeds(tmp_path):
+    """study.md's multiplier table: each run's statistics over the last 10 % of its updates, then mean ± std over
+    seeds, per layer type; sage_multipliers.png beside it; neither for runs that did not log them (Adam, old ones)."""
+    summary = json.loads((COMMITTED / "study.json").read_text())
+    spec, results = parse_spec(summary["spec"], Path(summary["spec_file"])), json.loads(json.dumps(summary["results"]))
+    assert "SAGE multiplier" not in report(spec, results)
+    assert not plot_multipliers(tmp_path / "none.png", results) and not (tmp_path / "none.png").exists()
+
+    def stats(end_value):  # updates 100..1000; the last 10 % are 900 and 1000
+        update = list(range(100, 1001, 100))
+        column = [0.9] * 8 + [end_value, end_value + 0.2]
+        keys = ("mult_mean", "r_q10", "r_q50", "r_q90", "r_gt1")
+        return {"update": update, "alpha": [1.0] * 10, **{k: column for k in keys},
+                **{f"attn_{k}": [0.1] * 10 for k in keys}}  # fmt: skip
+
+    results["sage"]["seeds"][0]["sage_stats"] = stats(0.4)  # end: 0.5
+    results["sage"]["seeds"][1]["sage_stats"] = stats(0.6)  # end: 0.7
+    text = report(spec, results)
+    assert "## SAGE multiplier by layer type, end of training" in text
+    assert "| sage | all | 2 | 0.600 ± 0.141 | 0.600 ± 0.141 |" in text  # mean(0.5, 0.7), std sqrt(0.02)
+    assert "| sage | attn | 2 | 0.100 ± 0.000 |" in text and "| adam |" not in text.split("SAGE multiplier")[1]
+    assert plot_multipliers(tmp_path / "sage_multipliers.png", results)
+    assert (tmp_path / "sage_multipliers.png").stat().st_size > 10_000
 
 
 @pytest.mark.slow

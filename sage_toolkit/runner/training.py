@@ -20,7 +20,7 @@ from pathlib import Path
 
 from sage_toolkit.atomic import write_atomic
 from sage_toolkit.errors import ToolkitError
-from sage_toolkit.fairseq_log import parse_record, read_log
+from sage_toolkit.fairseq_log import parse_record, read_log, sage_statistics
 from sage_toolkit.paths import CONFIG_DIR, ROOT
 from sage_toolkit.runner.console import say
 from sage_toolkit.runner.locks import RUN_LOCK, locked
@@ -307,7 +307,9 @@ class Run:
         return float(lr) if isinstance(lr, (int, float)) else None
 
     def training_summary(self) -> dict:
-        """What fairseq's log and timing.json say of the training: losses, updates, time, speed, validation curve."""
+        """What fairseq's log and timing.json say of the training: losses, updates, time, speed, validation curve, and
+        for a SAGE run that logged them the multiplier's statistics over training (``sage_stats``, see
+        :func:`sage_toolkit.fairseq_log.sage_statistics`)."""
         log = read_log(self.dir / "train.log")
         inner, valid = log["train_inner"], log["valid"]
         wps = [r["wps"] for r in inner if isinstance(r.get("wps"), float)]
@@ -330,4 +332,5 @@ class Run:
                 }
                 for r in valid
             ],
+            **({"sage_stats": stats} if (stats := sage_statistics(log)) else {}),
         }

@@ -8,7 +8,8 @@ on another machine without retraining the runs it has (checkpoints are never com
   them; gzip keeps 24 files per run near 0.5 MB);
 - ``config.yaml``: the configuration fairseq trained with (Hydra's record), for provenance;
 - ``redundancy.json``: with the spec's ``redundancy``, the redundancy analysis of the run's final model;
-- ``run.json``: the training summary (validation curve, losses, updates, wall time, words/s) and the learning rate,
+- ``run.json``: the training summary (validation curve, losses, updates, wall time, words/s; for SAGE runs the
+  multiplier's statistics over training, ``sage_stats``) and the learning rate,
   written last: a run folder with ``run.json`` is complete, one without it is ignored (an interrupted copy);
 - or ``failed.json`` alone: a grid setting whose training failed.
 

@@ -1,4 +1,4 @@
-"""What a study shows: study.md's tables, its three plots, and the final checkpoints of a finished study."""
+"""What a study shows: study.md's tables, its plots, and the final checkpoints of a finished study."""
 
 from __future__ import annotations
 
@@ -111,6 +111,7 @@ def report(spec: StudySpec, results: dict, significance: dict | None = None) -> 
             lines.append(row + f" {s['train_wall_s'] or float('nan'):.0f} |")
     if significance:
         lines += _significance(spec, significance)
+    lines += _multipliers(results)
     signatures = sorted(
         {c["sacrebleu_signature"] for n in names for s in results[n]["seeds"] for t in s["test"].values()
          for c in t.values() if c.get("sacrebleu_signature")}
@@ -124,6 +125,51 @@ def report(spec: StudySpec, results: dict, significance: dict | None = None) -> 
     ]
     lines += [f"sacreBLEU signature: `{s}`" for s in signatures]
     return "\n".join(lines) + "\n"
+
+
+END_SHARE = 0.1  # the multiplier table's "end of training": the sampled updates of the last 10 % of the updates
+
+
+def _kinds(stats: dict) -> list[tuple[str, str]]:
+    """(label, key prefix) of the layer types a run's ``sage_stats`` has: all SAGE entries, then each type."""
+    kinds = [("all", "")]
+    return kinds + [(k, f"{k}_") for k in ("embed", "attn", "ffn", "norm", "other") if f"{k}_mult_mean" in stats]
+
+
+def _end_mean(stats: dict, key: str) -> float | None:
+    """The mean of ``stats[key]`` over the sampled updates of the last END_SHARE of training."""
+    last = max(stats["update"])
+    values = [v for u, v in zip(stats["update"], stats[key], strict=True)
+              if u >= (1 - END_SHARE) * last and isinstance(v, (int, float))]  # fmt: skip
+    return sum(values) / len(values) if values else None
+
+
+def _multipliers(results: dict) -> list[str]:
+    """The SAGE multiplier at the end of training per layer type, for the optimizers whose final runs logged its
+    statistics (mean ± std over those seeds); nothing when none did."""
+    rows = []
+    for name, r in results.items():
+        runs = [s["sage_stats"] for s in r["seeds"] if s.get("sage_stats")]
+        if not runs:
+            continue
+        for label, prefix in _kinds(runs[0]):
+            cells = [[_end_mean(stats, prefix + key) for stats in runs if prefix + key in stats]
+                     for key in ("mult_mean", "r_q10", "r_q50", "r_q90", "r_gt1")]  # fmt: skip
+            rows.append(f"| {name} | {label} | {len(runs)} | " + " | ".join(_mean_std(c, 3) for c in cells) + " |")
+    if not rows:
+        return []
+    return [
+        "",
+        "## SAGE multiplier by layer type, end of training",
+        "",
+        "| optimizer | layer type | seeds | applied multiplier (mean) | r q10 | r q50 | r q90 | share r > 1 |",
+        "|---|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+        f"Each run's sampled statistics (sage_toolkit diagnostics) averaged over the last {END_SHARE:.0%} of its "
+        "updates, then mean ± std over the seeds. r: the multiplier before the strength alpha; applied: 1 + alpha "
+        "(r − 1), the factor on the base optimizer's step. Over training: sage_multipliers.png.",
+    ]
 
 
 def _significance(spec: StudySpec, significance: dict) -> list[str]:
@@ -159,7 +205,8 @@ def _significance(spec: StudySpec, significance: dict) -> list[str]:
 
 
 def plots(out: Path, spec: StudySpec, results: dict) -> None:
-    """learning_curves.png (the final runs), grid_curves.png (the grid's validation loss), lenpen.png (the sweep)."""
+    """learning_curves.png (the final runs), grid_curves.png (the grid's validation loss), lenpen.png (the sweep),
+    sage_multipliers.png (:func:`plot_multipliers`, when the final SAGE runs logged the statistics)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -194,6 +241,42 @@ def plots(out: Path, spec: StudySpec, results: dict) -> None:
     fig.tight_layout()
     savefig_atomic(fig, out / "lenpen.png", dpi=110)
     plt.close(fig)
+    plot_multipliers(out / "sage_multipliers.png", results)
+
+
+def plot_multipliers(path: Path, results: dict) -> bool:
+    """sage_multipliers.png: per optimizer whose final runs logged the SAGE statistics, the applied multiplier's mean
+    (top) and r's median with its 10-90 % band (bottom) per layer type over training, one line per seed. False (and
+    no file) when no run logged them."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    logged = {name: [s["sage_stats"] for s in r["seeds"] if s.get("sage_stats")] for name, r in results.items()}
+    logged = {name: runs for name, runs in logged.items() if runs}
+    if not logged:
+        return False
+    fig, axes = plt.subplots(2, len(logged), figsize=(6 * len(logged), 7), squeeze=False, sharex="col")
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for column, (name, runs) in enumerate(logged.items()):
+        top, bottom = axes[0][column], axes[1][column]
+        for i, (label, prefix) in enumerate(_kinds(runs[0])):
+            for j, stats in enumerate(runs):
+                update, shown = stats["update"], {"label": label} if j == 0 else {}
+                top.plot(update, stats[prefix + "mult_mean"], color=colors[i % len(colors)], alpha=0.8, **shown)
+                bottom.plot(update, stats[prefix + "r_q50"], color=colors[i % len(colors)], alpha=0.8, **shown)
+                bottom.fill_between(update, stats[prefix + "r_q10"], stats[prefix + "r_q90"],
+                                    color=colors[i % len(colors)], alpha=0.08)  # fmt: skip
+        top.set(ylabel="applied multiplier, mean", title=f"{name}: SAGE multiplier by layer type")
+        bottom.set(xlabel="update", ylabel="r: median, 10-90 % band")
+        for ax in (top, bottom):
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    savefig_atomic(fig, path, dpi=110)
+    plt.close(fig)
+    return True
 
 
 def list_checkpoints(out: Path) -> dict[str, str]:
