@@ -184,6 +184,9 @@ def test_attn_ffn_preset_and_regex_select_by_name():
     } | {f"fc{i}.{w}" for i in (1, 2) for w in ("weight", "bias")}
     assert plain_names == {"self_attn_layer_norm.weight", "self_attn_layer_norm.bias", "embed_tokens.weight"}
 
+    opt = AdamSAGE(block.named_parameters(), sage_params="no_embed")
+    assert {n for g in opt.param_groups if not g["sage"] for n in g["param_names"]} == {"embed_tokens.weight"}
+
     opt = AdamSAGE(block.named_parameters(), sage_params=r"regex:^fc1\.")
     assert {n for g in opt.param_groups if g["sage"] for n in g["param_names"]} == {"fc1.weight", "fc1.bias"}
     loss = sum(p.sum() for p in block.parameters())

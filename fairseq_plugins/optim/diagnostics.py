@@ -33,13 +33,14 @@ import torch
 from torch import Tensor
 
 from ._functional import compute_dtype
+from .selection import EMBED_PATTERN
 
 QUANTILES = (0.1, 0.5, 0.9)
 QUANTILE_KEYS = tuple(f"r_q{round(q * 100):02d}" for q in QUANTILES)
 MIN_PER_TENSOR = 16
 # layer types of fairseq's (and torch's) transformer parameter names, tried in this order
 LAYER_KINDS = (
-    ("embed", re.compile(r"(^|\.)(embed_tokens|embed_positions|output_projection|embedding|embeddings)\b")),
+    ("embed", re.compile(EMBED_PATTERN)),
     ("norm", re.compile(r"(^|\.)[a-z_]*(layer_norm|layernorm|LayerNorm)\b")),
     ("attn", re.compile(r"(^|\.)(self_attn|encoder_attn|attn|attention)\.")),
     ("ffn", re.compile(r"(^|\.)(fc1|fc2|intermediate\.dense|output\.dense)\.")),

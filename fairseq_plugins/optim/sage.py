@@ -351,7 +351,8 @@ class AdamSAGE(_SAGEBase):
         bias_correction: divide the smoothed sensitivity by ``1 - beta3**t`` (the Adam moments are always corrected).
         sage_strength: alpha above; 0 gives plain AdamW, 1 full SAGE. ``set_sage_strength`` changes it in place.
         sage_params: ``"all"`` (default), ``"attn_ffn"`` (attention and feed-forward projections, the authors' GLUE
-            choice), ``"none"``, or ``"regex:PATTERN"`` searched in parameter names.
+            choice), ``"no_embed"`` (every tensor but the embeddings and the output projection), ``"none"``, or
+            ``"regex:PATTERN"`` searched in parameter names.
         impl: ``"auto"`` (fused on CPU, foreach on CUDA), ``"fused"``, ``"single_tensor"``, ``"foreach"`` or
             ``"triton"`` (one fused Triton kernel on CUDA; opt-in, not yet measured on a GPU).
 

@@ -19,9 +19,15 @@ ATTN_FFN_PATTERN = (
     r"|(^|\.)(intermediate|output)\.dense\.(weight|bias)$"
 )
 
+# Token and position embeddings and the output projection (tied to the target embedding in most fairseq models): the
+# tensors that hold most entries of a small translation model, and whose rows of rare tokens see few gradients.
+# diagnostics.layer_kind calls these "embed".
+EMBED_PATTERN = r"(^|\.)(embed_tokens|embed_positions|output_projection|embedding|embeddings)\b"
+
 PRESETS: dict[str, str | None] = {
     "all": None,  # every tensor; needs no names
     "attn_ffn": ATTN_FFN_PATTERN,
+    "no_embed": rf"^(?!.*{EMBED_PATTERN})",  # every tensor but the embeddings (and the output projection)
     "none": r"(?!)",  # no tensor: the plain base optimizer with SAGE's bookkeeping off (an ablation baseline)
 }
 REGEX_PREFIX = "regex:"
