@@ -117,6 +117,10 @@ def test_protocol_end_to_end_with_a_failing_setting_and_resumption(demo_bin, tmp
         ({"redundancy": {"batchez": 2}}, "redundancy.batchez: unknown option"),
         ({"redundancy": {"batches": "2"}}, "redundancy.batches must be a int, got '2'"),
         ({"redundancy": {"by_layer_type": 1}}, "redundancy.by_layer_type must be a bool, got 1"),
+        # values the analysis refuses are refused when the spec is read, not after the first run trained
+        ({"redundancy": {"sparsities": [0.0, 1.5]}}, "redundancy: --sparsities: each must be in [0, 1), got 1.5"),
+        ({"redundancy": {"sparsities": [0.0, "x"]}}, "redundancy: argument --sparsities: invalid float value: 'x'"),
+        ({"redundancy": {"batches": 0}}, "redundancy: --batches must be positive, got 0"),
         ({"redundancy": [1]}, "redundancy must be a mapping"),
         ({"optimizers": {"adam": {"config": "no_such_config", "grid": {"a": ["x=1"]}}}}, "no_such_config"),
         ({"optimizers": {"adam": {"config": "demo_adam", "grid": {"a": "optimization.lr=[0.1]"}}}}, "list of Hydra"),

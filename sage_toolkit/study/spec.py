@@ -66,16 +66,7 @@ class StudySpec:
 
     def redundancy_flags(self) -> list[str]:
         """The redundancy analysis' command-line flags for the spec's ``redundancy`` options."""
-        flags = []
-        for key, value in (self.redundancy or {}).items():
-            flag = "--" + key.replace("_", "-")
-            if isinstance(value, bool):
-                flags.append(flag if value else "--no-" + key.replace("_", "-"))
-            elif isinstance(value, list):
-                flags += [flag, *map(str, value)]
-            else:
-                flags += [flag, str(value)]
-        return flags
+        return redundancy_flags(self.redundancy or {})
 
     @property
     def checkpoint_kinds(self) -> list[str]:
@@ -86,6 +77,38 @@ class StudySpec:
     def shown(self, subset: str) -> str:
         """A test subset's name in the tables."""
         return self.subset_names.get(subset, subset)
+
+
+def redundancy_flags(options: dict) -> list[str]:
+    """scripts/analyze_redundancy.py's command-line flags for a spec's ``redundancy`` options."""
+    flags = []
+    for key, value in options.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(flag if value else "--no-" + key.replace("_", "-"))
+        elif isinstance(value, list):
+            flags += [flag, *map(str, value)]
+        else:
+            flags += [flag, str(value)]
+    return flags
+
+
+def _check_redundancy_values(options: dict, source: Path) -> None:
+    """The analysis' own parser on the options, now rather than after the first run trained: ToolkitError with its
+    message (a sparsity outside [0, 1), a batch count < 1 ...)."""
+    import contextlib
+    import io
+
+    from sage_toolkit.redundancy.command import parse_args
+
+    stderr = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(stderr):
+            placeholders = ["--data-bin", "unused", "--checkpoints", "unused=unused", "--out", "unused"]
+            parse_args([*placeholders, *redundancy_flags(options)])
+    except SystemExit:
+        message = stderr.getvalue().strip().splitlines()[-1].split("error: ", 1)[-1]
+        raise ToolkitError(f"study spec {source}: redundancy: {message}") from None
 
 
 def load_spec(path: Path) -> StudySpec:
@@ -141,6 +164,7 @@ def parse_spec(raw: dict, source: Path) -> StudySpec:
             accepted = (int, float) if kind is float else kind  # an int is a float here; a bool is never a number
             if not isinstance(value, accepted) or (kind is not bool and isinstance(value, bool)):
                 raise ToolkitError(f"study spec {source}: redundancy.{key} must be a {kind.__name__}, got {value!r}")
+        _check_redundancy_values(redundancy, source)
     if 1.0 not in spec["lenpens"]:
         raise ToolkitError(
             f"study spec {source}: lenpens {spec['lenpens']} must include 1.0 (the grid's and the baseline)"
