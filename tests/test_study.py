@@ -12,6 +12,7 @@ import pytest
 from sage_toolkit.errors import ToolkitError
 from sage_toolkit.stats import format_difference
 from sage_toolkit.study import command as study  # the command: its main(argv) as `python scripts/study.py` runs it
+from sage_toolkit.study.protocol import Study
 from sage_toolkit.study.report import plot_multipliers, plots, report
 from sage_toolkit.study.spec import load_spec, parse_spec
 from tests.fairseq_utils import ROOT
@@ -318,6 +319,38 @@ def test_more_than_two_optimizers_are_each_compared_with_the_first():
     assert "## Paired bootstrap (sage against adam, last checkpoint" in text
     assert "## Paired bootstrap (sage_variant against adam" in text
     assert "| test2016 | 1 | 30.00 | 31.00 | +1.00 | 0.200 |" in text and "| test2016 | pooled 1 |" in text
+
+
+def test_a_record_of_a_run_trained_otherwise_is_refused_not_reused(tmp_path):
+    """A record shared by two specs, or a spec edited after its runs were recorded (a raised budget): the run is read
+    from the record only if it was trained as asked; the statistics options aside, which change no update."""
+    (tmp_path / "dict.de.txt").write_text("")
+    spec = load_spec(write_spec(tmp_path / "spec.yaml", tmp_path, record=str(tmp_path / "record")))
+    study_ = Study(spec, tmp_path / "out", jobs=1, cpu=True)
+    run = study_.run("adam", "lr1", 1)
+    recorded = tmp_path / "record" / "adam" / "lr1" / "seed1"
+    recorded.mkdir(parents=True)
+
+    def record(**fields):
+        run_json = {"run": run.name, "config": "demo_adam", "spec_overrides": TINY,
+                    "overrides": ["optimization.lr=[0.001]"], **fields}  # fmt: skip
+        (recorded / "run.json").write_text(json.dumps({k: v for k, v in run_json.items() if v is not None}))
+
+    record()
+    assert study_.recorded(run) is not None
+    record(overrides=["optimization.lr=[0.001]", "lr_scheduler.sage_stats_by_kind=true"])
+    assert study_.recorded(run) is not None
+    record(config=None, spec_overrides=None)  # an early record: the setting's overrides alone are known
+    assert study_.recorded(run) is not None
+    for changed, message in [
+        ({"spec_overrides": [*TINY[1:], "optimization.max_update=8"]}, "recorded with spec_overrides"),
+        ({"config": "demo_sage"}, "recorded with config 'demo_sage', but the study asks for 'demo_adam'"),
+        ({"overrides": ["optimization.lr=[0.002]"], "config": None}, "recorded with overrides"),
+    ]:
+        record(**changed)
+        with pytest.raises(ToolkitError, match=message) as err:
+            study_.recorded(run)
+        assert f"delete {recorded} to train the run again" in str(err.value)
 
 
 def test_the_sage_multiplier_table_averages_the_end_of_training_over_seeds(tmp_path):

@@ -86,9 +86,13 @@ class Study:
         return None if self.record_root is None else RunRecord(self.record_root, run.dir.relative_to(self.out))
 
     def recorded(self, run: Run) -> RunRecord | None:
-        """The run's record if it is complete (the run is then read from it), else None."""
+        """The run's record if it is complete (the run is then read from it), else None. ToolkitError if the record
+        holds a run trained otherwise than the spec asks (another config, budget or setting)."""
         record = self.record_of(run)
-        return record if record is not None and record.complete else None
+        if record is None or not record.complete:
+            return None
+        record.check_same_run(run.config, list(self.spec.overrides), run.overrides)
+        return record
 
     def training_summary(self, run: Run) -> dict:
         record = self.recorded(run)
@@ -160,7 +164,8 @@ class Study:
         if spec.redundancy is not None:
             self.analyze_redundancy(run)
         tests = [name for name in names if not name.startswith("eval.valid.")]
-        summary = {"run": run.name, "overrides": run.overrides, "lr": run.learning_rate()}
+        summary = {"run": run.name, "config": run.config, "spec_overrides": list(spec.overrides),
+                   "overrides": run.overrides, "lr": run.learning_rate()}  # fmt: skip
         record.write(run.dir, names, tests, self.target_language(), {**summary, "training": run.training_summary()})
         say(f"[{run.name}] recorded in {record.dir} ({len(names)} evaluations)")
 

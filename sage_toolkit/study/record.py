@@ -30,6 +30,13 @@ from sage_toolkit.errors import ToolkitError
 
 RUN_FILE = "run.json"
 FAILED_FILE = "failed.json"
+# overrides that only change what is measured, never an update (tests/test_diagnostics.py): a record made with or
+# without them is the same run
+MEASUREMENT_ONLY = ("lr_scheduler.sage_stats_",)
+
+
+def _trained_with(overrides: list[str]) -> list[str]:
+    return [o for o in overrides if not o.lstrip("+").startswith(MEASUREMENT_ONLY)]
 
 
 class RunRecord:
@@ -46,6 +53,25 @@ class RunRecord:
     def failed(self) -> dict | None:
         path = self.dir / FAILED_FILE
         return json.loads(path.read_text()) if path.is_file() else None
+
+    def check_same_run(self, config: str, spec_overrides: list[str], overrides: list[str]) -> None:
+        """ToolkitError unless the recorded run was trained as asked now: the same Hydra config, the spec's overrides
+        for every run and the setting's (in order; the statistics options aside). A record written before run.json
+        kept the config and the spec's overrides is checked on the setting's alone."""
+        if not (self.dir / RUN_FILE).is_file():
+            return
+        run = self._read(RUN_FILE)
+        asked = {"config": config, "spec_overrides": spec_overrides, "overrides": overrides}
+        for key, value in asked.items():
+            if key not in run:
+                continue
+            same = run[key] == value if key == "config" else _trained_with(run[key]) == _trained_with(value)
+            if not same:
+                raise ToolkitError(
+                    f"record {self.dir}: the run was recorded with {key} {run[key]!r}, but the study asks for "
+                    f"{value!r}; a record holds one training per run: give this spec a record folder of its own, or "
+                    f"delete {self.dir} to train the run again"
+                )
 
     def summary(self) -> dict:
         """The recorded training summary (as :meth:`sage_toolkit.runner.training.Run.training_summary`)."""
