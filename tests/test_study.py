@@ -93,7 +93,7 @@ def test_protocol_end_to_end_with_a_failing_setting_and_resumption(demo_bin, tmp
     evals = {p: p.stat().st_mtime_ns for p in out.rglob("eval.*.json")}
     again = study.main([str(spec_file), "--out", str(out)])
     printed = capsys.readouterr().out
-    assert "training" not in printed and "FAILED" not in printed, "a finished study re-reads, it does not rerun"
+    assert "] training" not in printed and "FAILED" not in printed, "a finished study re-reads, it does not rerun"
     assert {p: p.stat().st_mtime_ns for p in out.rglob("train.log")} == logs
     assert {p: p.stat().st_mtime_ns for p in out.rglob("eval.*.json")} == evals
     assert again["results"] == results
