@@ -55,14 +55,17 @@ def test_the_budget_is_the_first_step_where_every_fit_falls_slowly_enough():
         fit_decay(power_curve(3.9, 0.8, 0.7, updates=[200, 400, 1000, 1200, 1400]))
 
 
-def converged_spec(tmp_path):
+def converged_spec(tmp_path, extra_settings=("untrained",)):
     """The committed converged spec, reading the committed record, with a stand-in data-bin (the budget reads only
-    the record)."""
+    the record) and, per optimizer, ``extra_settings`` that no record holds."""
     raw = yaml.safe_load((ROOT / "studies" / "multi30k_de_en_converged.yaml").read_text())
     data = tmp_path / "bin"
     data.mkdir()
     (data / "dict.de.txt").write_text("")
     raw.update(data=str(data), out=str(tmp_path / "out"), record=str(ROOT / raw["record"]))
+    for i, setting in enumerate(extra_settings):
+        for optimizer in raw["optimizers"].values():  # the first setting's overrides, and one that is no grid axis
+            optimizer["grid"][setting] = [*next(iter(optimizer["grid"].values())), f"common.log_interval={51 + i}"]
     spec = tmp_path / "spec.yaml"
     spec.write_text(json.dumps(raw))
     return spec
@@ -82,7 +85,7 @@ def test_the_budget_command_reads_the_committed_record(tmp_path, capsys):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--budget", "adam/lr5e-3"], "--budget adam/lr5e-3: not trained yet"),
+        (["--budget", "adam/untrained"], "--budget adam/untrained: not trained yet"),
         (["--budget", "adam/nope"], "no optimizer 'adam' with a setting 'nope'"),
         (["--budget", "adam/lr2e-3", "--max-fall", "0"], "--max-fall must be > 0"),
     ],

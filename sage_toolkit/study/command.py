@@ -15,7 +15,9 @@ grid stops the study (exit 1), a grid run that fails is recorded in its failed.j
 
 ``--only RUN ...`` trains and records pieces of a long study; ``--budget RUN ...`` prints how fast those runs'
 validation loss still falls and the budget at which it would fall by at most ``--max-fall`` per 1,000 updates
-(:mod:`sage_toolkit.study.budget`).
+(:mod:`sage_toolkit.study.budget`); ``--grid`` prints each grid as far as it is done, its winner so far and whether
+the winner is at an edge of the grid, where the protocol extends the grid before the seeds
+(:mod:`sage_toolkit.study.grid`).
 
 The protocol step by step, the spec's keys and the outputs: sage_toolkit.study (protocol, spec, report), over
 sage_toolkit.runner.
@@ -28,6 +30,7 @@ from pathlib import Path
 
 from sage_toolkit.errors import ToolkitError, run_command
 from sage_toolkit.study.budget import budget, fit_decay, measured_fall
+from sage_toolkit.study.grid import describe_edges, edges, winner
 from sage_toolkit.study.protocol import Study, run_only, run_study
 from sage_toolkit.study.report import list_checkpoints
 from sage_toolkit.study.spec import load_spec
@@ -58,6 +61,13 @@ def main(argv: list[str] | None = None) -> dict:
         "--max-fall", type=float, default=0.01, help="--budget's threshold, per 1,000 updates (default 0.01)"
     )
     parser.add_argument(
+        "--grid",
+        action="store_true",
+        help="print each optimizer's grid as far as it is trained and evaluated (validation sacreBLEU, BP, final "
+        "validation loss), its winner so far and whether the winner is at an edge of the grid "
+        "(sage_toolkit.study.grid); trains nothing",
+    )
+    parser.add_argument(
         "--list-checkpoints",
         action="store_true",
         help="print OPTIMIZER/seedN=PATH of the finished study's final checkpoints (for analyze_redundancy.py)",
@@ -74,6 +84,8 @@ def main(argv: list[str] | None = None) -> dict:
         if args.only:
             for name in args.only:  # the names are checked before anything starts
                 study.run_named(name)
+        if args.grid:
+            return print_grid(study)
         if args.budget:
             if not args.max_fall > 0:
                 raise ToolkitError(f"--max-fall must be > 0, got {args.max_fall}")
@@ -83,6 +95,40 @@ def main(argv: list[str] | None = None) -> dict:
     if args.only:
         return run_command("study", lambda: run_only(study, args.only))
     return run_command("study", lambda: run_study(study))
+
+
+def print_grid(study: Study) -> dict:
+    """The --grid table: every optimizer's grid settings with what is known of them, then per optimizer its winner
+    among the evaluated settings and where it stands on the grid's axes. Returns {optimizer: {"settings", "winner",
+    "edges", "complete"}}."""
+    spec, result = study.spec, {}
+    model = "last checkpoint" if study.primary == "last" else study.primary
+    print(f"| optimizer | setting | state | updates | valid sacreBLEU ({model}, beam {spec.beam}, lenpen 1) | BP "
+          "| final valid loss |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
+    for name, optimizer in spec.optimizers.items():
+        status = study.grid_status(name)
+        for setting, s in status.items():
+            numbers = [
+                "" if s[key] is None else format(s[key], digits)
+                for key, digits in (("valid_sacrebleu", ".2f"), ("valid_bp", ".3f"), ("final_valid_loss", ".3f"))
+            ]
+            print(f"| {name} | {setting} | {s['state']} | {s['updates'] or ''} | " + " | ".join(numbers) + " |")
+        best = winner(status)
+        complete = all(s["state"] in ("evaluated", "failed") for s in status.values())
+        result[name] = {"settings": status, "winner": best, "complete": complete,
+                        "edges": {} if best is None else edges(optimizer.grid, best)}  # fmt: skip
+    for name, optimizer in spec.optimizers.items():
+        r = result[name]
+        if r["winner"] is None:
+            print(f"{name}: no setting evaluated yet")
+            continue
+        done = sum(s["state"] in ("evaluated", "failed") for s in r["settings"].values())
+        so_far = "" if r["complete"] else f" so far ({done} of {len(r['settings'])} settings done)"
+        where = describe_edges(optimizer.grid, r["winner"]) or "the grid has no numeric axis"
+        rule = "; at an edge: the grid extends that way before the seeds" if r["edges"] else ""
+        print(f"{name}: winner{so_far} {r['winner']} ({where}){rule}")
+    return result
 
 
 def print_budget(study: Study, names: list[str], max_fall: float) -> dict:

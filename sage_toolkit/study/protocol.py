@@ -34,7 +34,6 @@ and loses the grid.
 from __future__ import annotations
 
 import json
-import math
 import os
 import statistics
 import sys
@@ -47,6 +46,7 @@ from sage_toolkit.paths import ROOT
 from sage_toolkit.runner.console import complain, say
 from sage_toolkit.runner.process import SUPERVISOR, RunFailed, runner_session, worker_pool
 from sage_toolkit.runner.training import Run, RunSettings, run_env
+from sage_toolkit.study.grid import winner
 from sage_toolkit.study.record import RunRecord
 from sage_toolkit.study.report import plots, report
 from sage_toolkit.study.spec import StudySpec
@@ -237,6 +237,37 @@ class Study:
             record.write_failed(failure)
         return failure
 
+    def grid_status(self, optimizer: str) -> dict:
+        """What is known of ``optimizer``'s grid now, read from the record and the run folders (nothing is trained or
+        evaluated): {setting: {"state": "evaluated" | "failed" | "training" | "not started", "valid_sacrebleu",
+        "valid_bp", "final_valid_loss", "updates"}} (the numbers None until known)."""
+        status = {}
+        name = self.eval_name("valid", 1.0, self.primary)
+        for setting in self.spec.optimizers[optimizer].grid:
+            run = self.run(optimizer, setting, self.spec.tune_seed)
+            entry = {"state": "not started", "valid_sacrebleu": None, "valid_bp": None, "final_valid_loss": None,
+                     "updates": None}  # fmt: skip
+            record = self.recorded(run)
+            if record is not None:
+                failed = record.failed
+                evaluation = None if failed else record.evaluation(name)
+                summary = None if failed else record.summary()
+            else:
+                failed_file = run.dir / "failed.json"
+                failed = json.loads(failed_file.read_text()) if failed_file.is_file() else None
+                evaluation = json.loads((run.dir / name).read_text()) if (run.dir / name).is_file() else None
+                summary = run.training_summary() if (run.dir / "train.log").is_file() else None
+            if summary is not None:
+                entry.update(final_valid_loss=summary["final_valid_loss"], updates=summary["updates"])
+            if failed:
+                entry["state"] = "failed"
+            elif evaluation is not None:
+                entry.update(state="evaluated", valid_sacrebleu=evaluation["sacrebleu"], valid_bp=evaluation["bp"])
+            elif summary is not None:
+                entry["state"] = "training"
+            status[setting] = entry
+        return status
+
     # -- the protocol ----------------------------------------------------------------------------------------------
 
     def optimizer_track(self, optimizer: str, grid_futures: dict[str, Future]) -> dict:
@@ -255,10 +286,9 @@ class Study:
                 "overrides": grid_spec[setting],
                 "failed": grid[setting].get("failed"),
             }
-        ok = [s for s in scores if not scores[s]["failed"]]
-        if not ok:
+        best = winner(scores)
+        if best is None:
             raise ToolkitError(f"[{optimizer}] every grid setting failed; see {self.out / optimizer}/*/train.out")
-        best = max(ok, key=lambda s: (scores[s]["valid_sacrebleu"], -(scores[s]["final_valid_loss"] or math.inf)))
         say(f"[{optimizer}] best setting on valid: {best} ({scores[best]['valid_sacrebleu']:.2f})")
         runs = [self.run(optimizer, best, seed) for seed in spec.seeds]
         trained = [self.pool.submit(self.train_and_validate, run) for run in runs]

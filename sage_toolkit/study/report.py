@@ -10,6 +10,7 @@ from sage_toolkit.atomic import savefig_atomic
 from sage_toolkit.errors import ToolkitError
 from sage_toolkit.runner.report import plot_learning_curves
 from sage_toolkit.stats import format_difference, format_mean_std
+from sage_toolkit.study.grid import describe_edges, edges
 from sage_toolkit.study.spec import StudySpec
 
 
@@ -53,6 +54,13 @@ def report(spec: StudySpec, results: dict, significance: dict | None = None) -> 
                 f"| {name} | {setting}{mark} | `{' '.join(g['overrides'])}` | {g['valid_sacrebleu']:.2f} | "
                 f"{g['valid_bleu_tok']:.2f} | {g['valid_bp']:.3f} | {g['final_valid_loss']:.3f} |"
             )
+    at_edge = []  # the protocol extends such a grid before the seeds (issue 14); a study that did not says so here
+    for name, r in results.items():
+        grid = {setting: g["overrides"] for setting, g in r["grid"].items()}
+        if edges(grid, r["best_setting"]):
+            at_edge.append(f"{name}'s winner {r['best_setting']} ({describe_edges(grid, r['best_setting'])})")
+    if at_edge:
+        lines += ["", "At an edge of its grid (a better setting may lie beyond it): " + "; ".join(at_edge) + "."]
     lines += ["", "## Length penalty (mean validation sacreBLEU over the seeds)", ""]
     lenpens = [f"{lp:g}" for lp in spec.lenpens]
     lines += ["| optimizer | " + " | ".join(f"lenpen {lp}" for lp in lenpens) + " | chosen |"]
