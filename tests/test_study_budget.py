@@ -88,6 +88,14 @@ def test_the_budget_command_reads_the_committed_record(tmp_path, capsys):
         (["--budget", "adam/untrained"], "--budget adam/untrained: not trained yet"),
         (["--budget", "adam/nope"], "no optimizer 'adam' with a setting 'nope'"),
         (["--budget", "adam/lr2e-3", "--max-fall", "0"], "--max-fall must be > 0"),
+        # one job per call, and no option that the job would ignore
+        (["--budget", "adam/lr2e-3", "--grid"], "not allowed with argument"),
+        (["--grid", "--only", "adam/lr2e-3"], "not allowed with argument"),
+        (["--only", "adam/lr2e-3", "--max-fall", "0.02"], "--max-fall is --budget's threshold"),
+        (["--grid", "--jobs", "2"], "--jobs: --grid trains and translates nothing"),
+        (["--budget", "adam/lr2e-3", "--gpu"], "--gpu: --budget trains and translates nothing"),
+        (["--list-checkpoints", "--jobs", "1"], "--jobs: --list-checkpoints trains and translates nothing"),
+        (["--only", "adam/lr2e-3", "--jobs", "0"], "--jobs must be >= 1, got 0"),
     ],
 )
 def test_budget_errors_name_the_run_or_option(tmp_path, capsys, args, message):

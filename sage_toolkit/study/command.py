@@ -42,14 +42,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, help="output folder (default: the spec's 'out')")
     parser.add_argument("--jobs", type=int, help="trainings/evaluations at the same time (default: the spec's)")
     parser.add_argument("--gpu", dest="cpu", action="store_false", help="translate on the GPU (default: CPU)")
-    parser.add_argument(
+    mode = parser.add_mutually_exclusive_group()  # one job per call: none of these combines with another
+    mode.add_argument(
         "--only",
         nargs="+",
         metavar="RUN",
         help="train and record only these runs (OPTIMIZER/SETTING: the tune seed's; OPTIMIZER/SETTING/seedN), side by "
         "side, and stop without study.json: a long study in pieces that fit a sitting",
     )
-    parser.add_argument(
+    mode.add_argument(
         "--budget",
         nargs="+",
         metavar="RUN",
@@ -57,22 +58,29 @@ def main(argv: list[str] | None = None) -> dict:
         "budget at which a power-law fit of each predicts a fall of at most --max-fall per 1,000 updates "
         "(sage_toolkit.study.budget); trains nothing",
     )
-    parser.add_argument(
-        "--max-fall", type=float, default=0.01, help="--budget's threshold, per 1,000 updates (default 0.01)"
-    )
-    parser.add_argument(
+    parser.add_argument("--max-fall", type=float, help="--budget's threshold, per 1,000 updates (default 0.01)")
+    mode.add_argument(
         "--grid",
         action="store_true",
         help="print each optimizer's grid as far as it is trained and evaluated (validation sacreBLEU, BP, final "
         "validation loss), its winner so far and whether the winner is at an edge of the grid "
         "(sage_toolkit.study.grid); trains nothing",
     )
-    parser.add_argument(
+    mode.add_argument(
         "--list-checkpoints",
         action="store_true",
         help="print OPTIMIZER/seedN=PATH of the finished study's final checkpoints (for analyze_redundancy.py)",
     )
     args = parser.parse_args(argv)
+    if args.jobs is not None and args.jobs < 1:
+        parser.error(f"--jobs must be >= 1, got {args.jobs}")
+    if args.max_fall is not None and not args.budget:
+        parser.error("--max-fall is --budget's threshold: give it with --budget")
+    reading = next((f"--{m}" for m in ("budget", "grid", "list_checkpoints") if getattr(args, m)), None)
+    given = [flag for flag, value in (("--jobs", args.jobs is not None), ("--gpu", not args.cpu)) if value]
+    if reading and given:  # these only read what is recorded: an option for trainings would be ignored
+        parser.error(f"{given[0]}: {reading.replace('_', '-')} trains and translates nothing")
+    max_fall = 0.01 if args.max_fall is None else args.max_fall
     try:  # a bad spec, data-bin or --out is a usage error: exit status 2
         spec = load_spec(args.spec)
         out = (args.out or Path(spec.out or parser.error("--out: the spec has no 'out'"))).absolute()
@@ -87,9 +95,9 @@ def main(argv: list[str] | None = None) -> dict:
         if args.grid:
             return print_grid(study)
         if args.budget:
-            if not args.max_fall > 0:
-                raise ToolkitError(f"--max-fall must be > 0, got {args.max_fall}")
-            return print_budget(study, args.budget, args.max_fall)
+            if not max_fall > 0:
+                raise ToolkitError(f"--max-fall must be > 0, got {max_fall}")
+            return print_budget(study, args.budget, max_fall)
     except ToolkitError as e:
         parser.error(str(e))
     if args.only:
