@@ -56,11 +56,27 @@ def test_runner_trains_evaluates_tabulates_and_resumes(demo_bin, tmp_path, capsy
     assert third["runs"][1]["updates"] == 4
 
 
-def test_runner_refuses_unknown_config_and_data(tmp_path):
-    with pytest.raises(SystemExit):
-        compare.main(["--configs", "no_such_config", "--data", str(tmp_path), "--out", str(tmp_path / "o")])
-    with pytest.raises(SystemExit):
-        compare.main(["--data", str(tmp_path), "--out", str(tmp_path / "o")])  # not a data-bin
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--configs", "no_such_config"], "--configs: no config"),
+        ([], "is not a fairseq data-bin"),
+        (["--jobs", "0"], "--jobs must be >= 1, got 0"),
+        (["--beam", "0"], "--beam must be >= 1, got 0"),
+        (["--validate-every", "-200"], "--validate-every must be >= 0, got -200"),
+        (["--seeds", "1", "2", "1"], "--seeds: each value once, got 1 2 1"),
+        (["--configs", "demo_adam", "demo_adam"], "--configs: each value once"),
+    ],
+)
+def test_runner_refuses_bad_options_before_anything_runs(tmp_path, capsys, args, message):
+    data = tmp_path / "bin"
+    data.mkdir()
+    if "data-bin" not in message:
+        (data / "dict.de.txt").write_text("")
+    with pytest.raises(SystemExit) as exit_:
+        compare.main(["--data", str(data), "--out", str(tmp_path / "o"), *args])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
 
 
 def test_log_reader_keeps_one_copy_of_the_lines_fairseq_repeats(tmp_path):

@@ -46,7 +46,15 @@ class CompareOptions:
         self.data, self.out = Path(self.data).absolute(), Path(self.out).absolute()  # the runs start in the repo root
 
     def check(self) -> None:
-        """Usage errors (ToolkitError, exit status 2): a config that configs/ lacks, data that is not a data-bin."""
+        """Usage errors (ToolkitError, exit status 2): a config that configs/ lacks, data that is not a data-bin, a
+        repeated config or seed, a count out of range."""
+        for option, value, minimum in (("--jobs", self.jobs, 1), ("--beam", self.beam, 1),
+                                       ("--validate-every", self.validate_every, 0)):  # fmt: skip
+            if value < minimum:
+                raise ToolkitError(f"{option} must be >= {minimum}, got {value}", exit_code=2)
+        for option, values in (("--configs", self.configs), ("--seeds", self.seeds)):
+            if len(set(values)) != len(values):
+                raise ToolkitError(f"{option}: each value once, got {' '.join(map(str, values))}", exit_code=2)
         for config in self.configs:
             if not (CONFIG_DIR / f"{config}.yaml").exists():
                 raise ToolkitError(f"--configs: no config {CONFIG_DIR / config}.yaml", exit_code=2)

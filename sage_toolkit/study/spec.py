@@ -139,6 +139,20 @@ def parse_spec(raw: dict, source: Path) -> StudySpec:
     spec.setdefault("overrides", [])
     spec.setdefault("validate_every", 0)
     spec.setdefault("valid_bleu", True)
+    for key, minimum in (("jobs", 1), ("beam", 1), ("validate_every", 0)):
+        value = spec[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            raise ToolkitError(f"study spec {source}: {key} must be an integer >= {minimum}, got {value!r}")
+    for key, kinds in (("seeds", (int,)), ("lenpens", (int, float)), ("test_subsets", (str,))):
+        values = spec[key]
+        if (
+            not isinstance(values, list)
+            or not values
+            or not all(isinstance(v, kinds) and not isinstance(v, bool) for v in values)
+            or len(set(values)) != len(values)
+        ):
+            what = "strings" if kinds == (str,) else "integers" if kinds == (int,) else "numbers"
+            raise ToolkitError(f"study spec {source}: {key} must be a non-empty list of distinct {what}: {values!r}")
     spec.setdefault("tune_seed", spec["seeds"][0])
     if spec["tune_seed"] not in spec["seeds"]:
         raise ToolkitError(f"study spec {source}: tune_seed {spec['tune_seed']} is not one of seeds {spec['seeds']}")
