@@ -42,11 +42,21 @@ def make_tiny_corpus(raw_dir: Path, n_train: int = 400, n_valid: int = 40, n_tes
     return raw_dir
 
 
+def threads() -> str:
+    """The threads of the fairseq processes started here: the caller's OMP_NUM_THREADS (so that running the tests with
+    OMP_NUM_THREADS=2 exercises 2 threads in them too), else 1 (no oversubscription when tests run side by side)."""
+    return os.environ.get("OMP_NUM_THREADS", "1")
+
+
+def cpu_env() -> dict[str, str]:
+    """The environment of a fairseq process started here: :func:`threads` threads, no GPU, unbuffered output."""
+    return dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=threads(), MKL_NUM_THREADS=threads(),
+                CUDA_VISIBLE_DEVICES="")  # fmt: skip
+
+
 def run_cli(tool: str, args: list[str], check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run a fairseq CLI (``train``, ``generate``, ``preprocess``, ...) with this Python; returns the process."""
-    threads = os.environ.get("OMP_NUM_THREADS", "1")
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads,
-               CUDA_VISIBLE_DEVICES="")  # fmt: skip
+    env = cpu_env()
     proc = subprocess.run(
         [sys.executable, "-m", f"fairseq_cli.{tool}", *map(str, args)],
         capture_output=True,

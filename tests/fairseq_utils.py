@@ -6,16 +6,17 @@ too); this module adds what only the tests need.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 from sage_toolkit.tiny_fairseq import (  # noqa: F401 - the tests import them from here
     TINY_MODEL,
+    cpu_env,
     make_tiny_corpus,
     preprocess,
     run_cli,
+    threads,
     train_args,
     train_log,
 )
@@ -23,10 +24,6 @@ from sage_toolkit.tiny_fairseq import (  # noqa: F401 - the tests import them fr
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN_DIR = ROOT / "fairseq_plugins"
 SHARED_DATA = ROOT.parent / "shared" / "data"
-
-# Threads of the fairseq processes the tests start: the caller's OMP_NUM_THREADS (so that running the tests with
-# OMP_NUM_THREADS=2 exercises 2 threads in them too), else 1 (no oversubscription when pytest runs tests in parallel).
-THREADS = os.environ.get("OMP_NUM_THREADS", "1")
 
 
 def free_port() -> int:
@@ -39,7 +36,7 @@ def free_port() -> int:
 
 def run_torchrun(nproc: int, args: list, timeout: int = 600) -> subprocess.CompletedProcess:
     """fairseq-train under torch's launcher with ``nproc`` CPU processes and the gloo backend."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=THREADS, CUDA_VISIBLE_DEVICES="")
+    env = cpu_env()
     launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
                 "--master_addr=127.0.0.1", f"--master_port={free_port()}"]  # fmt: skip
     proc = subprocess.run(

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import re
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from sage_toolkit.redundancy import model as redundancy_model
 from sage_toolkit.redundancy import pruning, scoring, sensitivity, summary
 from sage_toolkit.redundancy.options import RedundancyOptions
 from sage_toolkit.stats import format_difference
-from tests.fairseq_utils import ROOT, THREADS, run_cli, train_args
+from tests.fairseq_utils import ROOT, cpu_env, run_cli, threads, train_args
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +36,7 @@ def sha256(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-ENV = dict(os.environ, OMP_NUM_THREADS=THREADS, MKL_NUM_THREADS=THREADS, CUDA_VISIBLE_DEVICES="")
+ENV = cpu_env()
 
 
 def popen(*argv) -> subprocess.Popen:
@@ -193,12 +192,12 @@ def test_pruning_zeroes_the_lowest_ranked_entries_and_restores(analysed, tiny_da
                                      max_len_a=0.0, max_len_b=200, max_tokens=4096, seed=1)  # fmt: skip
     # with the thread count of scripts/evaluate.py's process (ENV): greedy search picks between near-equal scores,
     # and matrix products split over another number of threads may round them otherwise
-    threads = torch.get_num_threads()
-    torch.set_num_threads(int(THREADS))
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(threads()))
     try:
         bleu = scoring.BleuScorer(task, bleu_options)(model, task, use_cuda=False)
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(before)
     reference = analysed["evaluate"]
     assert bleu["bleu_sentences"] == reference["n_sentences"] == 40
     assert bleu["bleu"] == pytest.approx(reference["sacrebleu"], abs=1e-9)
