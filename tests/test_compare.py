@@ -66,6 +66,7 @@ def test_runner_trains_evaluates_tabulates_and_resumes(demo_bin, tmp_path, capsy
         (["--validate-every", "-200"], "--validate-every must be >= 0, got -200"),
         (["--seeds", "1", "2", "1"], "--seeds: each value once, got 1 2 1"),
         (["--configs", "demo_adam", "demo_adam"], "--configs: each value once"),
+        (["PREP"], "--data: cannot read"),  # a prep.json that is not JSON: named before any run starts
     ],
 )
 def test_runner_refuses_bad_options_before_anything_runs(tmp_path, capsys, args, message):
@@ -73,6 +74,9 @@ def test_runner_refuses_bad_options_before_anything_runs(tmp_path, capsys, args,
     data.mkdir()
     if "data-bin" not in message:
         (data / "dict.de.txt").write_text("")
+    if "PREP" in args:
+        args = [a for a in args if a != "PREP"]
+        (data / "prep.json").write_text('{"source_lang": ')
     with pytest.raises(SystemExit) as exit_:
         compare.main(["--data", str(data), "--out", str(tmp_path / "o"), *args])
     assert exit_.value.code == 2 and message in capsys.readouterr().err

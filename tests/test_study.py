@@ -172,6 +172,10 @@ def test_missing_spec_and_data_are_named(tmp_path, capsys):
         with pytest.raises(SystemExit) as exit_:
             study.main([spec_file, "--out", str(tmp_path / "o"), "--only", "adam/lr1", only])
         assert exit_.value.code == 2 and message in capsys.readouterr().err
+    (tmp_path / "prep.json").write_text("{")  # what data_prep wrote, broken: refused before any run starts
+    with pytest.raises(SystemExit) as exit_:
+        study.main([spec_file, "--out", str(tmp_path / "o")])
+    assert exit_.value.code == 2 and f"cannot read {tmp_path / 'prep.json'}" in capsys.readouterr().err
     assert not (tmp_path / "o").exists(), "a bad --only starts nothing"
 
 

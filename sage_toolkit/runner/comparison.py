@@ -16,6 +16,7 @@ from pathlib import Path
 
 from sage_toolkit.atomic import write_atomic
 from sage_toolkit.errors import ToolkitError
+from sage_toolkit.evaluation.dataset import read_prep
 from sage_toolkit.paths import CONFIG_DIR
 from sage_toolkit.runner.console import say
 from sage_toolkit.runner.process import runner_session, worker_pool
@@ -63,6 +64,10 @@ class CompareOptions:
                 f"--data: {self.data} is not a fairseq data-bin (no dict.*.txt); prepare it with data_prep/",
                 exit_code=2,
             )
+        try:
+            read_prep(self.data)  # every run reads it: a broken one is refused before the first starts
+        except ToolkitError as e:
+            raise ToolkitError(f"--data: {e}", exit_code=2) from e
 
     def run_settings(self) -> RunSettings:
         return RunSettings(

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from sage_toolkit.atomic import write_atomic
 from sage_toolkit.errors import ToolkitError
+from sage_toolkit.evaluation.dataset import read_prep
 from sage_toolkit.fairseq_log import parse_record, read_log, sage_statistics
 from sage_toolkit.paths import CONFIG_DIR, ROOT
 from sage_toolkit.runner.console import say
@@ -59,12 +60,6 @@ def run_env(threads: int) -> dict[str, str]:
     return env
 
 
-def prep_settings(data: Path) -> dict:
-    """The data-bin's prep.json (what data_prep wrote about it), or {} for a data-bin without one."""
-    prep = data / "prep.json"
-    return json.loads(prep.read_text()) if prep.exists() else {}
-
-
 def progress(line: str) -> str | None:
     """A short status from one of fairseq's JSON progress lines (training statistics or validation), else None."""
     rec = parse_record(line)
@@ -98,7 +93,7 @@ class Run:
 
     def train_command(self) -> list[str]:
         settings = self.settings
-        prep = prep_settings(settings.data)
+        prep = read_prep(settings.data) or {}  # what data_prep wrote about the data-bin (ToolkitError if unreadable)
         overrides = [
             f"task.data={settings.data.resolve()}",
             f"common.seed={self.seed}",

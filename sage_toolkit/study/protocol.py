@@ -42,6 +42,7 @@ from pathlib import Path
 
 from sage_toolkit.atomic import write_atomic
 from sage_toolkit.errors import ToolkitError
+from sage_toolkit.evaluation.dataset import read_prep
 from sage_toolkit.paths import ROOT
 from sage_toolkit.runner.console import complain, say
 from sage_toolkit.runner.process import SUPERVISOR, RunFailed, runner_session, worker_pool
@@ -63,6 +64,7 @@ class Study:
         self.data = (ROOT / spec.data).resolve() if not Path(spec.data).is_absolute() else Path(spec.data)
         if not any(self.data.glob("dict.*.txt")):
             raise ToolkitError(f"data {self.data}: not a fairseq data-bin (no dict.*.txt); prepare it with data_prep/")
+        read_prep(self.data)  # every run reads it: a broken one is refused before the first starts (ToolkitError)
         self.jobs = max(1, jobs)
         self.threads = max(1, (os.cpu_count() or 1) // self.jobs)
         self.cpu = cpu
