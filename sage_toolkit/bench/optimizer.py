@@ -32,40 +32,9 @@ import time
 import torch
 
 from fairseq_plugins.optim import AdamaxSAGE, AdamSAGE
+from sage_toolkit.model_shapes import transformer_shapes
 
 # ---------------------------------------------------------------------------------------------- parameter shapes
-
-
-def _attention(prefix: str, d: int) -> list[tuple[str, tuple[int, ...]]]:
-    out = []
-    for proj in ("k_proj", "v_proj", "q_proj", "out_proj"):
-        out += [(f"{prefix}.{proj}.weight", (d, d)), (f"{prefix}.{proj}.bias", (d,))]
-    return out
-
-
-def _norm(prefix: str, d: int) -> list[tuple[str, tuple[int, ...]]]:
-    return [(f"{prefix}.weight", (d,)), (f"{prefix}.bias", (d,))]
-
-
-def transformer_shapes(layers, d, ffn, src_vocab, tgt_vocab, share_all, share_dec_io):
-    """fairseq's TransformerModel parameters (post-norm, sinusoidal positions): names and shapes."""
-    shapes = [("encoder.embed_tokens.weight", (src_vocab, d))]
-    for i in range(layers):
-        p = f"encoder.layers.{i}"
-        shapes += _attention(f"{p}.self_attn", d) + _norm(f"{p}.self_attn_layer_norm", d)
-        shapes += [(f"{p}.fc1.weight", (ffn, d)), (f"{p}.fc1.bias", (ffn,))]
-        shapes += [(f"{p}.fc2.weight", (d, ffn)), (f"{p}.fc2.bias", (d,))] + _norm(f"{p}.final_layer_norm", d)
-    if not share_all:
-        shapes.append(("decoder.embed_tokens.weight", (tgt_vocab, d)))
-    for i in range(layers):
-        p = f"decoder.layers.{i}"
-        shapes += _attention(f"{p}.self_attn", d) + _norm(f"{p}.self_attn_layer_norm", d)
-        shapes += _attention(f"{p}.encoder_attn", d) + _norm(f"{p}.encoder_attn_layer_norm", d)
-        shapes += [(f"{p}.fc1.weight", (ffn, d)), (f"{p}.fc1.bias", (ffn,))]
-        shapes += [(f"{p}.fc2.weight", (d, ffn)), (f"{p}.fc2.bias", (d,))] + _norm(f"{p}.final_layer_norm", d)
-    if not (share_all or share_dec_io):
-        shapes.append(("decoder.output_projection.weight", (tgt_vocab, d)))
-    return shapes
 
 
 MODELS = {

@@ -19,25 +19,20 @@ from dataclasses import dataclass
 import torch
 
 from fairseq_plugins.optim import AdamSAGE
+from sage_toolkit.model_shapes import transformer_shapes
 
 # ---------------------------------------------------------------- parameter shapes
 
 
-def transformer_shapes(layers: int, dim: int, ffn: int, vocab: int) -> list[tuple[int, ...]]:
-    """The parameter shapes of fairseq's post-norm TransformerModel with one joined dictionary and
-    ``--share-all-embeddings`` (the WMT'16 En-De recipes): embeddings, attention, feed-forward, layer norms."""
-    attention = [(dim, dim), (dim,)] * 4  # k, v, q, out projections
-    norm = [(dim,), (dim,)]
-    ffn_block = [(ffn, dim), (ffn,), (dim, ffn), (dim,)]
-    encoder = (attention + norm + ffn_block + norm) * layers
-    decoder = (attention + norm + attention + norm + ffn_block + norm) * layers
-    return [(vocab, dim)] + encoder + decoder
+def _shapes(layers: int, dim: int, ffn: int, vocab: int) -> list[tuple[int, ...]]:
+    """A model with one joined dictionary and ``--share-all-embeddings`` (the WMT'16 En-De recipes)."""
+    return [shape for _, shape in transformer_shapes(layers, dim, ffn, vocab, vocab, share_all=True, share_dec_io=True)]
 
 
 MODELS = {
-    "transformer_wmt_en_de": transformer_shapes(6, 512, 2048, 32768),
-    "transformer_vaswani_wmt_en_de_big": transformer_shapes(6, 1024, 4096, 32768),
-    "tiny": transformer_shapes(1, 32, 64, 100),  # smoke mode only
+    "transformer_wmt_en_de": _shapes(6, 512, 2048, 32768),
+    "transformer_vaswani_wmt_en_de_big": _shapes(6, 1024, 4096, 32768),
+    "tiny": _shapes(1, 32, 64, 100),  # smoke mode only
 }
 
 # ---------------------------------------------------------------- optimizers
