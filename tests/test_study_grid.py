@@ -91,7 +91,9 @@ def test_the_grid_command_reads_record_and_run_folders(tmp_path, capsys):
     for optimizer, r in result.items():
         settings = r["settings"]
         assert settings["training"] == {"state": "training", "valid_sacrebleu": None, "valid_bp": None,
-                                        "final_valid_loss": 5.5, "updates": 250}  # fmt: skip
+                                        "final_valid_loss": 5.5, "updates": 250, "excess": None,
+                                        "curve": [{"update": 200, "valid_loss": 5.5, "valid_bleu": None,
+                                                   "train_loss": None}]}  # fmt: skip
         assert settings["failing"]["state"] == "failed" and settings["untrained"]["state"] == "not started"
         evaluated = {s: v for s, v in settings.items() if v["state"] == "evaluated"}
         assert len(evaluated) >= 3, "the committed record holds at least three grid runs per optimizer"

@@ -76,6 +76,21 @@ def progress(line: str) -> str | None:
     return None
 
 
+def validation_curve(log: dict[str, list[dict]]) -> list[dict]:
+    """The validation points of a :func:`read_log` log: update, validation loss and BLEU, and the training loss over
+    the updates since the previous point (the mean of the per-interval losses logged there; None if none was), so
+    that validation can be read against training loss (:mod:`sage_toolkit.study.generalization`)."""
+    curve, previous = [], 0
+    for r in log["valid"]:
+        update = int(r.get("valid_num_updates", 0))
+        inside = [t for t in log["train_inner"] if previous < t["num_updates"] <= update]
+        losses = [t["loss"] for t in inside if isinstance(t.get("loss"), (int, float))]
+        curve.append({"update": update, "valid_loss": r.get("valid_loss"), "valid_bleu": r.get("valid_bleu"),
+                      "train_loss": statistics.mean(losses) if losses else None})  # fmt: skip
+        previous = update
+    return curve
+
+
 class Run:
     """One training run: OUT/TAG/seedN (TAG: the config name unless given), trained with extra Hydra overrides."""
 
@@ -319,13 +334,6 @@ class Run:
             ),  # fmt: skip
             "train_wall_s": timing.get("train_seconds"),
             "words_per_s": statistics.median(wps) if wps else None,
-            "curve": [
-                {
-                    "update": int(r.get("valid_num_updates", 0)),
-                    "valid_loss": r.get("valid_loss"),
-                    "valid_bleu": r.get("valid_bleu"),
-                }
-                for r in valid
-            ],
+            "curve": validation_curve(log),
             **({"sage_stats": stats} if (stats := sage_statistics(log)) else {}),
         }

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from sage_toolkit.errors import ToolkitError, run_command
 from sage_toolkit.study.budget import budget, fit_decay, measured_fall
+from sage_toolkit.study.generalization import excess
 from sage_toolkit.study.grid import describe_edges, edges, winner
 from sage_toolkit.study.protocol import Study, run_only, run_study
 from sage_toolkit.study.report import list_checkpoints
@@ -106,20 +107,32 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def print_grid(study: Study) -> dict:
-    """The --grid table: every optimizer's grid settings with what is known of them, then per optimizer its winner
-    among the evaluated settings and where it stands on the grid's axes. Returns {optimizer: {"settings", "winner",
-    "edges", "complete"}}."""
+    """The --grid table: every optimizer's grid settings with what is known of them (and the mean excess of their
+    validation loss over the first optimizer's grid runs at the same training loss,
+    :mod:`sage_toolkit.study.generalization`; a run of the first optimizer against its other runs), then per optimizer
+    its winner among the evaluated settings and where it stands on the grid's axes. Returns {optimizer: {"settings",
+    "winner", "edges", "complete"}}."""
     spec, result = study.spec, {}
     model = "last checkpoint" if study.primary == "last" else study.primary
+    statuses = {name: study.grid_status(name) for name in spec.optimizers}
+    base = next(iter(spec.optimizers))
     print(f"| optimizer | setting | state | updates | valid sacreBLEU ({model}, beam {spec.beam}, lenpen 1) | BP "
-          "| final valid loss |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|")
+          f"| final valid loss | valid loss − {base}'s at the same train loss |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
     for name, optimizer in spec.optimizers.items():
-        status = study.grid_status(name)
+        status = statuses[name]
         for setting, s in status.items():
+            references = [r["curve"] for other, r in statuses[base].items()
+                          if r.get("curve") and (name, setting) != (base, other)]  # fmt: skip
+            s["excess"] = excess(s["curve"], references)["mean"] if s.get("curve") and references else None
             numbers = [
                 "" if s[key] is None else format(s[key], digits)
-                for key, digits in (("valid_sacrebleu", ".2f"), ("valid_bp", ".3f"), ("final_valid_loss", ".3f"))
+                for key, digits in (
+                    ("valid_sacrebleu", ".2f"),
+                    ("valid_bp", ".3f"),
+                    ("final_valid_loss", ".3f"),
+                    ("excess", "+.3f"),
+                )  # fmt: skip
             ]
             print(f"| {name} | {setting} | {s['state']} | {s['updates'] or ''} | " + " | ".join(numbers) + " |")
         best = winner(status)

@@ -242,7 +242,8 @@ class Study:
     def grid_status(self, optimizer: str) -> dict:
         """What is known of ``optimizer``'s grid now, read from the record and the run folders (nothing is trained or
         evaluated): {setting: {"state": "evaluated" | "failed" | "training" | "not started", "valid_sacrebleu",
-        "valid_bp", "final_valid_loss", "updates"}} (the numbers None until known)."""
+        "valid_bp", "final_valid_loss", "updates"}} (the numbers None until known), with the validation "curve" of a
+        run that has trained."""
         status = {}
         name = self.eval_name("valid", 1.0, self.primary)
         for setting in self.spec.optimizers[optimizer].grid:
@@ -260,7 +261,8 @@ class Study:
                 evaluation = json.loads((run.dir / name).read_text()) if (run.dir / name).is_file() else None
                 summary = run.training_summary() if (run.dir / "train.log").is_file() else None
             if summary is not None:
-                entry.update(final_valid_loss=summary["final_valid_loss"], updates=summary["updates"])
+                entry.update(final_valid_loss=summary["final_valid_loss"], updates=summary["updates"],
+                             curve=summary["curve"])  # fmt: skip
             if failed:
                 entry["state"] = "failed"
             elif evaluation is not None:

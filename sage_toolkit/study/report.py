@@ -10,6 +10,7 @@ from sage_toolkit.atomic import savefig_atomic
 from sage_toolkit.errors import ToolkitError
 from sage_toolkit.runner.report import plot_learning_curves
 from sage_toolkit.stats import format_difference, format_mean_std
+from sage_toolkit.study.generalization import converging_points, excess
 from sage_toolkit.study.grid import describe_edges, edges
 from sage_toolkit.study.spec import StudySpec
 
@@ -119,6 +120,7 @@ def report(spec: StudySpec, results: dict, significance: dict | None = None) -> 
             lines.append(row + f" {s['train_wall_s'] or float('nan'):.0f} |")
     if significance:
         lines += _significance(spec, significance)
+    lines += _generalization(results)
     lines += _multipliers(results)
     signatures = sorted(
         {c["sacrebleu_signature"] for n in names for s in results[n]["seeds"] for t in s["test"].values()
@@ -178,6 +180,46 @@ def _multipliers(results: dict) -> list[str]:
         "updates, then mean ± std over the seeds. r: the multiplier before the strength alpha; applied: 1 + alpha "
         "(r − 1), the factor on the base optimizer's step. Over training: sage_multipliers.png.",
     ]
+
+
+def generalization(results: dict) -> dict:
+    """Per optimizer, per seed run: the mean excess of its validation loss over the first optimizer's (the baseline's)
+    seed runs at the same training loss (:mod:`sage_toolkit.study.generalization`); a baseline run is compared with
+    the baseline's other seeds. {} when no run's curve has training losses (studies recorded before they did)."""
+    names = list(results)
+    curves = {name: {s["seed"]: s.get("curve") or [] for s in r["seeds"]} for name, r in results.items()}
+    if not any(c.get("train_loss") is not None for runs in curves.values() for curve in runs.values() for c in curve):
+        return {}
+    baseline = curves[names[0]]
+    table = {}
+    for name in names:
+        table[name] = {
+            seed: excess(curve, [ref for other, ref in baseline.items() if name != names[0] or other != seed])["mean"]
+            for seed, curve in curves[name].items()
+        }
+    return table
+
+
+def _generalization(results: dict) -> list[str]:
+    """study.md's table of :func:`generalization`; nothing when it is empty."""
+    table = generalization(results)
+    if not table:
+        return []
+    base = next(iter(table))
+    lines = ["", f"## Validation loss at matched training loss (against {base}'s seed runs)", ""]
+    lines += ["| optimizer | seeds | excess validation loss (mean ± std over seeds) | per seed |", "|---|---|---|---|"]
+    for name, by_seed in table.items():
+        values = [v for v in by_seed.values() if v is not None]
+        per_seed = ", ".join(f"{seed}: {'n/a' if v is None else format(v, '+.3f')}" for seed, v in by_seed.items())
+        lines.append(f"| {name} | {len(values)} | {_mean_std(values, 3) if values else 'n/a'} | {per_seed} |")
+    lines += [
+        "",
+        f"Each run's validation loss minus {base}'s at the same training loss (fairseq's, dropout on), over the last "
+        f"half of its updates (sage_toolkit/study/generalization.py; {base}'s own runs against its other seeds): above "
+        f"0, the run generalises worse than {base} at the same fit of the training data, whatever its speed. "
+        "Plotted: generalization.png.",
+    ]
+    return lines
 
 
 def _significance(spec: StudySpec, significance: dict) -> list[str]:
@@ -250,6 +292,37 @@ def plots(out: Path, spec: StudySpec, results: dict) -> None:
     savefig_atomic(fig, out / "lenpen.png", dpi=110)
     plt.close(fig)
     plot_multipliers(out / "sage_multipliers.png", results)
+    plot_generalization(out / "generalization.png", results)
+
+
+def plot_generalization(path: Path, results: dict) -> bool:
+    """generalization.png: validation loss against training loss, every seed run of every optimizer (over the last
+    half of its updates, :mod:`sage_toolkit.study.generalization`'s range). False (and no file) when no curve has
+    training losses."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not generalization(results):
+        return False
+    fig, ax = plt.subplots(figsize=(7, 5))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (name, r) in enumerate(results.items()):
+        for j, s in enumerate(r["seeds"]):
+            points = sorted(converging_points(s.get("curve") or []), key=lambda p: p[2])
+            if points:
+                ax.plot([p[0] for p in points], [p[1] for p in points], "o-", ms=3, alpha=0.8,
+                        color=colors[i % len(colors)], **({"label": name} if j == 0 else {}))  # fmt: skip
+    ax.set(xlabel="training loss (mean since the previous validation)", ylabel="validation loss",
+           title="validation against training loss, last half of training")  # fmt: skip
+    ax.invert_xaxis()  # training proceeds to the right
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    savefig_atomic(fig, path, dpi=110)
+    plt.close(fig)
+    return True
 
 
 def plot_multipliers(path: Path, results: dict) -> bool:
