@@ -55,10 +55,13 @@ def test_the_budget_is_the_first_step_where_every_fit_falls_slowly_enough():
         fit_decay(power_curve(3.9, 0.8, 0.7, updates=[200, 400, 1000, 1200, 1400]))
 
 
-def converged_spec(tmp_path, extra_settings=("untrained",)):
+def converged_spec(tmp_path, extra_settings=("untrained",), first_settings=None):
     """The committed converged spec, reading the committed record, with a stand-in data-bin (the budget reads only
-    the record) and, per optimizer, ``extra_settings`` that no record holds."""
+    the record), only the first ``first_settings`` settings of each grid (all: None) and, per optimizer,
+    ``extra_settings`` that no record holds."""
     raw = yaml.safe_load((ROOT / "studies" / "multi30k_de_en_converged.yaml").read_text())
+    for optimizer in raw["optimizers"].values():
+        optimizer["grid"] = dict(list(optimizer["grid"].items())[:first_settings])
     data = tmp_path / "bin"
     data.mkdir()
     (data / "dict.de.txt").write_text("")

@@ -105,7 +105,8 @@ def test_the_grid_command_reads_record_and_run_folders(tmp_path, capsys):
         grid = load_spec(spec_file).optimizers[optimizer].grid
         assert r["edges"] == edges(grid, best)
         assert f"{optimizer}: winner so far (" in printed and f"| {optimizer} | failing | failed |" in printed
-    assert "the grid extends that way before the seeds" in printed  # SAGE's 2 x 2 grid: its winner is at an edge
+        line = next(line for line in printed.splitlines() if line.startswith(f"{optimizer}: winner"))
+        assert ("the grid extends that way before the seeds" in line) == bool(r["edges"])
     assert not (out / "study.json").exists()
 
 
@@ -122,3 +123,10 @@ def test_study_md_names_a_winner_at_the_edge_of_its_grid():
     assert "optimizer.sage_beta3 0.75: the lowest of the grid's 0.75, 0.9" in line
     results = {name: {**r, "best_setting": "lr2e-3"} for name, r in summary["results"].items() if name == "adam"}
     assert "At an edge" not in report(spec, results)  # an inner winner: no such line
+
+
+def test_the_grid_command_says_when_a_winner_is_at_an_edge(tmp_path, capsys):
+    """The converged study's first 2 x 2 SAGE grid (committed): every point is at an edge of both axes."""
+    result = study.main([str(converged_spec(tmp_path, extra_settings=(), first_settings=4)), "--grid"])
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("sage: winner"))
+    assert len(result["sage"]["edges"]) == 2 and "at an edge: the grid extends that way before the seeds" in line
