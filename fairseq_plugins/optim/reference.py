@@ -11,7 +11,8 @@ import math
 import torch
 
 
-def _multiplier(theta, g, state, group, t):
+def sage_multiplier(theta, g, state, group, t):
+    """The applied multiplier 1 + alpha * (r - 1) of one tensor at step t; updates state["exp_avg_sens"] (float64)."""
     if not group["sage"]:
         return 1.0
     b3, eps, alpha = group["beta3"], group["eps"], group["sage_strength"]
@@ -60,7 +61,7 @@ class ReferenceAdamSAGE(_Reference):
         (b1, b2), lr, eps, wd = group["betas"], group["lr"], group["eps"], group["weight_decay"]
         state["exp_avg"] = b1 * state["exp_avg"] + (1 - b1) * g
         state["exp_avg_sq"] = b2 * state["exp_avg_sq"] + (1 - b2) * g * g
-        rho = _multiplier(theta, g, state, group, t)
+        rho = sage_multiplier(theta, g, state, group, t)
         step_size = lr * math.sqrt(1 - b2**t) / (1 - b1**t)
         adam = state["exp_avg"] / (state["exp_avg_sq"].sqrt() + eps)
         return theta - lr * wd * theta - step_size * rho * adam
@@ -73,5 +74,5 @@ class ReferenceAdamaxSAGE(_Reference):
         (b1, b2), lr, eps, wd = group["betas"], group["lr"], group["eps"], group["weight_decay"]
         state["exp_avg"] = b1 * state["exp_avg"] + (1 - b1) * g
         state["exp_inf"] = torch.maximum(b2 * state["exp_inf"], g.abs() + eps)
-        rho = _multiplier(theta, g, state, group, t)
+        rho = sage_multiplier(theta, g, state, group, t)
         return theta - lr * rho * (state["exp_avg"] / (state["exp_inf"] + eps) + wd * theta)
