@@ -340,3 +340,30 @@ def test_multiplier_batches_beyond_the_split_are_refused(sage_models, tiny_data_
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "--multiplier-batches 100000: the train split has only" in proc.stderr
     assert not (tmp_path / "token_loss.json").exists()
+
+
+# -- the committed analyses of the converged study's grid models (RESULTS.md) ---------------------------------------
+
+COMMITTED = sorted((ROOT / "results").glob("*/token_loss*/token_loss.json"))
+
+
+@pytest.mark.parametrize("path", COMMITTED, ids=[str(p.parent.relative_to(ROOT)) for p in COMMITTED])
+def test_committed_tables_come_from_their_json(path):
+    result = json.loads(path.read_text())
+    assert (path.parent / "token_loss.md").read_text() == table(result) + "\n"
+    for record in result["models"].values():
+        for subset in result["subsets"]:
+            for kind in ("target_bands", "source_bands"):
+                rows = record[subset][kind]
+                assert sum(r["tokens"] for r in rows) == record[subset]["all"]["tokens"]
+                mean = sum(r["tokens"] * r["nll"] for r in rows if r["tokens"]) / record[subset]["all"]["tokens"]
+                assert mean == pytest.approx(record[subset]["all"]["nll"], rel=1e-9)
+        if record.get("multipliers", {}).get("measured"):
+            measured = record["multipliers"]
+            for tensor in measured["tensors"].values():  # every row is in a batch or not, on every batch
+                rows = sum(r["row_batches"] for where in ("in_batch", "not_in_batch") for r in tensor[where])
+                assert rows % measured["batches"] == 0
+
+
+def test_the_committed_analyses_exist():
+    assert {p.parent.name for p in COMMITTED} >= {"token_loss", "token_loss_multipliers"}
