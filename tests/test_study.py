@@ -132,6 +132,12 @@ def test_protocol_end_to_end_with_a_failing_setting_and_resumption(demo_bin, tmp
         ({"redundancy": {"sparsities": [0.0, "x"]}}, "redundancy: argument --sparsities: invalid float value: 'x'"),
         ({"redundancy": {"batches": 0}}, "redundancy: --batches must be positive, got 0"),
         ({"redundancy": [1]}, "redundancy must be a mapping"),
+        ({"token_loss": {"subsetz": ["valid"]}}, "token_loss.subsetz: unknown option"),
+        ({"token_loss": {"multiplier_batches": "2"}}, "token_loss.multiplier_batches must be a int, got '2'"),
+        ({"token_loss": {"edges": [100, 10]}}, "token_loss: --edges must be increasing positive counts, got 100 10"),
+        ({"token_loss": {"multiplier_batches": -1}}, "token_loss: --multiplier-batches must be 0 or more, got -1"),
+        ({"token_loss": {"subsets": ["valid", "valid"]}}, "token_loss: --subsets: a split is given twice"),
+        ({"token_loss": "valid"}, "token_loss must be a mapping"),
         ({"optimizers": {"adam": {"config": "no_such_config", "grid": {"a": ["x=1"]}}}}, "no_such_config"),
         ({"optimizers": {"adam": {"config": "demo_adam", "grid": {"a": "optimization.lr=[0.1]"}}}}, "list of Hydra"),
         (
@@ -206,9 +212,10 @@ def test_a_recorded_study_resumes_from_its_record_alone(demo_bin, tmp_path, caps
     }
     keep = ["checkpoint.save_interval_updates=2", "checkpoint.keep_interval_updates=3"]
     redundancy = {"batches": 1, "sparsities": [0.0, 0.5], "by_layer_type": True, "bleu": False}
+    token_loss = {"subsets": ["valid", "train"], "max_sentences": 10, "multiplier_batches": 1}
     spec_file = write_spec(
         tmp_path / "spec.yaml", demo_bin, average_last=2, record=str(record), optimizers=optimizers,
-        overrides=TINY + keep, redundancy=redundancy,
+        overrides=TINY + keep, redundancy=redundancy, token_loss=token_loss,
     )  # fmt: skip
     out = tmp_path / "study"
     study.main([str(spec_file), "--out", str(out), "--only", "adam/lr1", "sage/ok/seed2"])
@@ -227,6 +234,12 @@ def test_a_recorded_study_resumes_from_its_record_alone(demo_bin, tmp_path, caps
     assert list(analysed["models"]) == ["adam/lr1/seed1"] and analysed["sparsities"] == [0.0, 0.5]
     assert analysed["models"]["adam/lr1/seed1"]["checkpoint"].endswith("seed1/checkpoint.avg2.pt")
     assert "results_by_layer_type" in analysed["models"]["adam/lr1/seed1"] and analysed["bleu"] is None
+    measured = json.loads((recorded / "token_loss.json").read_text())  # the average, and the last with its state
+    assert list(measured["models"]) == ["adam/lr1/seed1", "adam/lr1/seed1@last"] and measured["max_sentences"] == 10
+    assert measured["models"]["adam/lr1/seed1"]["checkpoint"].endswith("seed1/checkpoint.avg2.pt")
+    assert measured["models"]["adam/lr1/seed1"]["valid"]["sentences"] == 10
+    not_sage = measured["models"]["adam/lr1/seed1@last"]["multipliers"]
+    assert not_sage == {"measured": False, "reason": "trained with adam, not a SAGE optimizer"}
     run = json.loads((recorded / "run.json").read_text())
     assert run["training"]["updates"] == 4 and run["lr"] == 0.001 and (recorded / "config.yaml").is_file()
 
@@ -271,6 +284,15 @@ def test_a_recorded_study_resumes_from_its_record_alone(demo_bin, tmp_path, caps
     assert merged["models"]["adam/lr1/seed1"] == analysed["models"]["adam/lr1/seed1"]
     assert set(merged["groups"]) == {"adam", "sage"} and set(merged["groups_by_layer_type"]) >= {"embeddings"}
     assert (out / "redundancy" / "pruning_curves_by_layer_type.png").stat().st_size > 10_000
+    losses = json.loads((out / "token_loss" / "token_loss.json").read_text())
+    assert list(losses["models"]) == list(merged["models"]) and losses["subsets"] == ["valid", "train"]
+    assert losses["models"]["adam/lr1/seed1"]["valid"] == measured["models"]["adam/lr1/seed1"]["valid"]
+    sage_multipliers = losses["models"]["sage/ok/seed2"]["multipliers"]  # measured on the last checkpoint
+    assert sage_multipliers["measured"] and sage_multipliers["checkpoint"].endswith("seed2/checkpoint_last.pt")
+    assert set(sage_multipliers["tensors"]) == {"encoder.embed_tokens.weight", "decoder.embed_tokens.weight"}
+    summary_md = (out / "token_loss" / "token_loss.md").read_text()
+    assert "| band | tokens | adam (2) | sage (2) | sage - adam |" in summary_md
+    assert "sage: SAGE multiplier r of the embedding rows, mean ± std over 2 models" in summary_md
 
     shutil.rmtree(out)  # every run recorded now: nothing is trained or translated, the same study comes out
     again = study.main([str(spec_file), "--out", str(out)])
@@ -278,6 +300,7 @@ def test_a_recorded_study_resumes_from_its_record_alone(demo_bin, tmp_path, caps
     assert "] training" not in printed and not any(out.glob("*/*/seed*")), printed
     assert again == summary
     assert json.loads((out / "redundancy" / "redundancy.json").read_text()) == merged
+    assert json.loads((out / "token_loss" / "token_loss.json").read_text())["models"] == losses["models"]
 
 
 COMMITTED = ROOT / "results" / "multi30k_de_en"

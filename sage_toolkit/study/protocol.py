@@ -14,15 +14,15 @@
    seeds (:mod:`sage_toolkit.significance`).
 
 With a ``record`` folder, every run is evaluated on everything steps 1-4 can ask of it (every subset x length penalty x
-checkpoint, and with ``redundancy`` the redundancy analysis of its final model) as soon as it is trained, and its small
-outputs are copied there (:mod:`.record`); a recorded run is read from the record and never trained or evaluated again,
-so the study resumes on a machine that has the record (committed) but not the runs. The command's ``--only`` trains and
-records the named runs and stops there.
+checkpoint, and with ``redundancy``/``token_loss`` those analyses of its final model) as soon as it is trained, and its
+small outputs are copied there (:mod:`.record`); a recorded run is read from the record and never trained or evaluated
+again, so the study resumes on a machine that has the record (committed) but not the runs. The command's ``--only``
+trains and records the named runs and stops there.
 
 Outputs in OUT: one folder per run (``OPTIMIZER/SETTING/seedN``: fairseq's log and checkpoints, ``eval.SUBSET.lpX.json``
 from scripts/evaluate.py), ``study.json`` (everything measured), ``study.md`` (the tables) and ``learning_curves.png``,
-``grid_curves.png``, ``lenpen.png``. Re-running resumes: finished trainings and evaluations are read, not redone (a
-training that completed is never trained further).
+``grid_curves.png``, ``lenpen.png`` (and the merged analyses in ``redundancy/`` and ``token_loss/``). Re-running
+resumes: finished trainings and evaluations are read, not redone (a training that completed is never trained further).
 
 Like a comparison (whose runs and process handling it uses, :mod:`sage_toolkit.runner`): SIGINT/SIGTERM stop every child
 and start nothing further (exit 128 + the signal, one line on stderr); the output folder and every run folder are
@@ -165,6 +165,8 @@ class Study:
                     names.append(self.eval_name(subset, lenpen, kind))
         if spec.redundancy is not None:
             self.analyze_redundancy(run)
+        if spec.token_loss is not None:
+            self.analyze_token_loss(run)
         tests = [name for name in names if not name.startswith("eval.valid.")]
         summary = {"run": run.name, "config": run.config, "spec_overrides": list(spec.overrides),
                    "overrides": run.overrides, "lr": run.learning_rate()}  # fmt: skip
@@ -192,6 +194,47 @@ class Study:
             say(f"[{run.name}] redundancy analysis of {self.final_checkpoint(run).name}")
             run.run_child(command, run_env(self.threads), run.dir / "redundancy.out", what="redundancy analysis")
         return json.loads((out / "redundancy.json").read_text())
+
+    def analyze_token_loss(self, run: Run) -> dict:
+        """scripts/analyze_token_loss.py on the run's final model (named after the run) and, when that is an average,
+        on its last checkpoint too (RUN@last: the one with the optimizer state, for the SAGE multipliers), into
+        ``run.dir/token_loss``; cached there, read from the record for a recorded run."""
+        record = self.recorded(run)
+        if record is not None:
+            return record.token_loss()
+        out = run.dir / "token_loss"
+        if not (out / "token_loss.json").is_file():
+            SUPERVISOR.check()
+            checkpoints = [f"{run.name}={self.final_checkpoint(run)}"]
+            if self.primary != "last":
+                checkpoints.append(f"{run.name}@last={run.dir / 'checkpoint_last.pt'}")
+            command = [
+                sys.executable, str(ROOT / "scripts" / "analyze_token_loss.py"), "--data-bin", str(self.data),
+                "--checkpoints", *checkpoints, "--out", str(out), *self.spec.token_loss_flags(),
+                *(["--cpu"] if self.cpu else []),
+            ]  # fmt: skip
+            say(f"[{run.name}] token-loss analysis of {self.final_checkpoint(run).name}")
+            run.run_child(command, run_env(self.threads), run.dir / "token_loss.out", what="token-loss analysis")
+        return json.loads((out / "token_loss.json").read_text())
+
+    def token_loss(self, results: dict) -> dict | None:
+        """The per-run token-loss analyses of every optimizer's seed runs merged (models OPTIMIZER/SETTING/seedN,
+        each the final model's, with the multipliers measured on its last checkpoint), or None without the spec's
+        ``token_loss``."""
+        if self.spec.token_loss is None:
+            return None
+        merged, models = None, {}
+        for name, r in results.items():
+            for s in r["seeds"]:
+                run = self.run(name, r["best_setting"], s["seed"])
+                analysis = self.analyze_token_loss(run)
+                merged = merged or {k: v for k, v in analysis.items() if k not in ("models", "date")}
+                model = dict(analysis["models"][run.name])
+                last = analysis["models"].get(f"{run.name}@last")
+                if last is not None and "multipliers" in last:
+                    model["multipliers"] = {**last["multipliers"], "checkpoint": last["checkpoint"]}
+                models[run.name] = model
+        return {**merged, "models": models}
 
     def redundancy(self, results: dict) -> dict | None:
         """The per-run analyses of every optimizer's seed runs merged into one analysis (models named
@@ -451,6 +494,9 @@ def run_study(study: Study, prog: str = "study") -> dict:
         redundancy = study.redundancy(results)
         if redundancy is not None:
             write_redundancy(out / "redundancy", redundancy)
+        token_loss = study.token_loss(results)
+        if token_loss is not None:
+            write_token_loss(out / "token_loss", token_loss)
         text = report(spec, results, significance)
         write_atomic(out / "study.md", text)
         plots(out, spec, results)
@@ -469,6 +515,16 @@ def write_redundancy(out: Path, analysis: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     write_outputs(out, analysis, None)
     write_atomic(out / "table.txt", table(analysis["models"]) + "\n")
+
+
+def write_token_loss(out: Path, analysis: dict) -> None:
+    """The merged token-loss analysis: token_loss.json and token_loss.md (the per-optimizer summary, then every
+    model's table)."""
+    from sage_toolkit.token_loss.analysis import OUTPUT, group_table, table
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / OUTPUT, json.dumps(analysis, indent=2) + "\n")
+    write_atomic(out / "token_loss.md", group_table(analysis) + "\n" + table(analysis) + "\n")
 
 
 def run_only(study: Study, names: list[str], prog: str = "study") -> list[str]:

@@ -8,6 +8,7 @@ on another machine without retraining the runs it has (checkpoints are never com
   them; gzip keeps 24 files per run near 0.5 MB);
 - ``config.yaml``: the configuration fairseq trained with (Hydra's record), for provenance;
 - ``redundancy.json``: with the spec's ``redundancy``, the redundancy analysis of the run's final model;
+- ``token_loss.json``: with the spec's ``token_loss``, the token-loss analysis of its final and last checkpoints;
 - ``run.json``: the training summary (validation curve, losses, updates, wall time, words/s; for SAGE runs the
   multiplier's statistics over training, ``sage_stats``) and the learning rate,
   written last: a run folder with ``run.json`` is complete, one without it is ignored (an interrupted copy);
@@ -85,6 +86,10 @@ class RunRecord:
         """The recorded redundancy analysis of the run's final model (analyze_redundancy.py's JSON)."""
         return self._read("redundancy.json")
 
+    def token_loss(self) -> dict:
+        """The recorded token-loss analysis of the run (analyze_token_loss.py's JSON)."""
+        return self._read("token_loss.json")
+
     def hypotheses(self, eval_name: str, tgt: str) -> list[str]:
         """The detokenised hypotheses of the recorded evaluation ``eval_name``, one per test sentence."""
         path = self.dir / f"{Path(eval_name).stem}.hyp.{tgt}.gz"
@@ -121,9 +126,10 @@ class RunRecord:
         config = run_dir / ".hydra" / "config.yaml"
         if config.is_file():
             shutil.copyfile(config, self.dir / "config.yaml")
-        redundancy = run_dir / "redundancy" / "redundancy.json"
-        if redundancy.is_file():
-            shutil.copyfile(redundancy, self.dir / "redundancy.json")
+        for analysis in ("redundancy", "token_loss"):
+            path = run_dir / analysis / f"{analysis}.json"
+            if path.is_file():
+                shutil.copyfile(path, self.dir / path.name)
         write_atomic(self.dir / RUN_FILE, json.dumps(run, indent=1))
 
     def write_failed(self, failure: dict) -> None:

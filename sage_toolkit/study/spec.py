@@ -12,7 +12,10 @@ committed, so that the study resumes on another machine without retraining (see 
 ``redundancy`` [none]: options of the redundancy analysis (``scripts/analyze_redundancy.py``; keys: those of
 :data:`REDUNDANCY_OPTIONS`) run on each run's final model as soon as it is trained (a run's checkpoints may be gone
 when the seeds are known); the study merges the analyses of the seed runs into ``redundancy/`` (see
-:mod:`.protocol`).
+:mod:`.protocol`),
+``token_loss`` [none]: options of the token-loss analysis (``scripts/analyze_token_loss.py``; keys: those of
+:data:`TOKEN_LOSS_OPTIONS`) run the same way on each run's final model and, for its ``multiplier_batches``, its last
+checkpoint (the one with the optimizer state); merged into ``token_loss/``.
 """
 
 from __future__ import annotations
@@ -26,9 +29,12 @@ from sage_toolkit.paths import CONFIG_DIR
 # the redundancy analysis' options a spec may set (analyze_redundancy.py's flags, with _ for -)
 REDUNDANCY_OPTIONS = {"batches": int, "sparsities": list, "by_layer_type": bool, "bleu": bool, "beam": int,
                       "max_len_a": float, "max_len_b": int, "max_tokens": int, "seed": int}  # fmt: skip
+# the token-loss analysis' options a spec may set (analyze_token_loss.py's flags, with _ for -)
+TOKEN_LOSS_OPTIONS = {"subsets": list, "edges": list, "max_sentences": int, "max_tokens": int,
+                      "multiplier_batches": int, "seed": int}  # fmt: skip
 SPEC_KEYS = {"data", "out", "jobs", "beam", "tune_seed", "seeds", "lenpens", "test_subsets", "subset_names",
              "optimizers", "overrides", "validate_every", "valid_bleu", "description", "average_last",
-             "record", "redundancy"}  # fmt: skip
+             "record", "redundancy", "token_loss"}  # fmt: skip
 
 
 @dataclass
@@ -61,12 +67,17 @@ class StudySpec:
     average_last: int = 0
     record: str | None = None
     redundancy: dict | None = None
+    token_loss: dict | None = None
     # the spec as read, defaults added, in the file's order: what study.json records as "spec"
     as_read: dict = field(default_factory=dict, repr=False, compare=False)
 
     def redundancy_flags(self) -> list[str]:
         """The redundancy analysis' command-line flags for the spec's ``redundancy`` options."""
-        return redundancy_flags(self.redundancy or {})
+        return analysis_flags(self.redundancy or {})
+
+    def token_loss_flags(self) -> list[str]:
+        """The token-loss analysis' command-line flags for the spec's ``token_loss`` options."""
+        return analysis_flags(self.token_loss or {})
 
     @property
     def checkpoint_kinds(self) -> list[str]:
@@ -79,8 +90,9 @@ class StudySpec:
         return self.subset_names.get(subset, subset)
 
 
-def redundancy_flags(options: dict) -> list[str]:
-    """scripts/analyze_redundancy.py's command-line flags for a spec's ``redundancy`` options."""
+def analysis_flags(options: dict) -> list[str]:
+    """The command-line flags of an analysis (scripts/analyze_redundancy.py, analyze_token_loss.py) for a spec's
+    options of it."""
     flags = []
     for key, value in options.items():
         flag = "--" + key.replace("_", "-")
@@ -93,22 +105,30 @@ def redundancy_flags(options: dict) -> list[str]:
     return flags
 
 
-def _check_redundancy_values(options: dict, source: Path) -> None:
-    """The analysis' own parser on the options, now rather than after the first run trained: ToolkitError with its
-    message (a sparsity outside [0, 1), a batch count < 1 ...)."""
+def _check_analysis(key: str, options, known: dict, parse_args, source: Path) -> None:
+    """A spec's options of an analysis: a mapping of known options of the right types, which the analysis' own parser
+    accepts (now rather than after the first run trained: a sparsity outside [0, 1), a batch count < 1 ...);
+    ToolkitError naming the spec, the key and the option."""
     import contextlib
     import io
 
-    from sage_toolkit.redundancy.command import parse_args
-
+    if not isinstance(options, dict):
+        raise ToolkitError(f"study spec {source}: {key} must be a mapping of analysis options, got {options!r}")
+    for option, value in options.items():
+        kind = known.get(option)
+        if kind is None:
+            raise ToolkitError(f"study spec {source}: {key}.{option}: unknown option; known: {sorted(known)}")
+        accepted = (int, float) if kind is float else kind  # an int is a float here; a bool is never a number
+        if not isinstance(value, accepted) or (kind is not bool and isinstance(value, bool)):
+            raise ToolkitError(f"study spec {source}: {key}.{option} must be a {kind.__name__}, got {value!r}")
     stderr = io.StringIO()
     try:
         with contextlib.redirect_stderr(stderr):
             placeholders = ["--data-bin", "unused", "--checkpoints", "unused=unused", "--out", "unused"]
-            parse_args([*placeholders, *redundancy_flags(options)])
+            parse_args([*placeholders, *analysis_flags(options)])
     except SystemExit:
         message = stderr.getvalue().strip().splitlines()[-1].split("error: ", 1)[-1]
-        raise ToolkitError(f"study spec {source}: redundancy: {message}") from None
+        raise ToolkitError(f"study spec {source}: {key}: {message}") from None
 
 
 def load_spec(path: Path) -> StudySpec:
@@ -163,22 +183,14 @@ def parse_spec(raw: dict, source: Path) -> StudySpec:
         )
     if "record" in spec and not (isinstance(spec["record"], str) and spec["record"].strip()):
         raise ToolkitError(f"study spec {source}: record must be a folder name, got {spec['record']!r}")
-    redundancy = spec.get("redundancy")
-    if redundancy is not None:
-        if not isinstance(redundancy, dict):
-            raise ToolkitError(
-                f"study spec {source}: redundancy must be a mapping of analysis options, got {redundancy!r}"
-            )
-        for key, value in redundancy.items():
-            kind = REDUNDANCY_OPTIONS.get(key)
-            if kind is None:
-                raise ToolkitError(
-                    f"study spec {source}: redundancy.{key}: unknown option; known: {sorted(REDUNDANCY_OPTIONS)}"
-                )
-            accepted = (int, float) if kind is float else kind  # an int is a float here; a bool is never a number
-            if not isinstance(value, accepted) or (kind is not bool and isinstance(value, bool)):
-                raise ToolkitError(f"study spec {source}: redundancy.{key} must be a {kind.__name__}, got {value!r}")
-        _check_redundancy_values(redundancy, source)
+    if spec.get("redundancy") is not None:
+        from sage_toolkit.redundancy.command import parse_args
+
+        _check_analysis("redundancy", spec["redundancy"], REDUNDANCY_OPTIONS, parse_args, source)
+    if spec.get("token_loss") is not None:
+        from sage_toolkit.token_loss.command import parse_args
+
+        _check_analysis("token_loss", spec["token_loss"], TOKEN_LOSS_OPTIONS, parse_args, source)
     if 1.0 not in spec["lenpens"]:
         raise ToolkitError(
             f"study spec {source}: lenpens {spec['lenpens']} must include 1.0 (the grid's and the baseline)"

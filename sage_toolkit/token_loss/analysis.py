@@ -308,3 +308,61 @@ def multiplier_table(name: str, measured: dict) -> list[str]:
 
 def _fmt(value: float | None) -> str:
     return "" if value is None else f"{value:.3f}"
+
+
+def group_table(result: dict) -> str:
+    """Models named GROUP/ANYTHING (a study's OPTIMIZER/SETTING/seedN) summarised per group: per split and band kind,
+    each group's mean ± std NLL over its models and every later group's difference from the first ± its standard
+    error; then the SAGE groups' embedding-row multipliers, mean ± std over their models."""
+    from sage_toolkit.redundancy.summary import group_of
+    from sage_toolkit.stats import format_difference, format_mean_std
+
+    groups: dict[str, list[str]] = {}
+    for name in result["models"]:
+        groups.setdefault(group_of(name), []).append(name)
+    names = list(groups)
+    lines = []
+    for subset in result["subsets"]:
+        for kind in BAND_KINDS:
+            header = ["band", "tokens", *(f"{g} ({len(groups[g])})" for g in names)]
+            header += [f"{g} - {names[0]}" for g in names[1:]]
+            lines += [f"{subset}, {kind.replace('_', ' ')}: mean ± std over each group's models (NLL per token, bits)",
+                      "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]  # fmt: skip
+            first_model = result["models"][groups[names[0]][0]][subset]
+            for i, row in enumerate([*first_model[kind], {"band": "all", "tokens": first_model["all"]["tokens"]}]):
+                values = {g: [_band(result["models"][m][subset], kind, i) for m in groups[g]] for g in names}
+                cells = [row["band"], str(row["tokens"]), *(format_mean_std(values[g], 3) for g in names)]
+                cells += [_difference(values[names[0]], values[g], format_difference) for g in names[1:]]
+                lines.append("| " + " | ".join(cells) + " |")
+            lines.append("")
+    for g in names:
+        measured = [result["models"][m].get("multipliers") for m in groups[g]]
+        if not measured or not all(x and x["measured"] for x in measured):
+            continue
+        lines += [f"{g}: SAGE multiplier r of the embedding rows, mean ± std over {len(measured)} models",
+                  "| tensor | band | r, rows in the batch | r, rows not in it |", "|---|---|---|---|"]  # fmt: skip
+        for tensor, first in measured[0]["tensors"].items():
+            for i, row in enumerate(first["in_batch"]):
+                inside = [x["tensors"][tensor]["in_batch"][i]["r_mean"] for x in measured]
+                outside = [x["tensors"][tensor]["not_in_batch"][i]["r_mean"] for x in measured]
+                lines.append(f"| {tensor} | {row['band']} | {format_mean_std(inside, 3)} | "
+                             f"{format_mean_std(outside, 3)} |")  # fmt: skip
+        others = [x["other_sage_tensors_r_mean"] for x in measured]
+        lines += [f"(the other SAGE tensors: r {format_mean_std(others, 3)})", ""]
+    return "\n".join(lines)
+
+
+def _band(record: dict, kind: str, i: int) -> float | None:
+    rows = record[kind]
+    return record["all"]["nll"] if i == len(rows) else rows[i]["nll"]
+
+
+def _difference(base: list, other: list, format_difference) -> str:
+    from sage_toolkit.stats import finite
+
+    base, other = finite(base), finite(other)
+    if len(base) >= 2 and len(other) >= 2:
+        return format_difference(base, other, 3)
+    if base and other:
+        return f"{sum(other) / len(other) - sum(base) / len(base):+.3f}"
+    return ""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sage_toolkit.errors import run_command
+from sage_toolkit.errors import ToolkitError, run_command
 from sage_toolkit.token_loss import analysis
 from sage_toolkit.token_loss.analysis import DEFAULT_EDGES, DEFAULT_SUBSETS, TokenLossOptions
 
@@ -62,6 +62,10 @@ def parse_args(argv=None) -> TokenLossOptions:
         p.error(f"--max-tokens must be positive, got {args.max_tokens}")
     if args.max_sentences is not None and args.max_sentences < 1:
         p.error(f"--max-sentences must be positive, got {args.max_sentences}")
+    try:
+        analysis.check_edges(tuple(args.edges))
+    except ToolkitError as e:
+        p.error(str(e))
     if args.multiplier_batches < 0:
         p.error(f"--multiplier-batches must be 0 or more, got {args.multiplier_batches}")
     if len(set(args.subsets)) != len(args.subsets):
