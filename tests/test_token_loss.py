@@ -367,3 +367,30 @@ def test_committed_tables_come_from_their_json(path):
 
 def test_the_committed_analyses_exist():
     assert {p.parent.name for p in COMMITTED} >= {"token_loss", "token_loss_multipliers"}
+
+
+def test_group_table_means_and_differences():
+    def model(nll_rare: float, nll_frequent: float, multipliers=None) -> dict:
+        rows = [{"band": "< 10", "tokens": 10, "nll": nll_rare}, {"band": ">= 10", "tokens": 30, "nll": nll_frequent}]
+        record = {"valid": {"sentences": 5, "all": {"tokens": 40, "nll": (10 * nll_rare + 30 * nll_frequent) / 40},
+                            "target_bands": rows, "source_bands": rows}}  # fmt: skip
+        return record if multipliers is None else {**record, "multipliers": multipliers}
+
+    def measured(r_in: float) -> dict:
+        rows = {"in_batch": [{"band": "< 10", "row_batches": 3, "r_mean": r_in}],
+                "not_in_batch": [{"band": "< 10", "row_batches": 5, "r_mean": 1.0}]}  # fmt: skip
+        return {"measured": True, "tensors": {"encoder.embed_tokens.weight": {"side": "source", **rows}},
+                "other_sage_tensors_r_mean": 0.5}  # fmt: skip
+
+    result = {"subsets": ["valid"], "models": {
+        "adam/seed1": model(4.0, 1.0), "adam/seed2": model(6.0, 1.0),
+        "sage/seed1": model(3.0, 1.5, measured(2.0)), "sage/seed2": model(5.0, 1.5, measured(3.0))}}  # fmt: skip
+    text = analysis.group_table(result)
+    assert "| band | tokens | adam (2) | sage (2) | sage - adam |" in text
+    # rare band: adam 5 ± 1.414, sage 4 ± 1.414, difference -1 ± sqrt(2/2 + 2/2)
+    assert "| < 10 | 10 | 5.000 ± 1.414 | 4.000 ± 1.414 | -1.000 ± 1.414 |" in text
+    assert "| >= 10 | 30 | 1.000 ± 0.000 | 1.500 ± 0.000 | +0.500 ± 0.000 |" in text
+    assert "| all | 40 | 2.000 ± 0.354 | 2.125 ± 0.354 | +0.125 ± 0.354 |" in text
+    assert "sage: SAGE multiplier r of the embedding rows, mean ± std over 2 models" in text
+    assert "| encoder.embed_tokens.weight | < 10 | 2.500 ± 0.707 | 1.000 ± 0.000 |" in text
+    assert "adam: SAGE multiplier" not in text
