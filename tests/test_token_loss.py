@@ -247,7 +247,7 @@ def test_a_data_bin_without_train_is_refused(tiny_data_bin, tmp_path):
             (partial / f.name).symlink_to(f)
     proc = cli("--data-bin", partial, "--checkpoints", f"a={tmp_path}", "--out", tmp_path / "out", timeout=120)
     assert proc.returncode != 0
-    assert "has no binarised 'train' split (the token counts need its binarised train split)" in proc.stderr
+    assert "has no binarised 'train' split (the token counts are taken from it)" in proc.stderr
 
 
 # -- the SAGE multiplier of the embedding rows ---------------------------------------------------------------------

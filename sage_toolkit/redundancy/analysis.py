@@ -39,6 +39,7 @@ from pathlib import Path
 
 from sage_toolkit.atomic import write_atomic
 from sage_toolkit.errors import ToolkitError
+from sage_toolkit.redundancy.model import check_data_bin as require_splits
 from sage_toolkit.redundancy.model import load
 from sage_toolkit.redundancy.options import METHODS, RedundancyOptions
 from sage_toolkit.redundancy.plots import plot_curves, plot_curves_by_layer_type, plot_sensitivities
@@ -86,14 +87,9 @@ def parse_checkpoints(values: tuple[str, ...]) -> dict[str, Path]:
 
 
 def check_data_bin(options: RedundancyOptions) -> None:
-    data_bin = options.data_bin
-    if not data_bin.is_dir():
-        raise ToolkitError(f"--data-bin {data_bin} is not a folder")
-    if not any(data_bin.glob("dict.*.txt")):
-        raise ToolkitError(f"--data-bin {data_bin} is not a fairseq data-bin (no dict.*.txt)")
-    for split in (options.subset, options.sensitivity_subset):
-        if not any(data_bin.glob(f"{split}.*.idx")):
-            raise ToolkitError(f"--data-bin {data_bin} has no binarised {split!r} split")
+    splits = {options.subset: "--subset"}
+    splits.setdefault(options.sensitivity_subset, "--sensitivity-subset")
+    require_splits(options.data_bin, splits)
 
 
 def analyze_model(

@@ -21,6 +21,20 @@ class _UserDir:
     user_dir: str
 
 
+def check_data_bin(data_bin: Path, splits: dict[str, str]) -> None:
+    """ToolkitError unless ``data_bin`` is a fairseq data-bin with every binarised split of ``splits`` (split -> why
+    it is needed, said in the message)."""
+    from sage_toolkit.errors import ToolkitError
+
+    if not data_bin.is_dir():
+        raise ToolkitError(f"--data-bin {data_bin} is not a folder")
+    if not any(data_bin.glob("dict.*.txt")):
+        raise ToolkitError(f"--data-bin {data_bin} is not a fairseq data-bin (no dict.*.txt)")
+    for split, why in splits.items():
+        if not any(data_bin.glob(f"{split}.*.idx")):
+            raise ToolkitError(f"--data-bin {data_bin} has no binarised {split!r} split ({why})")
+
+
 def load(checkpoint: Path, data_bin: Path, use_cuda: bool):
     """(model, task, cfg, criterion) for a checkpoint, with the plugin imported and the data-bin overridden."""
     from fairseq import checkpoint_utils, utils

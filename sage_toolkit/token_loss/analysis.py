@@ -38,6 +38,7 @@ from pathlib import Path
 from sage_toolkit.atomic import write_atomic
 from sage_toolkit.errors import ToolkitError
 from sage_toolkit.redundancy.analysis import parse_checkpoints
+from sage_toolkit.redundancy.model import check_data_bin as require_splits
 from sage_toolkit.redundancy.model import load
 
 PROG = "analyze_token_loss"
@@ -103,15 +104,9 @@ def split_counts(dataset, dictionary_size: int, side: str):
 
 
 def check_data_bin(options: TokenLossOptions) -> None:
-    data_bin = options.data_bin
-    if not data_bin.is_dir():
-        raise ToolkitError(f"--data-bin {data_bin} is not a folder")
-    if not any(data_bin.glob("dict.*.txt")):
-        raise ToolkitError(f"--data-bin {data_bin} is not a fairseq data-bin (no dict.*.txt)")
-    for split in dict.fromkeys(("train", *options.subsets)):
-        if not any(data_bin.glob(f"{split}.*.idx")):
-            what = "the token counts need its binarised train split" if split == "train" else "--subsets"
-            raise ToolkitError(f"--data-bin {data_bin} has no binarised {split!r} split ({what})")
+    splits = {"train": "the token counts are taken from it"}
+    splits.update({split: "--subsets" for split in options.subsets if split != "train"})
+    require_splits(options.data_bin, splits)
 
 
 def sentence_batches(dataset, indices: list[int], max_tokens: int):
