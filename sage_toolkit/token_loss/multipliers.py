@@ -45,7 +45,8 @@ def _state_names(model, optimizer_state: dict) -> dict[int, tuple[str, dict]]:
     for group in groups:
         for i in group["params"]:
             name, shape = order[i]
-            saved = optimizer_state["state"].get(i, {}).get("exp_avg_sens")
+            state = optimizer_state["state"].get(i, {})
+            saved = state.get("exp_avg_sens", state.get("exp_avg"))  # plain tensors have no exp_avg_sens
             if saved is not None and tuple(saved.shape) != shape:
                 raise ToolkitError(f"the checkpoint's optimizer state {i} has shape {tuple(saved.shape)}, "
                                    f"but {name} has {shape}: cannot match the state to the parameters")  # fmt: skip
@@ -122,13 +123,14 @@ def row_multipliers(checkpoint: dict, model, criterion, task, counts: dict, edge
     if measured < batches:
         raise ToolkitError(f"--multiplier-batches {batches}: the train split has only {measured} batches")
     labels = band_labels(edges)
-    tensors = {
-        name: {"side": side, **{where: [{"band": labels[b], "row_batches": int(rows[name][where][b]),
-                                         "r_mean": float(sums[name][where][b] / rows[name][where][b])
-                                         if rows[name][where][b] else None} for b in range(n_bands)]
-                                for where in ("in_batch", "not_in_batch")}}
-        for name, side in row_tensors.items()
-    }  # fmt: skip
+
+    def by_band(name: str, where: str) -> list[dict]:
+        n, total = rows[name][where], sums[name][where]
+        return [{"band": labels[b], "row_batches": int(n[b]), "r_mean": float(total[b] / n[b]) if n[b] else None}
+                for b in range(n_bands)]  # fmt: skip
+
+    tensors = {name: {"side": side, **{where: by_band(name, where) for where in ("in_batch", "not_in_batch")}}
+               for name, side in row_tensors.items()}  # fmt: skip
     not_sage = sorted(n for n, p in params.items() if n not in tracked and _row_side(n, p, sizes))
     return {"measured": True, "optimizer": optimizer, "batches": measured, "beta3": _one(tracked, "beta3"),
             "bias_correction": _one(tracked, "bias_correction"), "tensors": tensors,
