@@ -24,7 +24,7 @@ from omegaconf import II, OmegaConf
 from .optim import AdamaxSAGE, AdamSAGE
 from .optim._functional import IMPLEMENTATIONS
 from .optim.sage import SelectionChangedError, check_options
-from .optim.selection import check_matches, describe_choices, selector
+from .optim.selection import check_matches, describe_choices, partition, selector
 
 logger = logging.getLogger(__name__)
 
@@ -156,8 +156,7 @@ class _FairseqSAGE(FairseqOptimizer):
                 "(or --memory-efficient-bf16), or add --fp16-no-flatten-grads, or use --sage-params all."
             )
         check_matches(choice, names, "--sage-params")
-        chosen = [p for p, n in zip(params, names, strict=True) if selects(n)]
-        rest = [p for p, n in zip(params, names, strict=True) if not selects(n)]
+        chosen, rest = partition(params, names, selects)
         groups = ({"params": chosen, "sage": True}, {"params": rest, "sage": False})
         return [{**g, "sage_params": choice} for g in groups if g["params"]], names
 

@@ -61,6 +61,14 @@ def selector(value: str, option: str = "sage_params") -> Callable[[str], bool] |
     return None if pattern is None else (lambda name: pattern.search(name) is not None)
 
 
+def partition(items: Sequence, names: Sequence[str], selects: Callable[[str], bool]) -> tuple[list, list]:
+    """(the items whose name ``selects`` picks, the others), each in the given order: the optimizer's two parameter
+    groups, SAGE then plain, whose order its saved state follows."""
+    chosen = [item for item, name in zip(items, names, strict=True) if selects(name)]
+    rest = [item for item, name in zip(items, names, strict=True) if not selects(name)]
+    return chosen, rest
+
+
 def check_matches(value: str, names: Sequence[str], option: str = "sage_params") -> None:
     """A regex that selects nothing is almost certainly a typo: refuse it (the ``none`` preset says it on purpose)."""
     pred = selector(value, option)

@@ -178,44 +178,35 @@ class Study:
         return run.dir / ("checkpoint_last.pt" if self.primary == "last" else f"checkpoint.{self.primary}.pt")
 
     def analyze_redundancy(self, run: Run) -> dict:
-        """scripts/analyze_redundancy.py on the run's final model, named after the run (its group: the optimizer),
-        into ``run.dir/redundancy``; cached there, read from the record for a recorded run."""
-        record = self.recorded(run)
-        if record is not None:
-            return record.redundancy()
-        out = run.dir / "redundancy"
-        if not (out / "redundancy.json").is_file():
-            SUPERVISOR.check()
-            command = [
-                sys.executable, str(ROOT / "scripts" / "analyze_redundancy.py"), "--data-bin", str(self.data),
-                "--checkpoints", f"{run.name}={self.final_checkpoint(run)}", "--out", str(out),
-                *self.spec.redundancy_flags(), *(["--cpu"] if self.cpu else []),
-            ]  # fmt: skip
-            say(f"[{run.name}] redundancy analysis of {self.final_checkpoint(run).name}")
-            run.run_child(command, run_env(self.threads), run.dir / "redundancy.out", what="redundancy analysis")
-        return json.loads((out / "redundancy.json").read_text())
+        """scripts/analyze_redundancy.py on the run's final model, named after the run (its group: the optimizer)."""
+        checkpoints = [f"{run.name}={self.final_checkpoint(run)}"]
+        return self.analyze(run, "redundancy", checkpoints, self.spec.redundancy_flags())
 
     def analyze_token_loss(self, run: Run) -> dict:
         """scripts/analyze_token_loss.py on the run's final model (named after the run) and, when that is an average,
-        on its last checkpoint too (RUN@last: the one with the optimizer state, for the SAGE multipliers), into
-        ``run.dir/token_loss``; cached there, read from the record for a recorded run."""
+        on its last checkpoint too (RUN@last: the one with the optimizer state, for the SAGE multipliers)."""
+        checkpoints = [f"{run.name}={self.final_checkpoint(run)}"]
+        if self.primary != "last":
+            checkpoints.append(f"{run.name}@last={run.dir / 'checkpoint_last.pt'}")
+        return self.analyze(run, "token_loss", checkpoints, self.spec.token_loss_flags())
+
+    def analyze(self, run: Run, analysis: str, checkpoints: list[str], flags: list[str]) -> dict:
+        """scripts/analyze_ANALYSIS.py on ``checkpoints`` of a trained run into ``run.dir/ANALYSIS``, whose
+        ANALYSIS.json it returns; cached there, read from the record for a recorded run."""
         record = self.recorded(run)
         if record is not None:
-            return record.token_loss()
-        out = run.dir / "token_loss"
-        if not (out / "token_loss.json").is_file():
+            return record.analysis(analysis)
+        out = run.dir / analysis
+        if not (out / f"{analysis}.json").is_file():
             SUPERVISOR.check()
-            checkpoints = [f"{run.name}={self.final_checkpoint(run)}"]
-            if self.primary != "last":
-                checkpoints.append(f"{run.name}@last={run.dir / 'checkpoint_last.pt'}")
             command = [
-                sys.executable, str(ROOT / "scripts" / "analyze_token_loss.py"), "--data-bin", str(self.data),
-                "--checkpoints", *checkpoints, "--out", str(out), *self.spec.token_loss_flags(),
-                *(["--cpu"] if self.cpu else []),
+                sys.executable, str(ROOT / "scripts" / f"analyze_{analysis}.py"), "--data-bin", str(self.data),
+                "--checkpoints", *checkpoints, "--out", str(out), *flags, *(["--cpu"] if self.cpu else []),
             ]  # fmt: skip
-            say(f"[{run.name}] token-loss analysis of {self.final_checkpoint(run).name}")
-            run.run_child(command, run_env(self.threads), run.dir / "token_loss.out", what="token-loss analysis")
-        return json.loads((out / "token_loss.json").read_text())
+            what = f"{analysis.replace('_', '-')} analysis"
+            say(f"[{run.name}] {what} of {self.final_checkpoint(run).name}")
+            run.run_child(command, run_env(self.threads), run.dir / f"{analysis}.out", what=what)
+        return json.loads((out / f"{analysis}.json").read_text())
 
     def token_loss(self, results: dict) -> dict | None:
         """The per-run token-loss analyses of every optimizer's seed runs merged (models OPTIMIZER/SETTING/seedN,

@@ -30,6 +30,7 @@ from sage_toolkit.atomic import atomic_path, write_atomic
 from sage_toolkit.errors import ToolkitError
 
 RUN_FILE = "run.json"
+ANALYSES = ("redundancy", "token_loss")  # the per-run analyses a spec may ask for (scripts/analyze_NAME.py)
 FAILED_FILE = "failed.json"
 # overrides that only change what is measured, never an update (tests/test_diagnostics.py): a record made with or
 # without them is the same run
@@ -82,13 +83,9 @@ class RunRecord:
         """The recorded evaluation ``name`` (e.g. ``eval.valid.lp1.avg5.json``)."""
         return self._read(name)
 
-    def redundancy(self) -> dict:
-        """The recorded redundancy analysis of the run's final model (analyze_redundancy.py's JSON)."""
-        return self._read("redundancy.json")
-
-    def token_loss(self) -> dict:
-        """The recorded token-loss analysis of the run (analyze_token_loss.py's JSON)."""
-        return self._read("token_loss.json")
+    def analysis(self, name: str) -> dict:
+        """The recorded analysis ``name`` of the run (``redundancy``, ``token_loss``: analyze_NAME.py's JSON)."""
+        return self._read(f"{name}.json")
 
     def hypotheses(self, eval_name: str, tgt: str) -> list[str]:
         """The detokenised hypotheses of the recorded evaluation ``eval_name``, one per test sentence."""
@@ -126,7 +123,7 @@ class RunRecord:
         config = run_dir / ".hydra" / "config.yaml"
         if config.is_file():
             shutil.copyfile(config, self.dir / "config.yaml")
-        for analysis in ("redundancy", "token_loss"):
+        for analysis in ANALYSES:
             path = run_dir / analysis / f"{analysis}.json"
             if path.is_file():
                 shutil.copyfile(path, self.dir / path.name)

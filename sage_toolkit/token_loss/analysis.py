@@ -13,7 +13,6 @@ data and worse on unseen data. :func:`run` measures that. For every checkpoint a
 3. The same per source band: every target token of a sentence falls into the band of the sentence's rarest source
    token (its count in the source side of ``train``), which shows the encoder's side (a source embedding row gets a
    gradient only from the batches that hold its token).
-
 4. With ``multiplier_batches`` > 0, for a checkpoint trained with SAGE: the multiplier its embedding rows get on that
    many train batches, by band and by whether the row's token is in the batch (:mod:`.multipliers`).
 
@@ -39,7 +38,8 @@ from sage_toolkit.atomic import write_atomic
 from sage_toolkit.errors import ToolkitError
 from sage_toolkit.redundancy.analysis import parse_checkpoints
 from sage_toolkit.redundancy.model import check_data_bin as require_splits
-from sage_toolkit.redundancy.model import load
+from sage_toolkit.redundancy.model import load, to_device
+from sage_toolkit.stats import finite, format_difference, format_mean_std
 
 PROG = "analyze_token_loss"
 OUTPUT = "token_loss.json"
@@ -109,27 +109,21 @@ def check_data_bin(options: TokenLossOptions) -> None:
     require_splits(options.data_bin, splits)
 
 
-def sentence_batches(dataset, indices: list[int], max_tokens: int):
-    """Collated batches of ``indices`` (sorted by length, so that little is padding), each at most ``max_tokens``
-    tokens of source or target including padding; a longer single sentence is a batch of its own."""
-    order = sorted(indices, key=lambda i: (max(dataset.src_sizes[i], dataset.tgt_sizes[i]), i))
-    batch: list[int] = []
-    longest = 0
-    for i in order:
-        size = int(max(dataset.src_sizes[i], dataset.tgt_sizes[i]))
-        if batch and max(longest, size) * (len(batch) + 1) > max_tokens:
-            yield dataset.collater([dataset[j] for j in batch])
-            batch, longest = [], 0
-        batch.append(i)
-        longest = max(longest, size)
-    if batch:
-        yield dataset.collater([dataset[j] for j in batch])
+def sentence_batches(dataset, n: int, max_tokens: int):
+    """Collated batches of the dataset's first ``n`` sentences, grouped by length with fairseq's own batching (at most
+    ``max_tokens`` tokens of source or target, padding included). The order is a stable sort by length, not the
+    dataset's ``ordered_indices``, which breaks ties at random: the same model must give the same sums."""
+    import numpy as np
+
+    indices = np.arange(n, dtype=np.int64)
+    order = indices[np.argsort(dataset.num_tokens_vec(indices), kind="stable")]
+    for batch in dataset.batch_by_size(order, max_tokens=max_tokens):
+        yield dataset.collater([dataset[i] for i in batch])
 
 
 def score_split(model, task, subset: str, counts: dict, options: TokenLossOptions, use_cuda: bool) -> dict:
     """One model on one split: {"sentences", "all": {tokens, nll}, "target_bands": [...], "source_bands": [...]}."""
     import torch
-    from fairseq import utils
 
     dataset = task.dataset(subset)
     n = len(dataset) if options.max_sentences is None else min(options.max_sentences, len(dataset))
@@ -138,9 +132,8 @@ def score_split(model, task, subset: str, counts: dict, options: TokenLossOption
     tokens = {kind: torch.zeros(n_bands, dtype=torch.long) for kind in BAND_KINDS}
     src_pad, tgt_pad = task.source_dictionary.pad(), task.target_dictionary.pad()
     with torch.no_grad():
-        for sample in sentence_batches(dataset, list(range(n)), options.max_tokens):
-            if use_cuda:
-                sample = utils.move_to_cuda(sample)
+        for sample in sentence_batches(dataset, n, options.max_tokens):
+            sample = to_device(sample, use_cuda)
             net_output = model(**sample["net_input"])
             lprobs = model.get_normalized_probs(net_output, log_probs=True).double()
             target = sample["target"]
@@ -187,11 +180,12 @@ def run(options: TokenLossOptions) -> dict:
     models = {}
     for name, path in checkpoints.items():
         start = time.time()
-        model, task, _, _ = load(path, options.data_bin, use_cuda)
-        for split in dict.fromkeys(("train", *options.subsets)):
-            if split not in task.datasets:
-                task.load_dataset(split, combine=False, epoch=1)
+        model, task, _, criterion = load(path, options.data_bin, use_cuda)
+        for split in options.subsets:
+            task.load_dataset(split, combine=False, epoch=1)
         if counts is None:  # one data-bin for all: its train split counted once
+            if "train" not in task.datasets:
+                task.load_dataset("train", combine=False, epoch=1)
             train = task.dataset("train")
             counts = {"src": split_counts(train, len(task.source_dictionary), "src"),
                       "tgt": split_counts(train, len(task.target_dictionary), "tgt")}  # fmt: skip
@@ -199,7 +193,7 @@ def run(options: TokenLossOptions) -> dict:
         for subset in options.subsets:
             record[subset] = score_split(model, task, subset, counts, options, use_cuda)
         if options.multiplier_batches:
-            record["multipliers"] = multipliers(path, model, task, counts, options, use_cuda)
+            record["multipliers"] = multipliers(path, model, criterion, task, counts, options, use_cuda)
         record["elapsed_s"] = round(time.time() - start, 1)
         models[name] = record
         print(f"{PROG}: {name}: {path}: " + ", ".join(
@@ -222,16 +216,14 @@ def run(options: TokenLossOptions) -> dict:
     return result
 
 
-def multipliers(path: Path, model, task, counts: dict, options: TokenLossOptions, use_cuda: bool) -> dict:
-    """:func:`~.multipliers.row_multipliers` of one checkpoint (its own criterion, the train split's batches)."""
+def multipliers(path: Path, model, criterion, task, counts: dict, options: TokenLossOptions, use_cuda: bool) -> dict:
+    """:func:`~.multipliers.row_multipliers` of one loaded checkpoint (``criterion``: built from its configuration;
+    the file is read again for the optimizer state, which the loaded model does not keep)."""
     from fairseq import checkpoint_utils
 
     from sage_toolkit.token_loss.multipliers import row_multipliers
 
     checkpoint = checkpoint_utils.load_checkpoint_to_cpu(str(path))
-    criterion = task.build_criterion(checkpoint["cfg"]["criterion"])
-    if use_cuda:
-        criterion = criterion.cuda()
     try:
         return row_multipliers(checkpoint, model, criterion, task, counts, options.edges,
                                batches=options.multiplier_batches, seed=options.seed, max_tokens=options.max_tokens,
@@ -310,7 +302,6 @@ def group_table(result: dict) -> str:
     each group's mean ± std NLL over its models and every later group's difference from the first ± its standard
     error; then the SAGE groups' embedding-row multipliers, mean ± std over their models."""
     from sage_toolkit.redundancy.summary import group_of
-    from sage_toolkit.stats import format_difference, format_mean_std
 
     groups: dict[str, list[str]] = {}
     for name in result["models"]:
@@ -327,7 +318,7 @@ def group_table(result: dict) -> str:
             for i, row in enumerate([*first_model[kind], {"band": "all", "tokens": first_model["all"]["tokens"]}]):
                 values = {g: [_band(result["models"][m][subset], kind, i) for m in groups[g]] for g in names}
                 cells = [row["band"], str(row["tokens"]), *(format_mean_std(values[g], 3) for g in names)]
-                cells += [_difference(values[names[0]], values[g], format_difference) for g in names[1:]]
+                cells += [_difference(values[names[0]], values[g]) for g in names[1:]]
                 lines.append("| " + " | ".join(cells) + " |")
             lines.append("")
     for g in names:
@@ -352,9 +343,8 @@ def _band(record: dict, kind: str, i: int) -> float | None:
     return record["all"]["nll"] if i == len(rows) else rows[i]["nll"]
 
 
-def _difference(base: list, other: list, format_difference) -> str:
-    from sage_toolkit.stats import finite
-
+def _difference(base: list, other: list) -> str:
+    """mean(other) - mean(base) ± its standard error, or the bare difference where a side has a single model."""
     base, other = finite(base), finite(other)
     if len(base) >= 2 and len(other) >= 2:
         return format_difference(base, other, 3)

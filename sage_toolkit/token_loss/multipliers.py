@@ -29,15 +29,15 @@ SAGE_OPTIMIZERS = ("adam_sage", "adamax_sage")
 def _state_names(model, optimizer_state: dict) -> dict[int, tuple[str, dict]]:
     """{state index: (parameter name, its parameter group)}: the order in which fairseq's wrapper handed the model's
     trainable parameters to the optimizer (model order; with a selection, the selected tensors first)."""
-    from fairseq_plugins.optim.selection import selector
+    from fairseq_plugins.optim.selection import partition, selector
 
     names = [(n, tuple(p.shape)) for n, p in model.named_parameters() if p.requires_grad]
     groups = optimizer_state["param_groups"]
     if len(groups) == 1:
         order = names
     else:
-        selects = selector(groups[0]["sage_params"], "sage_params")
-        order = [x for x in names if selects(x[0])] + [x for x in names if not selects(x[0])]
+        chosen, rest = partition(names, [n for n, _ in names], selector(groups[0]["sage_params"], "sage_params"))
+        order = chosen + rest
     indices = [i for g in groups for i in g["params"]]
     if sorted(indices) != list(range(len(order))):
         raise ToolkitError(f"the checkpoint's optimizer holds {len(indices)} parameters, the model {len(order)}")
