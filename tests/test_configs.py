@@ -200,6 +200,27 @@ def test_the_optimizer_is_a_composable_choice():
     assert cfg.lr_scheduler.end_learning_rate == 1e-5 and cfg.lr_scheduler.warmup_updates == 4000
 
 
+@pytest.mark.parametrize("choice", ["adam", "sage", *OTHER_OPTIM])
+def test_every_option_of_the_optimizer_and_scheduler_can_be_overridden(choice):
+    """Hydra overrides only keys the composed config has (``optimizer.sage_params=attn_ffn`` fails with "Could not
+    override" when the YAML does not list it): each optim/ file lists every option of its optimizer and scheduler
+    (those fairseq fills from another section, like ``lr``, aside), at fairseq's default unless it sets it."""
+    import dataclasses
+
+    from fairseq.optim import OPTIMIZER_DATACLASS_REGISTRY
+    from fairseq.optim.lr_scheduler import LR_SCHEDULER_DATACLASS_REGISTRY
+
+    cfg = composed("multi30k_de_en_sage", (f"optim={choice}",))
+    for section, registry in (
+        ("optimizer", OPTIMIZER_DATACLASS_REGISTRY),
+        ("lr_scheduler", LR_SCHEDULER_DATACLASS_REGISTRY),
+    ):
+        node = cfg[section]
+        fields = [f for f in dataclasses.fields(registry[node._name]) if not str(f.default).startswith("${")]
+        missing = [f.name for f in fields if f.name not in node]
+        assert not missing, f"configs/optim/{choice}.yaml: {section} lacks {missing}"
+
+
 @pytest.fixture(scope="module")
 def joined_data_bin(tmp_path_factory):
     """The tiny corpus with a joined dictionary (the WMT configs share all embeddings)."""

@@ -12,7 +12,7 @@ import pytest
 from sage_toolkit.errors import ToolkitError
 from sage_toolkit.stats import format_difference
 from sage_toolkit.study import command as study  # the command: its main(argv) as `python scripts/study.py` runs it
-from sage_toolkit.study.protocol import Study
+from sage_toolkit.study.protocol import Study, check_configs
 from sage_toolkit.study.report import plot_multipliers, plots, report
 from sage_toolkit.study.spec import load_spec, parse_spec
 from tests.fairseq_utils import ROOT
@@ -183,6 +183,30 @@ def test_missing_spec_and_data_are_named(tmp_path, capsys):
         study.main([spec_file, "--out", str(tmp_path / "o")])
     assert exit_.value.code == 2 and f"cannot read {tmp_path / 'prep.json'}" in capsys.readouterr().err
     assert not (tmp_path / "o").exists(), "a bad --only starts nothing"
+
+
+@pytest.mark.parametrize("only", [None, ["adam/lr1"]])
+def test_an_override_hydra_refuses_stops_the_study_before_any_run(tmp_path, capsys, only):
+    """A key the config does not have (a typo, or an option its YAML does not list) would fail each run's training
+    at start-up, hours into a study: every setting is composed first, and the bad one named."""
+    spec_file = write_spec(tmp_path / "s.yaml", tmp_path)
+    (tmp_path / "dict.de.txt").write_text("")  # enough of a data-bin for the study to start
+    spec = json.loads(spec_file.read_text())
+    spec["optimizers"]["sage"]["grid"]["ok"].append("optimizer.sage_beta=0.8")
+    spec_file.write_text(json.dumps(spec))
+    with pytest.raises(SystemExit) as exit_:
+        study.main([str(spec_file), "--out", str(tmp_path / "o"), *(["--only", *only] if only else [])])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2, err
+    assert f"study spec {spec_file}: optimizers.sage.grid.ok: config demo_sage does not compose" in err
+    assert "Could not override 'optimizer.sage_beta'" in err
+    assert not (tmp_path / "o").exists(), "nothing starts"
+
+
+@pytest.mark.parametrize("name", ["converged", "converged_final", "ablations"])
+def test_the_converged_specs_compose(name):
+    """Every setting of the converged study's specs composes as fairseq-hydra-train will compose it."""
+    check_configs(load_spec(ROOT / "studies" / f"multi30k_de_en_{name}.yaml"))
 
 
 def test_the_committed_spec_is_valid_and_balanced():
@@ -417,8 +441,8 @@ def test_the_sage_multiplier_table_averages_the_end_of_training_over_seeds(tmp_p
 @pytest.mark.slow
 def test_a_failing_grid_is_reported_and_the_study_ends_with_a_message(demo_bin, tmp_path, capsys):
     spec = {"data": str(demo_bin), "jobs": 2, "beam": 1, "seeds": [1], "valid_bleu": False,
-            "overrides": ["optimization.max_update=2", "optimization.lrr=1"],  # a typo: every run fails at start-up
-            "optimizers": {"adam": {"config": "demo_adam", "grid": {"a": ["optimization.lr=[0.001]"]}}}}  # fmt: skip
+            "overrides": ["optimization.max_update=2", "optimizer.sage_beta3=1.5"],  # every run fails at start-up
+            "optimizers": {"sage": {"config": "demo_sage", "grid": {"a": ["optimization.lr=[0.001]"]}}}}  # fmt: skip
     (tmp_path / "spec.yaml").write_text(json.dumps(spec))
     out = tmp_path / "study"
     with pytest.raises(SystemExit) as exit_:  # the old study ended with a traceback of its StudyError
@@ -426,14 +450,15 @@ def test_a_failing_grid_is_reported_and_the_study_ends_with_a_message(demo_bin, 
     assert exit_.value.code == 1
     captured = capsys.readouterr()
     err = captured.err
-    assert "Traceback" not in err, err
+    own = [line for line in err.splitlines() if not line.lstrip().startswith("|")]  # "|": the child log's end
+    assert not any("Traceback" in line for line in own), err
     # the grid failure as it happens: its run, its log and the end of its error
-    log = out / "adam" / "a" / "seed1" / "train.out"
-    assert f"study: [adam/a/seed1] training failed (exit status 1); log: {log}" in err
-    assert "Could not override 'optimization.lrr'" in err and "[adam/a/seed1] FAILED" in captured.out
+    log = out / "sage" / "a" / "seed1" / "train.out"
+    assert f"study: [sage/a/seed1] training failed (exit status 1); log: {log}" in err
+    assert "its end:" in err and "sage_beta3" in log.read_text() and "[sage/a/seed1] FAILED" in captured.out
     # then the end of the study, one line
     assert (
         err.strip().splitlines()[-1]
-        == f"study: error: [adam] every grid setting failed; see {out / 'adam'}/*/train.out"
+        == f"study: error: [sage] every grid setting failed; see {out / 'sage'}/*/train.out"
     )
     assert not (out / "study.json").exists()

@@ -470,10 +470,30 @@ def _scores(result: dict) -> dict:
     return {k: result.get(k) for k in SCORE_KEYS}
 
 
+def check_configs(spec: StudySpec) -> None:
+    """Compose every setting's config as fairseq-hydra-train will (the spec's overrides, then the setting's), so that
+    an override Hydra refuses (a key the config does not have, a bad value) stops the study before any run starts,
+    naming the setting, rather than failing a training hours in. ToolkitError."""
+    from sage_toolkit.hydra_flags import compose
+
+    for name, optimizer in spec.optimizers.items():
+        for setting, overrides in optimizer.grid.items():
+            try:
+                compose(optimizer.config, [*spec.overrides, *overrides])
+            except Exception as error:  # Hydra's errors share no base class with a useful name
+                message = str(error).strip().replace("\n", " ")
+                raise ToolkitError(
+                    f"study spec {spec.source}: optimizers.{name}.grid.{setting}: config {optimizer.config} does not "
+                    f"compose with the overrides {[*spec.overrides, *overrides]}: {message}",
+                    exit_code=2,
+                ) from None
+
+
 def run_study(study: Study, prog: str = "study") -> dict:
     """Run the study inside a runner session named ``prog`` and write study.json, study.md and the plots; the
     summary (study.json's content). Prints the progress, then the tables and the files written."""
     out, spec = study.out, study.spec
+    check_configs(study.spec)
     out.mkdir(parents=True, exist_ok=True)
     with runner_session(prog, out):
         results = study.execute()
@@ -521,6 +541,7 @@ def write_token_loss(out: Path, analysis: dict) -> None:
 def run_only(study: Study, names: list[str], prog: str = "study") -> list[str]:
     """Train, finish and validate only the runs ``names`` (see :meth:`Study.execute_only`) inside a runner session;
     writes no study.json. Prints a line per run."""
+    check_configs(study.spec)
     study.out.mkdir(parents=True, exist_ok=True)
     with runner_session(prog, study.out):
         lines = study.execute_only(names)
