@@ -140,6 +140,24 @@ def interrupted_cleanly(proc, signame: str, code: int) -> str:
     return lines[0]
 
 
+def test_a_killed_runners_training_time_is_counted_up_to_its_logs_last_write(tmp_path):
+    """A runner killed with SIGKILL (or by a restart of the machine) cannot add its time; the next one does, from the
+    start it recorded to the last write of fairseq's log, and counts the segment."""
+    from sage_toolkit.runner.training import count_killed_segment
+
+    log = tmp_path / "train.log"
+    log.write_text("{}\n")
+    os.utime(log, (1_000_500.0, 1_000_500.0))
+    timing = {"train_seconds": 100.0, "running_since": 1_000_000.0}
+    count_killed_segment(timing, log)
+    assert timing == {"train_seconds": 600.0, "killed_segments": 1}
+    count_killed_segment(timing, log)  # nothing running since: nothing to add
+    assert timing == {"train_seconds": 600.0, "killed_segments": 1}
+    timing = {"train_seconds": 0.0, "running_since": 1_000_000.0}
+    count_killed_segment(timing, tmp_path / "absent.log")  # no log of the segment: counted, no time invented
+    assert timing == {"train_seconds": 0.0, "killed_segments": 1}
+
+
 def test_sigint_stops_every_child_starts_nothing_more_and_writes_nothing_half(demo_bin, tmp_path, runners):
     out = tmp_path / "cmp"
     proc = runners.start("compare.py", "--configs", "demo_adam", "demo_sage", "--jobs", "1", "--data", demo_bin,
@@ -156,6 +174,7 @@ def test_sigint_stops_every_child_starts_nothing_more_and_writes_nothing_half(de
     run = out / "demo_adam" / "seed1"
     assert isinstance(json.loads((run / "timing.json").read_text())["train_seconds"], float)  # whole, not cut
     assert "complete" not in json.loads((run / "timing.json").read_text())
+    assert "running_since" not in json.loads((run / "timing.json").read_text()), "a clean stop counted its own time"
     assert not list(out.rglob("*.tmp")) and not (out / "results.md").exists() and not (out / "results.json").exists()
     assert (run / ".lock").read_text() == "", "the run's lock was released"
 

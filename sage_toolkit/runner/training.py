@@ -35,6 +35,18 @@ MALLOC_ENV = {
 EVALUATE = ROOT / "scripts" / "evaluate.py"  # run as a child process, with its command line
 
 
+def count_killed_segment(timing: dict, train_log: Path) -> None:
+    """Add to ``timing`` the training time of a runner that was killed (SIGKILL, a machine restart) and so could not
+    add it itself: from its ``running_since`` to the last write of fairseq's log, which fairseq appends to as it
+    trains; ``killed_segments`` counts them. Without a log of that segment nothing is added (nothing is invented)."""
+    since = timing.pop("running_since", None)
+    if since is None:
+        return
+    timing["killed_segments"] = timing.get("killed_segments", 0) + 1
+    if train_log.exists():
+        timing["train_seconds"] += max(0.0, train_log.stat().st_mtime - since)
+
+
 @dataclass
 class RunSettings:
     """What every run of a runner shares: the data, where the runs go, and how they are trained and evaluated."""
@@ -228,10 +240,14 @@ class Run:
                 return
             resumed = (self.dir / "checkpoint_last.pt").exists()
             say(f"[{self.name}] training{' (resuming)' if resumed else ''} with {threads} thread(s): {self.dir}")
+            count_killed_segment(timing, self.dir / "train.log")
             start = time.time()
+            timing["running_since"] = start  # what a killed runner leaves behind (it cannot add its time itself)
+            write_atomic(timing_file, json.dumps(timing))
             try:
                 self.run_child(self.train_command(), env, self.dir / "train.out")
             finally:
+                del timing["running_since"]
                 timing["train_seconds"] += time.time() - start
                 write_atomic(timing_file, json.dumps(timing))
             timing.update(complete=True, threads=threads)
