@@ -55,7 +55,9 @@ def compose(name: str, overrides: list[str] = ()) -> Any:
     fairseq-hydra-train records, which the compose API does not). ``${hydra:...}`` interpolations (the save dir's
     ``${hydra:job.config_name}``) are resolved; the others stay.
     """
-    from fairseq.dataclass.initialize import hydra_init
+    with warnings.catch_warnings():  # fairseq's import-time deprecation notices (fairscale): noise on stderr
+        warnings.simplefilter("ignore")
+        from fairseq.dataclass.initialize import hydra_init
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra

@@ -474,16 +474,12 @@ def check_configs(spec: StudySpec) -> None:
     """Compose every setting's config as fairseq-hydra-train will (the spec's overrides, then the setting's), so that
     an override Hydra refuses (a key the config does not have, a bad value) stops the study before any run starts,
     naming the setting, rather than failing a training hours in. ToolkitError."""
-    import warnings
-
     from sage_toolkit.hydra_flags import compose
 
     for name, optimizer in spec.optimizers.items():
         for setting, overrides in optimizer.grid.items():
             try:
-                with warnings.catch_warnings():  # fairseq's imports' deprecation notices: not the user's concern here
-                    warnings.simplefilter("ignore")
-                    compose(optimizer.config, [*spec.overrides, *overrides])
+                compose(optimizer.config, [*spec.overrides, *overrides])
             except Exception as error:  # Hydra's errors share no base class with a useful name
                 message = str(error).strip().replace("\n", " ")
                 raise ToolkitError(
@@ -497,7 +493,7 @@ def run_study(study: Study, prog: str = "study") -> dict:
     """Run the study inside a runner session named ``prog`` and write study.json, study.md and the plots; the
     summary (study.json's content). Prints the progress, then the tables and the files written."""
     out, spec = study.out, study.spec
-    check_configs(study.spec)
+    check_configs(spec)
     out.mkdir(parents=True, exist_ok=True)
     with runner_session(prog, out):
         results = study.execute()
