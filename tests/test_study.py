@@ -413,6 +413,52 @@ def test_a_record_of_a_run_trained_otherwise_is_refused_not_reused(tmp_path):
         assert f"delete {recorded} to train the run again" in str(err.value)
 
 
+def test_next_names_the_runs_the_record_lacks_in_training_order(tmp_path, capsys):
+    """--next N, the same command at every sitting of a long study: the tune seed's settings first, then seed by seed
+    each optimizer with a single setting (a grid's other seeds wait for its winner); a failed run is done too; with
+    everything recorded it says so and trains nothing; refused with N < 1, beside --only, or without a record."""
+    (tmp_path / "dict.de.txt").write_text("")
+    record = tmp_path / "record"
+    grids = write_spec(tmp_path / "grids.yaml", tmp_path, record=str(record))  # two settings each: seeds 2+ wait
+    assert Study(load_spec(grids), tmp_path / "out", jobs=1, cpu=True).unrecorded(10) == [
+        "adam/lr1/seed1", "adam/lr2/seed1", "sage/ok/seed1", "sage/bad/seed1"
+    ]  # fmt: skip
+    optimizers = {
+        "adam": {"config": "demo_adam", "grid": {"lr1": ["optimization.lr=[0.001]"]}},
+        "sage": {"config": "demo_sage", "grid": {"ok": ["optimizer.sage_beta3=0.8"]}},
+    }
+    spec_file = write_spec(tmp_path / "spec.yaml", tmp_path, seeds=[1, 2, 3], record=str(record), optimizers=optimizers)
+    study_ = Study(load_spec(spec_file), tmp_path / "out", jobs=1, cpu=True)
+    order = [f"{run}/seed{seed}" for seed in (1, 2, 3) for run in ("adam/lr1", "sage/ok")]
+    assert study_.unrecorded(10) == order and study_.unrecorded(2) == order[:2]
+
+    def done(name, file="run.json"):
+        (record / name).mkdir(parents=True, exist_ok=True)
+        (record / name / file).write_text(json.dumps({"run": name}))
+
+    done("adam/lr1/seed1")
+    done("sage/ok/seed1", "failed.json")
+    (record / "adam/lr1/seed2").mkdir(parents=True)  # begun, not recorded: still to do
+    assert study_.unrecorded(2) == ["adam/lr1/seed2", "sage/ok/seed2"]
+    for name in order[2:]:
+        done(name)
+    assert study_.unrecorded(2) == []
+    out = tmp_path / "out"
+    assert study.main([str(spec_file), "--out", str(out), "--next", "2"]) == {}
+    assert "every run --next can name is recorded" in capsys.readouterr().out and not out.exists()
+
+    no_record = write_spec(tmp_path / "no_record.yaml", tmp_path, optimizers=optimizers)
+    for argv, message in [
+        ([spec_file, "--next", "0"], "--next must be >= 1, got 0"),
+        ([spec_file, "--next", "1", "--only", "adam/lr1"], "not allowed with argument"),
+        ([no_record, "--next", "1"], "--next: the spec has no 'record'"),
+    ]:
+        with pytest.raises(SystemExit) as err:
+            study.main([str(a) for a in argv] + ["--out", str(out)])
+        assert err.value.code == 2 and message in capsys.readouterr().err
+    assert not out.exists(), "a refused --next starts nothing"
+
+
 def test_the_sage_multiplier_table_averages_the_end_of_training_over_seeds(tmp_path):
     """study.md's multiplier table: each run's statistics over the last 10 % of its updates, then mean ± std over
     seeds, per layer type; sage_multipliers.png beside it; neither for runs that did not log them (Adam, old ones)."""

@@ -13,11 +13,11 @@ and evaluations are read, not redone. Like scripts/compare.py: SIGINT/SIGTERM st
 one line on stderr); the output folder and every run folder are locked while written; a run that fails outside the
 grid stops the study (exit 1), a grid run that fails is recorded in its failed.json and loses the grid.
 
-``--only RUN ...`` trains and records pieces of a long study; ``--budget RUN ...`` prints how fast those runs'
-validation loss still falls and the budget at which it would fall by at most ``--max-fall`` per 1,000 updates
-(:mod:`sage_toolkit.study.budget`); ``--grid`` prints each grid as far as it is done, its winner so far and whether
-the winner is at an edge of the grid, where the protocol extends the grid before the seeds
-(:mod:`sage_toolkit.study.grid`).
+``--only RUN ...`` trains and records pieces of a long study (``--next N``: the next N runs its record lacks, the
+same command at every sitting); ``--budget RUN ...`` prints how fast those runs' validation loss still falls and the
+budget at which it would fall by at most ``--max-fall`` per 1,000 updates (:mod:`sage_toolkit.study.budget`);
+``--grid`` prints each grid as far as it is done, its winner so far and whether the winner is at an edge of the grid,
+where the protocol extends the grid before the seeds (:mod:`sage_toolkit.study.grid`).
 
 The protocol step by step, the spec's keys and the outputs: sage_toolkit.study (protocol, spec, report), over
 sage_toolkit.runner.
@@ -50,6 +50,13 @@ def main(argv: list[str] | None = None) -> dict:
         metavar="RUN",
         help="train and record only these runs (OPTIMIZER/SETTING: the tune seed's; OPTIMIZER/SETTING/seedN), side by "
         "side, and stop without study.json: a long study in pieces that fit a sitting",
+    )
+    mode.add_argument(
+        "--next",
+        type=int,
+        metavar="N",
+        help="train and record the next N runs that the spec's record does not hold (the tune seed's settings, then "
+        "seed by seed each optimizer with one setting), as --only would: the same command at every sitting",
     )
     mode.add_argument(
         "--budget",
@@ -90,6 +97,14 @@ def main(argv: list[str] | None = None) -> dict:
             print(" ".join(f"{name}={path}" for name, path in checkpoints.items()))
             return checkpoints
         study = Study(spec, out, args.jobs or spec.jobs, args.cpu)
+        if args.next is not None:
+            if args.next < 1:
+                raise ToolkitError(f"--next must be >= 1, got {args.next}")
+            args.only = study.unrecorded(args.next)
+            if not args.only:
+                print(f"every run --next can name is recorded in {spec.record}: run the study without it")
+                return {}
+            print("next: " + " ".join(args.only))
         if args.only:
             for name in args.only:  # the names are checked before anything starts
                 study.run_named(name)

@@ -128,6 +128,27 @@ class Study:
             raise ToolkitError(f"--only {name}: seed {number} is not one of the spec's seeds {self.spec.seeds}")
         return self.run(optimizer, setting, number)
 
+    def unrecorded(self, count: int) -> list[str]:
+        """``--next``: the names of the first ``count`` runs without a complete record, in the order the study trains
+        them: every setting at the tune seed, then seed by seed each optimizer whose grid has a single setting (with
+        several, the other seeds train the grid's winner, which only the whole study picks: those are left out).
+        ToolkitError if the spec has no record (only a record says what is done on a machine that lost the runs), or
+        if a record holds a run trained otherwise (:meth:`recorded`)."""
+        if self.record_root is None:
+            raise ToolkitError("--next: the spec has no 'record': without one, nothing says which runs are done")
+        spec = self.spec
+        names = [
+            f"{opt}/{setting}/seed{spec.tune_seed}" for opt in spec.optimizers for setting in spec.optimizers[opt].grid
+        ]
+        names += [
+            f"{opt}/{next(iter(spec.optimizers[opt].grid))}/seed{seed}"
+            for seed in spec.seeds
+            if seed != spec.tune_seed
+            for opt in spec.optimizers
+            if len(spec.optimizers[opt].grid) == 1
+        ]
+        return [name for name in names if self.recorded(self.run_named(name)) is None][:count]
+
     def run(self, optimizer: str, setting: str, seed: int) -> Run:
         opt = self.spec.optimizers[optimizer]
         return Run(self.run_settings, opt.config, seed, opt.grid[setting], tag=f"{optimizer}/{setting}")
