@@ -54,12 +54,14 @@ demo: $(STAMP)
 
 # The Multi30k De->En study of RESULTS.md (about 2 hours on 2 CPU cores): data (from ../shared/data/multi30k where it
 # exists, else downloaded), the tuning grid on validation, 3 seeds, the length penalty, the test table and plots.
+# A study longer than a sitting, in pieces: NEXT=2 trains and records the next 2 runs its record lacks (study.py --next).
 MULTI30K_LOCAL ?= $(wildcard ../shared/data/multi30k)
 STUDY ?= studies/multi30k_de_en.yaml
 STUDY_OUT ?= runs/multi30k_de_en
+NEXT ?=
 multi30k-study: $(STAMP)
 	$(PY) -m data_prep.multi30k --src de --tgt en $(if $(MULTI30K_LOCAL),--local-dir $(MULTI30K_LOCAL))
-	$(PY) scripts/study.py $(STUDY) --out $(STUDY_OUT)
+	$(PY) scripts/study.py $(STUDY) --out $(STUDY_OUT) $(if $(NEXT),--next $(NEXT))
 
 # Redundancy of the study's final models (every seed of both optimizers): pruning curves, sensitivity per layer type.
 multi30k-redundancy: multi30k-study
