@@ -137,17 +137,17 @@ class Study:
         if self.record_root is None:
             raise ToolkitError("--next: the spec has no 'record': without one, nothing says which runs are done")
         spec = self.spec
-        names = [
-            f"{opt}/{setting}/seed{spec.tune_seed}" for opt in spec.optimizers for setting in spec.optimizers[opt].grid
+        runs = [
+            self.run(opt, setting, spec.tune_seed) for opt in spec.optimizers for setting in spec.optimizers[opt].grid
         ]
-        names += [
-            f"{opt}/{next(iter(spec.optimizers[opt].grid))}/seed{seed}"
+        runs += [
+            self.run(opt, next(iter(spec.optimizers[opt].grid)), seed)
             for seed in spec.seeds
             if seed != spec.tune_seed
             for opt in spec.optimizers
             if len(spec.optimizers[opt].grid) == 1
         ]
-        return [name for name in names if self.recorded(self.run_named(name)) is None][:count]
+        return [run.name for run in runs if self.recorded(run) is None][:count]
 
     def run(self, optimizer: str, setting: str, seed: int) -> Run:
         opt = self.spec.optimizers[optimizer]
