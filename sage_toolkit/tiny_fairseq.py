@@ -3,7 +3,8 @@ runs (no data files, no download).
 
 The corpus is a synthetic word-for-word "translation" (source word aN -> target word bN, same order) that a tiny
 transformer learns within a few dozen updates on a CPU. The fairseq processes run with the caller's OMP_NUM_THREADS
-(else 1: no oversubscription when several run side by side) and never see a GPU.
+(else 1: no oversubscription when several run side by side) and never see a GPU, unless a GPU check asks for it
+(``run_cli(..., cuda=True)``; :func:`trained_on` then reads from fairseq's log which device it used).
 """
 
 from __future__ import annotations
@@ -54,9 +55,18 @@ def cpu_env() -> dict[str, str]:
                 CUDA_VISIBLE_DEVICES="")  # fmt: skip
 
 
-def run_cli(tool: str, args: list[str], check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run a fairseq CLI (``train``, ``generate``, ``preprocess``, ...) with this Python; returns the process."""
-    env = cpu_env()
+def cuda_env() -> dict[str, str]:
+    """The environment of a fairseq process that is to use the GPU: the caller's (its CUDA_VISIBLE_DEVICES too),
+    unbuffered output."""
+    return dict(os.environ, PYTHONUNBUFFERED="1")
+
+
+def run_cli(
+    tool: str, args: list[str], check: bool = True, timeout: int = 600, cuda: bool = False
+) -> subprocess.CompletedProcess:
+    """Run a fairseq CLI (``train``, ``generate``, ``preprocess``, ...) with this Python; returns the process. The
+    process sees no GPU unless ``cuda`` (then the arguments must not hold ``--cpu``)."""
+    env = cuda_env() if cuda else cpu_env()
     proc = subprocess.run(
         [sys.executable, "-m", f"fairseq_cli.{tool}", *map(str, args)],
         capture_output=True,
@@ -90,6 +100,16 @@ def train_args(data_bin: Path, save_dir: Path, optimizer: list[str], max_update:
         "--save-dir", save_dir, "--no-epoch-checkpoints", "--no-progress-bar", "--log-format", "json",
         "--log-interval", "1", "--disable-validation", *extra,
     ]  # fmt: skip
+
+
+def trained_on(proc: subprocess.CompletedProcess) -> str:
+    """The device a finished ``fairseq-train`` process trained on, from its log: the GPU's name from the CUDA banner
+    that fairseq's Trainer prints for rank 0 on a GPU ("rank   0: capabilities = ... ; name = NVIDIA ..."), else
+    "cpu" (fairseq prints no banner there)."""
+    for line in (proc.stdout + proc.stderr).splitlines():
+        if "rank   0: capabilities =" in line and "name = " in line:
+            return line.split("name = ", 1)[1].strip()
+    return "cpu"
 
 
 def train_log(proc: subprocess.CompletedProcess) -> list[dict]:

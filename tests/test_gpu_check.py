@@ -33,6 +33,11 @@ def test_smoke_mode_writes_json_and_table(tmp_path, capsys):
     if HAS_TRITON:
         parity = {p["dtype"]: p for p in report["parity"]}
         assert parity["float32"]["max_rel_diff"] < 1e-5 and parity["bfloat16"]["max_rel_diff"] < 1e-2, parity
+        for p in parity.values():  # each path against the float64 run, for the parameters and every state tensor
+            assert set(p["by_tensor"]) == {"param", "exp_avg", "exp_avg_sq", "exp_avg_sens"}, p
+            assert p["max_rel_err_triton"] == max(t["triton_vs_float64"] for t in p["by_tensor"].values()), p
+        assert parity["float32"]["max_rel_err_triton"] < 1e-5 and parity["float32"]["max_rel_err_foreach"] < 1e-5
+        assert "triton vs float64" in table
     assert [t["run"] for t in report["train"]] == ["adam", "adam_sage_foreach"]
     for run in report["train"]:
         assert run["error"] is None and run["words_per_second"] > 0, run

@@ -163,6 +163,41 @@ def test_gpu_precision_check_script_runs_its_cpu_modes(tmp_path):
     script.main(["--out", str(tmp_path), "--updates", "3", "--train-lines", "200", "--allow-cpu"])
     results = json.loads((tmp_path / "precision.json").read_text())
     assert results["device"] == "cpu" and set(results["modes"]) == {"fp32", "memory_efficient_fp16"}
-    assert all(len(m["losses"]) == 3 for m in results["modes"].values())
+    assert all(len(m["losses"]) == 3 and m["trained_on"] == "cpu" for m in results["modes"].values())
     assert "max_abs_diff_vs_fp32" in results["modes"]["memory_efficient_fp16"]
     assert (tmp_path / "precision.png").stat().st_size > 0
+
+
+def test_fairseq_processes_see_the_gpu_only_when_asked(monkeypatch):
+    """The tiny runs hide the GPU (the test suite's runs), the GPU checks' runs must not: the first run of
+    check_precision.py on an H200 trained every mode on the CPU because they did."""
+    import subprocess
+
+    from sage_toolkit import tiny_fairseq
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    seen = []
+
+    def fake_run(cmd, **kwargs):
+        seen.append(kwargs["env"].get("CUDA_VISIBLE_DEVICES"))
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(tiny_fairseq.subprocess, "run", fake_run)
+    tiny_fairseq.run_cli("train", ["--help"])
+    tiny_fairseq.run_cli("train", ["--help"], cuda=True)
+    assert seen == ["", "3"]
+
+
+def test_trained_on_reads_the_device_from_fairseqs_log():
+    import subprocess
+
+    from sage_toolkit.tiny_fairseq import trained_on
+
+    banner = (
+        "2026-12-04 15:59:01 | INFO | fairseq.utils | ***********************CUDA enviroments for all 1 workers****\n"
+        "2026-12-04 15:59:01 | INFO | fairseq.utils | rank   0: capabilities =  9.0  ; total memory = 139.811 GB ; "
+        "name = NVIDIA H200                             \n"
+    )
+    assert trained_on(subprocess.CompletedProcess([], 0, "", banner)) == "NVIDIA H200"
+    cpu_log = "| INFO | fairseq_cli.train | training on 1 devices (GPUs/TPUs)"
+    assert trained_on(subprocess.CompletedProcess([], 0, cpu_log, "")) == "cpu"

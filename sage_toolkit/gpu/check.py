@@ -164,13 +164,15 @@ def markdown(report: dict) -> str:
     rows = []
     for p in report["parity"]:
         if "error" in p:
-            rows.append([p["model"], p["dtype"], "", f"error: {p['error'][:80]}", ""])
+            rows.append([p["model"], p["dtype"], "", f"error: {p['error'][:80]}", "", "", ""])
         else:
             rows.append([p["model"], p["dtype"], p["steps"], f"{p['max_rel_diff']:.2e}",
+                         f"{p['max_rel_err_triton']:.2e}", f"{p['max_rel_err_foreach']:.2e}",
                          f"{p['max_abs_param_diff']:.2e}"])  # fmt: skip
     lines += _table("Parity of SAGE triton and foreach: largest difference of any parameter or state tensor, "
-                    "relative to its largest magnitude:", ["model", "dtype", "steps", "max rel diff",
-                                                           "max abs param diff"], rows)  # fmt: skip
+                    "relative to its largest magnitude, between the two and from a float64 run (the exact result):",
+                    ["model", "dtype", "steps", "triton vs foreach", "triton vs float64", "foreach vs float64",
+                     "max abs param diff"], rows)  # fmt: skip
     lines += ["", f"Kernel variants compiled: {report.get('kernel_variants_compiled')}."]
     if report["train"]:
         rows = []

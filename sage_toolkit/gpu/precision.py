@@ -8,7 +8,10 @@ largest deviation from the fp32 curve, and the device name to ``OUT/precision.js
 
 Needs a CUDA GPU (``--allow-cpu`` runs the plumbing on CPU with the modes that fairseq supports there). fairseq
 0.12.2's ``--bf16`` implies ``--tpu`` and needs torch_xla: where that fails, the mode is recorded as refused with
-fairseq's message rather than hidden.
+fairseq's message rather than hidden. Each mode records the device fairseq trained on, read from its log
+(``trained_on``); on a machine with a GPU, a run that trained on the CPU is an error, never a curve. (Until
+2026-12-04 the fairseq processes were started with the GPU hidden, so the first run on a GPU, an H200, measured the CPU:
+its fp16 mode failed with "No CUDA GPUs are available".)
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from pathlib import Path
 import torch
 
 from sage_toolkit.atomic import savefig_atomic, write_atomic
-from sage_toolkit.tiny_fairseq import make_tiny_corpus, preprocess, run_cli, train_args, train_log
+from sage_toolkit.tiny_fairseq import make_tiny_corpus, preprocess, run_cli, train_args, train_log, trained_on
 
 MODES = {
     "fp32": [],
@@ -56,15 +59,20 @@ def main(argv: list[str] | None = None) -> dict:
             argv_ = train_args(data_bin, Path(tmp) / mode, ["--optimizer", "adam_sage"], args.updates, extra)
             if cuda:
                 argv_.remove("--cpu")
-            proc = run_cli("train", argv_, check=False)
+            proc = run_cli("train", argv_, check=False, cuda=cuda)
             if proc.returncode != 0:
                 last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
                 results["modes"][mode] = {"status": "refused", "error": last}
                 print(f"{mode:>24}: refused by fairseq: {last}")
                 continue
+            used = trained_on(proc)
+            if cuda and used == "cpu":  # a curve from the CPU must never pass for the GPU's
+                results["modes"][mode] = {"status": "error", "error": "fairseq trained on the CPU, not the GPU"}
+                print(f"{mode:>24}: error: fairseq trained on the CPU, not the GPU")
+                continue
             losses = [r["loss"] for r in train_log(proc)]
-            results["modes"][mode] = {"status": "ok", "losses": losses}
-            print(f"{mode:>24}: loss {losses[0]:.3f} -> {losses[-1]:.3f}")
+            results["modes"][mode] = {"status": "ok", "trained_on": used, "losses": losses}
+            print(f"{mode:>24}: loss {losses[0]:.3f} -> {losses[-1]:.3f} ({used})")
     reference = results["modes"].get("fp32", {}).get("losses")
     for mode, entry in results["modes"].items():
         if entry["status"] == "ok" and reference and mode != "fp32":

@@ -128,33 +128,62 @@ def time_steps(model: str, dtype: torch.dtype, variants: list[str], rounds: int,
     return [results[name] for name in variants]
 
 
+STATE_KEYS = ("exp_avg", "exp_avg_sq", "exp_avg_sens")
+
+
+def _tensors(opt: torch.optim.Optimizer, params: list[torch.Tensor]) -> dict[str, list[torch.Tensor]]:
+    """The parameters and each state tensor of ``opt``, in float64."""
+    out = {"param": [p.detach().double() for p in params]}
+    out.update({key: [opt.state[p][key].double() for p in params] for key in STATE_KEYS})
+    return out
+
+
+def _max_rel_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    """The largest difference of two lists of tensors, each relative to ``b``'s tensor's largest magnitude."""
+    worst = 0.0
+    for x, y in zip(a, b, strict=True):
+        if y.numel():
+            scale, diff = y.abs().max().item(), (x - y).abs().max().item()
+            worst = max(worst, diff / scale if scale > 0 else diff)
+    return worst
+
+
 def parity(model: str, dtype: torch.dtype, steps: int, device: torch.device) -> dict:
-    """The fused (triton) and foreach paths from the same parameters through the same ``steps`` gradients: the largest
-    difference of any parameter or state tensor relative to that tensor's largest magnitude, and the largest absolute
-    difference of the parameters."""
+    """The fused (triton) and foreach paths from the same parameters through the same ``steps`` gradients, and a
+    float64 run (foreach on float64 copies of the same parameters and gradients) as the exact result: for the
+    parameters and each state tensor, the largest difference of triton and foreach and of each from the float64 run,
+    relative to that tensor's largest magnitude (``by_tensor``); their maxima over the tensors (``max_rel_diff``:
+    triton vs foreach; ``max_rel_err_triton``, ``max_rel_err_foreach``: vs float64), and the largest absolute
+    difference of the parameters of triton and foreach. The float64 run tells whether a difference of the two paths is
+    an error of one of them or the rounding that both make, amplified by the algorithm."""
     shapes = MODELS[model]
     gen = torch.Generator(device=device).manual_seed(1)
     init = [torch.randn(s, generator=gen, device=device, dtype=torch.float32).mul_(0.02).to(dtype) for s in shapes]
-    runs = []
-    for impl in ("triton", "foreach"):
-        params = [p.clone().requires_grad_() for p in init]
-        runs.append((AdamSAGE(params, lr=5e-4, betas=(0.9, 0.98), weight_decay=1e-4, impl=impl), params))
+    runs = {}
+    for impl, run_dtype in (("triton", dtype), ("foreach", dtype), ("float64", torch.float64)):
+        params = [p.to(run_dtype, copy=True).requires_grad_() for p in init]
+        runs[impl] = (AdamSAGE(params, lr=5e-4, betas=(0.9, 0.98), weight_decay=1e-4,
+                               impl="foreach" if impl == "float64" else impl), params)  # fmt: skip
     for _ in range(steps):
         grads = [torch.randn(s, generator=gen, device=device, dtype=torch.float32).to(dtype) for s in shapes]
-        for opt, params in runs:
+        for opt, params in runs.values():
             for p, g in zip(params, grads, strict=True):
-                p.grad = g.clone()
+                p.grad = g.to(p.dtype, copy=True)  # each run its own: a step may write into its gradient
             opt.step()
-    (fused, fused_params), (foreach, foreach_params) = runs
-    worst_rel, worst_abs = 0.0, 0.0
-    for p, q in zip(fused_params, foreach_params, strict=True):
-        pairs = [(p.detach().float(), q.detach().float())]
-        pairs += [(fused.state[p][k].float(), foreach.state[q][k].float()) for k in ("exp_avg", "exp_avg_sq",
-                                                                                      "exp_avg_sens")]  # fmt: skip
-        for a, b in pairs:
-            scale = b.abs().max().item() if b.numel() else 0.0
-            diff = (a - b).abs().max().item() if b.numel() else 0.0
-            worst_rel = max(worst_rel, diff / scale if scale > 0 else diff)
-        worst_abs = max(worst_abs, (pairs[0][0] - pairs[0][1]).abs().max().item() if p.numel() else 0.0)
-    return dict(model=model, dtype=str(dtype).removeprefix("torch."), steps=steps, max_rel_diff=worst_rel,
-                max_abs_param_diff=worst_abs)  # fmt: skip
+    tensors = {impl: _tensors(opt, params) for impl, (opt, params) in runs.items()}
+    by_tensor = {
+        key: dict(
+            triton_vs_foreach=_max_rel_diff(tensors["triton"][key], tensors["foreach"][key]),
+            triton_vs_float64=_max_rel_diff(tensors["triton"][key], tensors["float64"][key]),
+            foreach_vs_float64=_max_rel_diff(tensors["foreach"][key], tensors["float64"][key]),
+        )  # fmt: skip
+        for key in ("param", *STATE_KEYS)
+    }
+    worst_abs = max(((a - b).abs().max().item() for a, b in zip(tensors["triton"]["param"],
+                                                               tensors["foreach"]["param"], strict=True)
+                     if a.numel()), default=0.0)  # fmt: skip
+    return dict(model=model, dtype=str(dtype).removeprefix("torch."), steps=steps,
+                max_rel_diff=max(v["triton_vs_foreach"] for v in by_tensor.values()),
+                max_rel_err_triton=max(v["triton_vs_float64"] for v in by_tensor.values()),
+                max_rel_err_foreach=max(v["foreach_vs_float64"] for v in by_tensor.values()),
+                max_abs_param_diff=worst_abs, by_tensor=by_tensor)  # fmt: skip
