@@ -132,7 +132,7 @@ def test_flat_empty_one_element_and_misaligned_tensors(info, launches):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_flat_low_precision_matches_foreach(dtype, launches):
     """The flat tensor of fairseq's --fp16 (fp32 master weights) and of --memory-efficient-fp16 (fp16 weights, fp32
-    state): the same as the foreach kernel, the impl that ``auto`` picks on CUDA."""
+    state): the same as the foreach kernel, the impl that ``auto`` picks on CUDA where Triton cannot run."""
     results = []
     for impl in ("triton", "foreach"):
         params = _flat_and_odd(dtype)[:1]

@@ -1,6 +1,7 @@
 """What the optimizers refuse, before anything is written: a saved state that does not fit its parameters (every impl;
 in a subprocess, so a memory fault fails the test instead of killing pytest), a changed selection, complex or integer
-parameters, bad options in any group; and what they warn about: a selection whose tensors get no gradient."""
+parameters, bad options in any group; and what they warn about: a selection whose tensors get no gradient, and a
+CUDA machine where the Triton kernel that ``auto`` picks cannot run."""
 
 from __future__ import annotations
 
@@ -258,3 +259,43 @@ def test_a_selection_beside_groups_that_set_sage_themselves_is_refused():
     with pytest.raises(ValueError, match=r"every parameter group sets sage=True/False itself"):
         AdamSAGE(groups, sage_params="attn_ffn")
     assert [(len(g["params"]), g["sage"]) for g in AdamSAGE(groups).param_groups] == [(2, True), (2, False)]
+
+
+class _CudaTensor:
+    """What ``resolve_impl`` reads of a parameter on a CUDA device (no GPU here)."""
+
+    is_cuda = True
+    device = torch.device("cuda", 0)
+
+
+def test_auto_on_cuda_picks_triton_else_foreach_with_one_warning(monkeypatch):
+    """``auto`` on CUDA: the Triton kernel (measured faster than foreach on an H200, BENCHMARKS.md), and foreach, with
+    one warning that says why, where Triton cannot run: not installed, or a GPU older than compute capability 7.0."""
+    import dataclasses
+
+    from fairseq_plugins.optim import _functional as F
+
+    def triton_unavailable(reason):
+        monkeypatch.setitem(F.IMPLS, "triton", dataclasses.replace(F.IMPLS["triton"], unavailable=lambda: reason))
+
+    params = [_CudaTensor(), _CudaTensor()]
+    monkeypatch.setattr(F, "_warned_cuda_fallback", False)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla P100")
+    triton_unavailable(None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert F.resolve_impl("auto", params) == "triton"
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (6, 0))
+    with pytest.warns(RuntimeWarning, match=r"compute capability 7\.0 or newer, Tesla P100 has 6\.0.*foreach"):
+        assert F.resolve_impl("auto", params) == "foreach"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once only
+        assert F.resolve_impl("auto", params) == "foreach"
+    monkeypatch.setattr(F, "_warned_cuda_fallback", False)
+    triton_unavailable("Triton is not installed (No module named 'triton')")
+    with pytest.warns(RuntimeWarning, match="Triton is not installed.*using the foreach kernel"):
+        assert F.resolve_impl("auto", params) == "foreach"
+    assert F.resolve_impl("auto", [_CudaTensor(), torch.zeros(3)]) != "triton"  # not every tensor on CUDA
+    with pytest.raises(RuntimeError, match="impl='triton' is unavailable: Triton is not installed"):
+        F.resolve_impl("triton", params)  # asked for by name: refused, never swapped

@@ -271,7 +271,7 @@ class _SAGEBase(SAGEStatsMixin, torch.optim.Optimizer):
                 self._sage_stats_observe(stats, group, params, grads, sens, steps, names)
             if not params:
                 continue
-            impl = F.resolve_impl(group["impl"], params)  # auto: fused on CPU, foreach on CUDA
+            impl = F.resolve_impl(group["impl"], params)  # auto: fused on CPU, triton on CUDA
             beta1, beta2 = group["betas"]
             type(self)._functional(
                 params,
@@ -353,8 +353,8 @@ class AdamSAGE(_SAGEBase):
         sage_params: ``"all"`` (default), ``"attn_ffn"`` (attention and feed-forward projections, the authors' GLUE
             choice), ``"no_embed"`` (every tensor but the embeddings and the output projection), ``"none"``, or
             ``"regex:PATTERN"`` searched in parameter names.
-        impl: ``"auto"`` (fused on CPU, foreach on CUDA), ``"fused"``, ``"single_tensor"``, ``"foreach"`` or
-            ``"triton"`` (one fused Triton kernel on CUDA; opt-in, not yet measured on a GPU).
+        impl: ``"auto"`` (fused on CPU; triton on CUDA, foreach where Triton cannot run), ``"fused"``,
+            ``"single_tensor"``, ``"foreach"`` or ``"triton"`` (one fused Triton kernel on CUDA).
 
     State per selected tensor: ``step``, ``exp_avg``, ``exp_avg_sq``, ``exp_avg_sens`` (fp32 for fp16/bf16 tensors).
     """

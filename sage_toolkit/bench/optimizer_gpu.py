@@ -4,7 +4,8 @@
     python scripts/gpu/bench_optimizer_gpu.py --device cpu --models tiny --rounds 2 --no-compile   # smoke test, no GPU
 
 Variants: torch AdamW (fused=True, the reference of the ratios, and foreach), AdamSAGE with ``impl="foreach"`` (what
-``auto`` picks on CUDA) and ``single_tensor``, fairseq's ``adam``, the authors'-style loop, and ``sage_compiled_flat``:
+``auto`` picks on CUDA where Triton cannot run; the Triton kernel is timed by scripts/gpu/check_sage_gpu.py) and
+``single_tensor``, fairseq's ``adam``, the authors'-style loop, and ``sage_compiled_flat``:
 the SAGE step as one torch.compile'd element-wise function over flat buffers (inductor emits a Triton kernel on CUDA;
 every changing scalar is a 0-dim tensor, so it compiles once). Time: median over interleaved rounds with
 ``torch.cuda.synchronize()`` around each step. Memory: persistent state bytes; transient = ``max_memory_allocated``
