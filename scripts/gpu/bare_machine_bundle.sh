@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Build .devbundle/: what the GPU checks need on a bare GPU machine that has its own Python, CUDA torch and Triton but
+# no network and no `make setup` (as the lent H200 of 2026-12-04: Python 3.12, torch 2.11, Triton 3.6).
+#   bash scripts/gpu/bare_machine_bundle.sh [PYVER]        # here, after `make setup`; PYVER: the GPU machine's, 3.12
+# It copies this venv's patched fairseq 0.12.2 (without its compiled modules), fairseq_cli, hydra, omegaconf and antlr4
+# (pure Python), rebuilds fairseq's Cython/C++ modules for PYVER from the fairseq sdist, and downloads bitarray's wheel
+# for PYVER. There, from the repository root:
+#   source .devbundle/env.sh && python scripts/gpu/check_sage_gpu.py --out runs/gpu_check
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+PYVER=${1:-3.12}
+PYBIN=${PYBIN:-python$PYVER}
+command -v "$PYBIN" >/dev/null || { echo "bare_machine_bundle: $PYBIN not found (set PYBIN)" >&2; exit 1; }
+SITE=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+[ -f "$SITE/fairseq/version.py" ] || { echo "bare_machine_bundle: no fairseq in .venv: run make setup first" >&2; exit 1; }
+OUT=.devbundle
+rm -rf "$OUT" && mkdir -p "$OUT/site" "$OUT/whl"
+for name in fairseq fairseq_cli hydra omegaconf antlr4; do cp -r "$SITE/$name" "$OUT/site/"; done
+cp -r "$SITE"/fairseq-0.12.2.dist-info "$SITE"/hydra_core-*.dist-info "$SITE"/omegaconf-*.dist-info "$OUT/site/"
+find "$OUT/site" -name __pycache__ -prune -exec rm -rf {} +
+find "$OUT/site" -name '*.so' -delete  # built for this Python: rebuilt for PYVER below
+
+BUILD=$(mktemp -d)
+trap 'rm -rf "$BUILD"' EXIT
+"$PYBIN" -m venv "$BUILD/venv"
+"$BUILD/venv/bin/python" -m pip -q install "cython==$(.venv/bin/python -c 'import Cython; print(Cython.__version__)')" \
+  "numpy==$(.venv/bin/python -c 'import numpy; print(numpy.__version__)')" setuptools
+# the sdist itself, not pip's build of it (that would need torch for PYVER here)
+(cd "$BUILD" && "$BUILD/venv/bin/python" -m pip -q download --no-deps --no-binary :all: --no-build-isolation \
+  fairseq==0.12.2 -d sdist 2>/dev/null) || true
+if ! ls "$BUILD"/sdist/fairseq-0.12.2.tar.gz >/dev/null 2>&1; then
+  url=$(curl -s https://pypi.org/simple/fairseq/ | grep -o 'https://files[^"#]*fairseq-0.12.2.tar.gz' | head -1)
+  mkdir -p "$BUILD/sdist" && curl -sL -o "$BUILD/sdist/fairseq-0.12.2.tar.gz" "$url"
+fi
+tar xzf "$BUILD/sdist/fairseq-0.12.2.tar.gz" -C "$BUILD"
+(cd "$BUILD/fairseq-0.12.2" && "$BUILD/venv/bin/python" - <<'PY'
+import numpy
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+cpp = dict(language="c++", extra_compile_args=["-std=c++11"])
+cython_modules = [Extension(f"fairseq.data.{m}", [f"fairseq/data/{m}.pyx"], include_dirs=[numpy.get_include()], **cpp)
+                  for m in ("data_utils_fast", "token_block_utils_fast")]
+libbleu = Extension("fairseq.libbleu", ["fairseq/clib/libbleu/libbleu.cpp", "fairseq/clib/libbleu/module.cpp"], **cpp)
+setup(name="fairseq_ext", ext_modules=cythonize(cython_modules, language_level=3) + [libbleu],
+      script_args=["build_ext", "--inplace", "-q"])
+PY
+)
+cp "$BUILD"/fairseq-0.12.2/fairseq/libbleu.*.so "$OUT/site/fairseq/"
+cp "$BUILD"/fairseq-0.12.2/fairseq/data/*_fast.*.so "$OUT/site/fairseq/data/"
+.venv/bin/python -m pip -q download --no-deps --only-binary=:all: --python-version "$PYVER" --implementation cp \
+  --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 \
+  "bitarray==$(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("bitarray"))')" -d "$OUT/whl"
+cat > "$OUT/env.sh" <<'SH'
+# source from the repository root on the GPU machine: bitarray into /tmp/site, then the bundle and the checkout on the path
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .devbundle/whl/*.whl
+export PYTHONPATH=$PWD:$PWD/.devbundle/site:/tmp/site PYTHONUNBUFFERED=1
+SH
+grep -qx '/.devbundle/' .git/info/exclude 2>/dev/null || echo '/.devbundle/' >> .git/info/exclude
+echo "wrote $OUT ($(du -sh "$OUT" | cut -f1)): on the GPU machine, source $OUT/env.sh"
