@@ -95,10 +95,11 @@ TRITON_MIN_CAPABILITY = (7, 0)  # Triton compiles for Volta and newer
 def _triton_unavailable_on(device: torch.device) -> str | None:
     """Why ``auto`` cannot pick the Triton kernel for tensors on this CUDA device, or None."""
     reason = IMPLS["triton"].unavailable()
-    if reason is None and torch.cuda.get_device_capability(device) < TRITON_MIN_CAPABILITY:
-        major, minor = torch.cuda.get_device_capability(device)
-        name = torch.cuda.get_device_name(device)
-        reason = f"Triton needs compute capability 7.0 or newer, {name} has {major}.{minor}"
+    if reason is None:
+        capability = torch.cuda.get_device_capability(device)
+        if capability < TRITON_MIN_CAPABILITY:
+            name = torch.cuda.get_device_name(device)
+            reason = f"Triton needs compute capability 7.0 or newer, {name} has {capability[0]}.{capability[1]}"
     return reason
 
 

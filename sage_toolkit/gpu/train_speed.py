@@ -10,7 +10,6 @@ over the logged intervals after the first (which holds the start-up and, for Tri
 
 from __future__ import annotations
 
-import os
 import random
 import statistics
 import subprocess
@@ -21,6 +20,7 @@ from pathlib import Path
 from sage_toolkit.errors import ToolkitError
 from sage_toolkit.fairseq_log import read_log
 from sage_toolkit.paths import PLUGIN_DIR, ROOT
+from sage_toolkit.tiny_fairseq import cpu_env, cuda_env
 
 PEAK_TAG = "GPU_CHECK_PEAK_MEMORY_BYTES"
 
@@ -42,10 +42,8 @@ def _python(module_args: list[str], env: dict[str, str], timeout: float) -> subp
 
 
 def _env(cpu: bool) -> dict[str, str]:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    if cpu:
-        env.update(CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS=env.get("OMP_NUM_THREADS", "1"))
-    return env
+    """The fairseq processes' environment: the test suite's (no GPU, the caller's threads, else 1) or the GPU's."""
+    return cpu_env() if cpu else cuda_env()
 
 
 def build_data_bin(work: Path, pairs: int, vocab: int, cpu: bool, workers: int) -> Path:
