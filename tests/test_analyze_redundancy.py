@@ -274,6 +274,41 @@ def test_group_summary_is_the_mean_and_spread_over_a_groups_models():
     assert "adam: mean ± std over 2 models (adam/seed1, adam/seed2)" in summary.table(models)
 
 
+def test_table_adds_the_groups_within_each_layer_type():
+    """With ``results_by_layer_type`` the table prints each layer type's group summary after the global one, the
+    numbers of ``summaries``' ``groups_by_layer_type``; without it, nothing more than the global groups."""
+    from sage_toolkit.redundancy.analysis import summaries
+
+    def rows(increase):
+        return {"sensitivity": [
+            {"sparsity": 0.0, "loss": 4.0, "loss_increase": 0.0, "bleu": 30.0, "bleu_drop": 0.0, "zero_fraction": 0.0},
+            {"sparsity": 0.6, "loss": 4.0 + increase, "loss_increase": increase, "bleu": 29.0, "bleu_drop": 1.0,
+             "zero_fraction": 0.6},
+        ]}  # fmt: skip
+
+    def model(total, ffn, embed):
+        return {"results": rows(total), "results_by_layer_type": {"feed-forward": rows(ffn), "embeddings": rows(embed)}}
+
+    models = {"adam/s1": model(0.3, 0.01, 0.1), "adam/s2": model(0.5, 0.03, 0.2), "sage/s1": model(0.6, 0.0, 0.25),
+              "sage/s2": model(0.4, 0.02, 0.35)}  # fmt: skip
+    text = summary.table(models)
+    by_type = summaries(models)["groups_by_layer_type"]
+    assert list(by_type) == ["feed-forward", "embeddings"]
+    for kind, groups in by_type.items():
+        for group, rec in groups.items():
+            head = f"{kind} pruned alone, {group}: mean ± std over 2 models ({', '.join(rec['models'])})"
+            block = text.split(head, 1)[1].splitlines()[2]  # the 0.6 row under the block's header
+            increase = rec["sensitivity"][1]["loss_increase"]
+            assert (
+                block == f"  sensitivity  0.60: loss_increase {increase['mean']:.4f} ± {increase['std']:.4f}, "
+                "bleu_drop 1.0000 ± 0.0000"
+            )
+    assert "embeddings pruned alone, sage: mean ± std over 2 models (sage/s1, sage/s2)\n  sensitivity  0.00" in text
+    assert text.endswith("sensitivity  0.60: loss_increase 0.3000 ± 0.0707, bleu_drop 1.0000 ± 0.0000")  # 0.25, 0.35
+    plain = {name: {"results": rec["results"]} for name, rec in models.items()}
+    assert "pruned alone" not in summary.table(plain)
+
+
 COMMITTED = ROOT / "results" / "multi30k_de_en" / "redundancy" / "redundancy.json"
 
 

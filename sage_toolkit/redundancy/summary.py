@@ -44,7 +44,9 @@ def group_summary(models: dict) -> dict:
 
 
 def table(models: dict) -> str:
-    """One line per model, method and sparsity (loss, its increase, BLEU, fraction of zeros), then the groups."""
+    """One line per model, method and sparsity (loss, its increase, BLEU, fraction of zeros), then the groups; where
+    the models were also pruned within layer types (``results_by_layer_type``), the groups of each layer type after
+    them (a model's own rows per layer type are in the JSON)."""
     lines = [f"{'model':<16} {'method':<12} {'sparsity':>8} {'loss':>9} {'d_loss':>9} {'BLEU':>7} {'zeros':>7}"]
     for name, rec in models.items():
         for method, rows in rec["results"].items():
@@ -52,11 +54,22 @@ def table(models: dict) -> str:
                 bleu = f"{r['bleu']:7.2f}" if "bleu" in r else f"{'-':>7}"
                 lines.append(f"{name:<16} {method:<12} {r['sparsity']:8.2f} {r['loss']:9.4f} {r['loss_increase']:9.4f} "
                              f"{bleu} {r['zero_fraction']:7.3f}")  # fmt: skip
-    for group, rec in group_summary(models).items():
-        lines.append(f"\n{group}: mean ± std over {len(rec['models'])} models ({', '.join(rec['models'])})")
+    lines += _group_lines(group_summary(models), "")
+    kinds = dict.fromkeys(kind for rec in models.values() for kind in rec.get("results_by_layer_type", {}))
+    for kind in kinds:
+        within = {name: {"results": rec["results_by_layer_type"][kind]} for name, rec in models.items()
+                  if kind in rec.get("results_by_layer_type", {})}  # fmt: skip
+        lines += _group_lines(group_summary(within), f"{kind} pruned alone, ")
+    return "\n".join(lines)
+
+
+def _group_lines(groups: dict, what: str) -> list[str]:
+    lines = []
+    for group, rec in groups.items():
+        lines.append(f"\n{what}{group}: mean ± std over {len(rec['models'])} models ({', '.join(rec['models'])})")
         for method in (m for m in rec if m != "models"):
             for r in rec[method]:
                 cells = [f"{key} {r[key]['mean']:.4f} ± {r[key]['std']:.4f}" for key in ("loss_increase", "bleu_drop")
                          if key in r]  # fmt: skip
                 lines.append(f"  {method:<12} {r['sparsity']:4.2f}: " + ", ".join(cells))
-    return "\n".join(lines)
+    return lines
