@@ -153,6 +153,17 @@ def test_pruning_within_each_layer_type(analysed):
             # magnitude pruning 60 % of a type changes the model's loss
             assert method != "magnitude" or rows[-1]["loss"] != zero["loss"], kind
     assert first["results_by_layer_type"] == result["models"]["second"]["results_by_layer_type"]
+    # the global sweep says how much of each type its single ranking zeroed: shares that add up, weighted by the
+    # types' sizes, to the global fraction; magnitude ranks across types of different scales, so the shares differ
+    for method, rows in first["results"].items():
+        for r in rows:
+            shares = r["zero_fraction_by_layer_type"]
+            assert set(shares) == set(entries) and all(0 <= v <= 1 for v in shares.values())
+            weighted = sum(shares[kind] * entries[kind] for kind in entries) / first["entries_in_scope"]
+            assert weighted == pytest.approx(r["zero_fraction"], abs=1e-9), (method, r["sparsity"])
+    shares = first["results"]["magnitude"][-1]["zero_fraction_by_layer_type"]
+    assert max(shares.values()) - min(shares.values()) > 0.01, shares
+    assert all("zero_fraction_by_layer_type" not in r for m in by_type.values() for rows in m.values() for r in rows)
     assert set(result["groups_by_layer_type"]) == set(by_type)
     assert analysed["stdout"].count("pruning_curves_by_layer_type.png") == 1
 

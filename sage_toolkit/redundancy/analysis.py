@@ -142,13 +142,21 @@ def analyze_model(
 
     unpruned = measure()
 
+    types = [layer_type(n) for n in names]
+    members = {kind: [p for p, t in zip(params, types, strict=True) if t == kind] for kind in dict.fromkeys(types)}
+
     def sweep(label: str, pruned: list, order) -> list[dict]:
-        """Prune ``pruned`` (a subset of ``params``) to every sparsity of its own entries in ``order``, measure."""
+        """Prune ``pruned`` (a subset of ``params``) to every sparsity of its own entries in ``order``, measure. A
+        global sweep also records how much of each layer type its one ranking zeroed: a type whose weights are
+        smaller or less sensitive than the others' loses more than the sparsity says."""
         rows, count = [], sum(p.numel() for p in pruned)
         for s in o.sparsities:
             k = num_pruned(s, count)
             prune_(pruned, order, k)
-            row = {"sparsity": s, "n_pruned": k, "zero_fraction": zero_fraction(pruned), **measure()}
+            row = {"sparsity": s, "n_pruned": k, "zero_fraction": zero_fraction(pruned)}
+            if pruned is params:
+                row["zero_fraction_by_layer_type"] = {kind: zero_fraction(ps) for kind, ps in members.items()}
+            row.update(measure())
             row["loss_increase"] = row["loss"] - unpruned["loss"]
             if "bleu" in row:
                 row["bleu_drop"] = unpruned["bleu"] - row["bleu"]
@@ -161,7 +169,6 @@ def analyze_model(
     results = {method: sweep(method, params, orders[method]) for method in o.methods}
     by_type: dict[str, dict[str, list]] = {}
     if o.by_layer_type:
-        types = [layer_type(n) for n in names]
         for kind in (t for t in LAYER_TYPES if t in types):
             chosen = [i for i, t in enumerate(types) if t == kind]
             pruned = [params[i] for i in chosen]
