@@ -170,6 +170,15 @@ LIST_ERROR_INPUTS = (
     ListErrorInput(
         "a gradient of another shape", lambda p, g, s: ([p], [torch.ones(4, 4)], _zeros(16), _zeros(16), None, [s])
     ),
+    ListErrorInput(
+        "a state on another device",
+        lambda p, g, s: ([p], [g], _zeros(16), [torch.zeros(16, device="meta")], _zeros(16), [s]),
+    ),
+    ListErrorInput("a step counter of 2 entries", lambda p, g, s: ([p], [g], _zeros(16), _zeros(16), None, _zeros(2))),
+    ListErrorInput(
+        "a sensitivity state in fp64 for an fp32 parameter",
+        lambda p, g, s: ([p], [g], _zeros(16), _zeros(16), _zeros(16, torch.float64), [s]),
+    ),
 )
 
 # ---------------------------------------------------------------- the table
