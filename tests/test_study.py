@@ -13,7 +13,7 @@ from sage_toolkit.errors import ToolkitError
 from sage_toolkit.stats import format_difference
 from sage_toolkit.study import command as study  # the command: its main(argv) as `python scripts/study.py` runs it
 from sage_toolkit.study.protocol import Study, check_configs
-from sage_toolkit.study.report import plot_multipliers, plots, report
+from sage_toolkit.study.report import lenpen_edges, plot_multipliers, plots, report
 from sage_toolkit.study.spec import load_spec, parse_spec
 from tests.fairseq_utils import ROOT
 
@@ -334,7 +334,18 @@ def test_the_committed_study_md_regenerates_byte_for_byte_from_study_json():
     """results/multi30k_de_en/study.md is report() of the study.json written beside it (the committed runs)."""
     summary = json.loads((COMMITTED / "study.json").read_text())
     spec = parse_spec(summary["spec"], Path(summary["spec_file"]))
-    assert report(spec, summary["results"]) == (COMMITTED / "study.md").read_text()
+    text = report(spec, summary["results"])
+    assert text == (COMMITTED / "study.md").read_text()
+    # a length penalty chosen at an end of the sweep is named (adam 1.4 of 0.6-1.4), one inside it is not (sage 1.2)
+    edge = [line for line in text.splitlines() if line.startswith("Chosen at an edge of the sweep")]
+    assert edge == [
+        "Chosen at an edge of the sweep (a better length penalty may lie beyond it): adam 1.4 (the highest)."
+    ]
+    assert lenpen_edges([0.6, 1.0, 1.4], {"a": 0.6, "b": 1.0, "c": 1.4}) == [
+        "a 0.6 (the lowest)",
+        "c 1.4 (the highest)",
+    ]
+    assert lenpen_edges([1.0], {"a": 1.0}) == []  # a sweep of one value has no edge to extend
     # the spec file gives the spec that study.json records (keys, values and their order)
     loaded = load_spec(ROOT / summary["spec_file"]).as_read
     assert list(loaded.items()) == list(summary["spec"].items())

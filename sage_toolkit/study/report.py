@@ -71,6 +71,12 @@ def report(spec: StudySpec, results: dict, significance: dict | None = None) -> 
         lines.append(
             f"| {name} | " + " | ".join(f"{by[lp]:.2f}" for lp in lenpens) + f" | {results[name]['lenpen']:g} |"
         )
+    at_edge = lenpen_edges(spec.lenpens, {name: results[name]["lenpen"] for name in names})
+    if at_edge:  # as with the grid: the sweep did not bracket the best penalty
+        lines += [
+            "",
+            "Chosen at an edge of the sweep (a better length penalty may lie beyond it): " + "; ".join(at_edge) + ".",
+        ]
     tables = [("tuned length penalty", "tuned", "test"), ("length penalty 1.0", "1", "test")]
     if spec.average_last:
         tables += [("last checkpoint, tuned length penalty", "tuned", "test_last")]
@@ -138,6 +144,17 @@ def report(spec: StudySpec, results: dict, significance: dict | None = None) -> 
 
 
 END_SHARE = 0.1  # the multiplier table's "end of training": the sampled updates of the last 10 % of the updates
+
+
+def lenpen_edges(lenpens: list[float], chosen: dict[str, float]) -> list[str]:
+    """``NAME LP (the highest|lowest)`` for each optimizer whose chosen length penalty is an end of the sweep
+    ``lenpens`` (of two or more values): the sweep may not bracket its best penalty."""
+    low, high = min(lenpens), max(lenpens)
+    return [
+        f"{name} {lp:g} (the {'highest' if lp == high else 'lowest'})"
+        for name, lp in chosen.items()
+        if low < high and lp in (low, high)
+    ]
 
 
 def _kinds(stats: dict) -> list[tuple[str, str]]:
