@@ -351,6 +351,18 @@ def test_the_committed_study_md_regenerates_byte_for_byte_from_study_json():
     assert list(loaded.items()) == list(summary["spec"].items())
 
 
+def test_the_committed_converged_study_md_regenerates_from_study_json():
+    """results/multi30k_de_en_converged_final/study_final/study.md (the converged study's test step) is report() of
+    the study.json beside it, paired bootstrap included, and names the length penalty both chose at the sweep's top."""
+    folder = ROOT / "results" / "multi30k_de_en_converged_final" / "study_final"
+    summary = json.loads((folder / "study.json").read_text())
+    spec = parse_spec(summary["spec"], Path(summary["spec_file"]))
+    text = report(spec, summary["results"], summary["significance"])
+    assert text == (folder / "study.md").read_text()
+    assert "adam 1.6 (the highest); sage 1.6 (the highest)." in text
+    assert [r["seed"] for r in summary["results"]["sage"]["seeds"]] == [1, 2, 3, 4, 5]
+
+
 def test_the_committed_study_plots_render_from_study_json(tmp_path):
     summary = json.loads((COMMITTED / "study.json").read_text())
     plots(tmp_path, parse_spec(summary["spec"], Path(summary["spec_file"])), summary["results"])
