@@ -56,7 +56,7 @@ from sage_toolkit.redundancy.pruning import (
 )
 from sage_toolkit.redundancy.scoring import BleuScorer, validation_loss
 from sage_toolkit.redundancy.sensitivity import quantiles_by_type, sensitivities
-from sage_toolkit.redundancy.summary import group_summary
+from sage_toolkit.redundancy.summary import group_summary, layer_type_summaries
 
 PROG = "analyze_redundancy"
 OUTPUTS = ("redundancy.json", "pruning_curves.png", "sensitivity_by_layer_type.png")
@@ -238,12 +238,8 @@ def run(options: RedundancyOptions) -> dict:
 def summaries(models: dict) -> dict:
     """``groups`` (:func:`group_summary`) and, where the models were pruned within layer types,
     ``groups_by_layer_type``: the same per layer type."""
-    kinds = dict.fromkeys(kind for rec in models.values() for kind in rec.get("results_by_layer_type", {}))
-    by_type = {
-        kind: group_summary({name: {"results": rec["results_by_layer_type"][kind]} for name, rec in models.items()})
-        for kind in kinds
-    }
-    return {"groups": group_summary(models), **({"groups_by_layer_type": by_type} if kinds else {})}
+    by_type = layer_type_summaries(models)
+    return {"groups": group_summary(models), **({"groups_by_layer_type": by_type} if by_type else {})}
 
 
 def write_outputs(out: Path, result: dict, values: dict | None) -> None:

@@ -55,12 +55,25 @@ def table(models: dict) -> str:
                 lines.append(f"{name:<16} {method:<12} {r['sparsity']:8.2f} {r['loss']:9.4f} {r['loss_increase']:9.4f} "
                              f"{bleu} {r['zero_fraction']:7.3f}")  # fmt: skip
     lines += _group_lines(group_summary(models), "")
-    kinds = dict.fromkeys(kind for rec in models.values() for kind in rec.get("results_by_layer_type", {}))
-    for kind in kinds:
-        within = {name: {"results": rec["results_by_layer_type"][kind]} for name, rec in models.items()
-                  if kind in rec.get("results_by_layer_type", {})}  # fmt: skip
-        lines += _group_lines(group_summary(within), f"{kind} pruned alone, ")
+    for kind, groups in layer_type_summaries(models).items():
+        lines += _group_lines(groups, f"{kind} pruned alone, ")
     return "\n".join(lines)
+
+
+def layer_type_summaries(models: dict) -> dict:
+    """:func:`group_summary` of each layer type the models were pruned within (``results_by_layer_type``), in the
+    order the models name them; {} when none was."""
+    kinds = dict.fromkeys(kind for rec in models.values() for kind in rec.get("results_by_layer_type", {}))
+    return {
+        kind: group_summary(
+            {
+                name: {"results": rec["results_by_layer_type"][kind]}
+                for name, rec in models.items()
+                if kind in rec.get("results_by_layer_type", {})
+            }
+        )  # fmt: skip
+        for kind in kinds
+    }
 
 
 def _group_lines(groups: dict, what: str) -> list[str]:
