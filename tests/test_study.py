@@ -363,6 +363,20 @@ def test_the_committed_converged_study_md_regenerates_from_study_json():
     assert [r["seed"] for r in summary["results"]["sage"]["seeds"]] == [1, 2, 3, 4, 5]
 
 
+def test_the_committed_ablation_study_md_regenerates_from_study_json():
+    """results/multi30k_de_en_converged_final/study_ablations/study.md (the ablations' test step) is report() of the
+    study.json beside it: every variant compared with SAGE on all tensors, its baseline, 2 seeds each."""
+    folder = ROOT / "results" / "multi30k_de_en_converged_final" / "study_ablations"
+    summary = json.loads((folder / "study.json").read_text())
+    spec = parse_spec(summary["spec"], Path(summary["spec_file"]))
+    text = report(spec, summary["results"], summary["significance"])
+    assert text == (folder / "study.md").read_text()
+    assert list(summary["results"])[0] == "sage" and len(summary["results"]) == 6
+    assert all([r["seed"] for r in v["seeds"]] == [1, 2] for v in summary["results"].values())
+    assert sorted(summary["significance"]["comparisons"]) == sorted(list(summary["results"])[1:])
+    assert "## Paired bootstrap (sage_no_embed against sage" in text
+
+
 def test_the_committed_study_plots_render_from_study_json(tmp_path):
     summary = json.loads((COMMITTED / "study.json").read_text())
     plots(tmp_path, parse_spec(summary["spec"], Path(summary["spec_file"])), summary["results"])
