@@ -330,12 +330,18 @@ def test_a_recorded_study_resumes_from_its_record_alone(demo_bin, tmp_path, caps
 COMMITTED = ROOT / "results" / "multi30k_de_en"
 
 
+def regenerated_study_md(folder: Path) -> tuple[dict, str]:
+    """The study.json committed in ``folder`` and report() of it, asserted equal to the study.md beside it."""
+    summary = json.loads((folder / "study.json").read_text())
+    spec = parse_spec(summary["spec"], Path(summary["spec_file"]))
+    text = report(spec, summary["results"], summary.get("significance"))
+    assert text == (folder / "study.md").read_text()
+    return summary, text
+
+
 def test_the_committed_study_md_regenerates_byte_for_byte_from_study_json():
     """results/multi30k_de_en/study.md is report() of the study.json written beside it (the committed runs)."""
-    summary = json.loads((COMMITTED / "study.json").read_text())
-    spec = parse_spec(summary["spec"], Path(summary["spec_file"]))
-    text = report(spec, summary["results"])
-    assert text == (COMMITTED / "study.md").read_text()
+    summary, text = regenerated_study_md(COMMITTED)
     # a length penalty chosen at an end of the sweep is named (adam 1.4 of 0.6-1.4), one inside it is not (sage 1.2)
     edge = [line for line in text.splitlines() if line.startswith("Chosen at an edge of the sweep")]
     assert edge == [
@@ -354,11 +360,7 @@ def test_the_committed_study_md_regenerates_byte_for_byte_from_study_json():
 def test_the_committed_converged_study_md_regenerates_from_study_json():
     """results/multi30k_de_en_converged_final/study_final/study.md (the converged study's test step) is report() of
     the study.json beside it, paired bootstrap included, and names the length penalty both chose at the sweep's top."""
-    folder = ROOT / "results" / "multi30k_de_en_converged_final" / "study_final"
-    summary = json.loads((folder / "study.json").read_text())
-    spec = parse_spec(summary["spec"], Path(summary["spec_file"]))
-    text = report(spec, summary["results"], summary["significance"])
-    assert text == (folder / "study.md").read_text()
+    summary, text = regenerated_study_md(ROOT / "results" / "multi30k_de_en_converged_final" / "study_final")
     assert "adam 1.6 (the highest); sage 1.6 (the highest)." in text
     assert [r["seed"] for r in summary["results"]["sage"]["seeds"]] == [1, 2, 3, 4, 5]
 
@@ -366,11 +368,7 @@ def test_the_committed_converged_study_md_regenerates_from_study_json():
 def test_the_committed_ablation_study_md_regenerates_from_study_json():
     """results/multi30k_de_en_converged_final/study_ablations/study.md (the ablations' test step) is report() of the
     study.json beside it: every variant compared with SAGE on all tensors, its baseline, 2 seeds each."""
-    folder = ROOT / "results" / "multi30k_de_en_converged_final" / "study_ablations"
-    summary = json.loads((folder / "study.json").read_text())
-    spec = parse_spec(summary["spec"], Path(summary["spec_file"]))
-    text = report(spec, summary["results"], summary["significance"])
-    assert text == (folder / "study.md").read_text()
+    summary, text = regenerated_study_md(ROOT / "results" / "multi30k_de_en_converged_final" / "study_ablations")
     assert list(summary["results"])[0] == "sage" and len(summary["results"]) == 6
     assert all([r["seed"] for r in v["seeds"]] == [1, 2] for v in summary["results"].values())
     assert sorted(summary["significance"]["comparisons"]) == sorted(list(summary["results"])[1:])

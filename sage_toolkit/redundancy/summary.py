@@ -71,7 +71,7 @@ def layer_type_summaries(models: dict) -> dict:
                 for name, rec in models.items()
                 if kind in rec.get("results_by_layer_type", {})
             }
-        )  # fmt: skip
+        )
         for kind in kinds
     }
 
