@@ -421,3 +421,41 @@ def test_error_concurrent_run_on_the_same_dest(m30k, tmp_path, capsys):
         rc, _, err = run_main(multi30k, ["--local-dir", m30k, "--dest", tmp_path / "out", "--bpe-size", "50"], capsys)
     assert rc == 1 and f"another data_prep run is writing {tmp_path / 'out'}" in err
     assert leftovers(tmp_path, {"in", ".out.lock"}) == []  # no output, no .partial folder; the lock is the other's
+
+
+def test_domain_adaptation_shares_one_vocabulary(tmp_path, capsys):
+    """Tatoeba (general) and Multi30k (in-domain) prepared together: one BPE, one dictionary, the demo's split."""
+    from data_prep import domain_adaptation as da
+
+    m30k = make_fake_multi30k(tmp_path / "m30k", n_train=120, n_eval=8)
+    dest = tmp_path / "da"
+    argv = ["--multi30k-dir", m30k, "--dest", dest, "--bpe-size", "200", "--tatoeba-train-size", "300",
+            "--valid-size", "20", "--test-size", "25"]  # fmt: skip
+    rc, _, err = run_main(da, argv, capsys)
+    assert rc == 0, err
+    general, indomain = dest / "general", dest / "indomain"
+    for name in ("code", "dict.de.txt", "dict.en.txt"):
+        assert (general / name).read_bytes() == (indomain / name).read_bytes(), name
+    assert (general / "dict.de.txt").read_bytes() == (dest / "dict.txt").read_bytes()
+    assert (general / "code").read_bytes() == (dest / "code").read_bytes()
+    g_info, i_info = (json.loads((d / "prep.json").read_text()) for d in (general, indomain))
+    assert g_info["pairs"] == {"train": 300, "valid": 20, "test": 25}
+    assert i_info["pairs"] == {"train": 120, "valid": 8, "test": 8}
+    assert g_info["lowercased"] and i_info["lowercased"] and g_info["source_lang"] == "de"
+    # Every training token of both domains is in the dictionary: no <unk> in either train set.
+    symbols = {line.split()[0] for line in read_lines(dest / "dict.txt")}
+    for d in (general, indomain):
+        for lang in ("de", "en"):
+            assert {tok for line in read_lines(d / "text" / f"train.{lang}") for tok in line.split()} <= symbols
+    # The Tatoeba split is the demo's: no held-out source sentence is a training source.
+    parts = demo.split_pairs(demo.read_tatoeba(), 1, 20, 25, 1)
+    held_out = {demo.source_key(p[1]) for p in parts["valid"] + parts["test"]}
+    assert not held_out & {demo.source_key(p[1]) for p in parts["train"][:300]}
+    assert read_lines(general / "ref" / "test.raw.de") == [p[1] for p in parts["test"]]
+    assert read_lines(indomain / "ref" / "test.raw.en") == read_lines(m30k / "raw" / "test_2016_flickr.en.gz")
+    # The same settings again: nothing to do; other settings into the same folder: refused, nothing touched.
+    rc, out, _ = run_main(da, argv, capsys)
+    assert rc == 0 and "nothing to do" in out
+    rc, _, err = run_main(da, [*argv[:-1], "26"], capsys)
+    assert rc != 0 and "already holds data prepared with other settings" in err
+    assert leftovers(tmp_path, {"m30k", "da"}) == []
