@@ -334,7 +334,7 @@ def regenerated_study_md(folder: Path) -> tuple[dict, str]:
     """The study.json committed in ``folder`` and report() of it, asserted equal to the study.md beside it."""
     summary = json.loads((folder / "study.json").read_text())
     spec = parse_spec(summary["spec"], Path(summary["spec_file"]))
-    text = report(spec, summary["results"], summary.get("significance"))
+    text = report(spec, summary["results"], summary.get("significance"), summary.get("base"))
     assert text == (folder / "study.md").read_text()
     return summary, text
 

@@ -159,16 +159,18 @@ class Run:
         out: Path | None = None,
         checkpoint: Path | None = None,
         average_last: int | None = None,
+        data: Path | None = None,
     ) -> list[str]:
         """scripts/evaluate.py on this run (default: its save dir's best/last checkpoint, the test set, the
-        settings' length penalty); ``average_last``: the average of the save dir's last N numbered checkpoints."""
+        settings' length penalty); ``average_last``: the average of the save dir's last N numbered checkpoints;
+        ``data``: another data-bin than the one trained on (with the same dictionaries)."""
         if average_last and checkpoint is not None:
             raise ToolkitError("eval_command: average_last averages the run's save dir; give no checkpoint with it")
         return [
             sys.executable,
             str(EVALUATE),
             "--data-bin",
-            str(self.settings.data),
+            str(data or self.settings.data),
             "--checkpoint",
             str(checkpoint or self.dir),
             "--subset",
@@ -216,9 +218,10 @@ class Run:
         out: Path | None = None,
         checkpoint: Path | None = None,
         average_last: int | None = None,
+        data: Path | None = None,
     ) -> None:
         """Run :meth:`eval_command` (its output, evaluate's JSON, goes to ``out``, by default the eval file)."""
-        command = self.eval_command(subset, lenpen, out, checkpoint, average_last)
+        command = self.eval_command(subset, lenpen, out, checkpoint, average_last, data)
         self.run_child(command, run_env(threads), self.dir / "eval.out")
 
     def train(self, threads: int) -> None:

@@ -42,7 +42,7 @@ from pathlib import Path
 
 from sage_toolkit.atomic import write_atomic
 from sage_toolkit.errors import ToolkitError
-from sage_toolkit.evaluation.dataset import read_prep
+from sage_toolkit.evaluation.dataset import infer_langs, read_prep
 from sage_toolkit.paths import ROOT
 from sage_toolkit.runner.console import complain, say
 from sage_toolkit.runner.process import SUPERVISOR, RunFailed, runner_session, worker_pool
@@ -61,10 +61,17 @@ class Study:
 
     def __init__(self, spec: StudySpec, out: Path, jobs: int, cpu: bool):
         self.spec, self.out = spec, out
-        self.data = (ROOT / spec.data).resolve() if not Path(spec.data).is_absolute() else Path(spec.data)
-        if not any(self.data.glob("dict.*.txt")):
-            raise ToolkitError(f"data {self.data}: not a fairseq data-bin (no dict.*.txt); prepare it with data_prep/")
-        read_prep(self.data)  # every run reads it: a broken one is refused before the first starts (ToolkitError)
+        self.data = data_bin(spec.data, "data")
+        # a fine-tuning study's other test sets (the base's own domain), checked before any run starts
+        self.extra_data = {
+            name: data_bin(t["data"], f"extra_tests.{name}.data") for name, t in spec.extra_tests.items()
+        }
+        for name, folder in self.extra_data.items():  # a run's record keeps every test's hypotheses in one language
+            if infer_langs(folder, spec.extra_tests[name]["subset"]) != infer_langs(self.data, spec.test_subsets[0]):
+                raise ToolkitError(
+                    f"study spec {spec.source}: extra_tests.{name}: {folder} ({spec.extra_tests[name]['subset']}) is "
+                    f"not the language pair of {self.data}"
+                )
         self.jobs = max(1, jobs)
         self.threads = max(1, (os.cpu_count() or 1) // self.jobs)
         self.cpu = cpu
@@ -72,10 +79,32 @@ class Study:
             data=self.data, out=out, overrides=list(spec.overrides), valid_bleu=spec.valid_bleu,
             validate_every=spec.validate_every, verbose=False, beam=spec.beam, lenpen=1.0, cpu=cpu,
         )  # fmt: skip
+        self.base = self.check_base()  # a fine-tuning study's base model (its file), else None
+        if self.base is not None:  # every run starts from it (after its first launch fairseq resumes its own)
+            self.run_settings.overrides.append(f"checkpoint.finetune_from_model={self.base}")
         self.pool = None  # the worker pool, while execute() runs
         record = Path(spec.record) if spec.record else None
         self.record_root = None if record is None else record if record.is_absolute() else ROOT / record
         self.primary = spec.checkpoint_kinds[0]  # the model of every decision and table
+
+    def check_base(self) -> Path | None:
+        """The base model's file, whose sha256 must be the spec's; None without ``base``. ToolkitError naming the spec
+        otherwise: a study's runs all start from one base."""
+        from sage_toolkit.study.base_model import sha256_of
+
+        if self.spec.base is None:
+            return None
+        path = ROOT / self.spec.base["checkpoint"]
+        if not path.is_file():
+            raise ToolkitError(f"study spec {self.spec.source}: base.checkpoint {path}: no such file")
+        digest = sha256_of(path)
+        if digest != self.spec.base["sha256"]:
+            raise ToolkitError(
+                f"study spec {self.spec.source}: base.checkpoint {path} has sha256 {digest}, the spec declares "
+                f"{self.spec.base['sha256']}: a study's runs all start from one base (a new base needs a spec, out and "
+                "record of its own)"
+            )
+        return path
 
     # -- where results are -----------------------------------------------------------------------------------------
 
@@ -94,6 +123,8 @@ class Study:
         if record is None or not record.complete:
             return None
         record.check_same_run(run.config, list(self.spec.overrides), run.overrides)
+        if self.spec.base is not None:
+            record.check_same_base(self.spec.base["sha256"])
         return record
 
     def training_summary(self, run: Run) -> dict:
@@ -101,8 +132,6 @@ class Study:
         return record.summary() if record is not None else run.training_summary()
 
     def target_language(self) -> str:
-        from sage_toolkit.evaluation.dataset import infer_langs
-
         return infer_langs(self.data, self.spec.test_subsets[0])[1]
 
     def hypotheses(self, run: Run, subset: str, lenpen: float, kind: str) -> list[str]:
@@ -153,11 +182,19 @@ class Study:
         opt = self.spec.optimizers[optimizer]
         return Run(self.run_settings, opt.config, seed, opt.grid[setting], tag=f"{optimizer}/{setting}")
 
-    def evaluate(self, run: Run, subset: str, lenpen: float, kind: str | None = None) -> dict:
+    def extra_eval_name(self, test: str, kind: str | None = None) -> str:
+        """The evaluation file of the extra test ``test``: ``eval.TEST.SUBSET.lp1[.avgN].json``."""
+        return self.eval_name(f"{test}.{self.spec.extra_tests[test]['subset']}", 1.0, kind or self.primary)
+
+    def evaluate_extra(self, run: Run, test: str, kind: str | None = None) -> dict:
+        """The final model on the extra test ``test`` (another data-bin), length penalty 1.0; as :meth:`evaluate`."""
+        return self.evaluate(run, self.spec.extra_tests[test]["subset"], 1.0, kind, extra=test)
+
+    def evaluate(self, run: Run, subset: str, lenpen: float, kind: str | None = None, extra: str | None = None) -> dict:
         """scripts/evaluate.py on the final model (``kind``: ``last`` or ``avgN``, default the primary one); cached in
-        the run's folder, read from the record for a recorded run."""
+        the run's folder, read from the record for a recorded run. ``extra``: a subset of that extra test's data."""
         kind = kind or self.primary
-        name = self.eval_name(subset, lenpen, kind)
+        name = self.extra_eval_name(extra, kind) if extra else self.eval_name(subset, lenpen, kind)
         record = self.recorded(run)
         if record is not None:
             return record.evaluation(name)
@@ -165,10 +202,13 @@ class Study:
         out = run.dir / name
         with run.locked():
             if not out.exists():
+                data = self.extra_data[extra] if extra else None
                 if kind == "last":
-                    run.evaluate(self.threads, subset, lenpen, out, checkpoint=run.dir / "checkpoint_last.pt")
+                    run.evaluate(
+                        self.threads, subset, lenpen, out, checkpoint=run.dir / "checkpoint_last.pt", data=data
+                    )
                 else:
-                    run.evaluate(self.threads, subset, lenpen, out, average_last=self.spec.average_last)
+                    run.evaluate(self.threads, subset, lenpen, out, average_last=self.spec.average_last, data=data)
         return json.loads(out.read_text())
 
     def finish(self, run: Run) -> None:
@@ -184,6 +224,9 @@ class Study:
                 for lenpen in sorted(spec.lenpens, key=lambda lp: lp != 1.0):  # 1.0 first: the grid's number
                     self.evaluate(run, subset, lenpen, kind)
                     names.append(self.eval_name(subset, lenpen, kind))
+            for test in spec.extra_tests:
+                self.evaluate_extra(run, test, kind)
+                names.append(self.extra_eval_name(test, kind))
         if spec.redundancy is not None:
             self.analyze_redundancy(run)
         if spec.token_loss is not None:
@@ -191,8 +234,51 @@ class Study:
         tests = [name for name in names if not name.startswith("eval.valid.")]
         summary = {"run": run.name, "config": run.config, "spec_overrides": list(spec.overrides),
                    "overrides": run.overrides, "lr": run.learning_rate()}  # fmt: skip
+        if spec.base is not None:
+            summary["base_sha256"] = spec.base["sha256"]
         record.write(run.dir, names, tests, self.target_language(), {**summary, "training": run.training_summary()})
         say(f"[{run.name}] recorded in {record.dir} ({len(names)} evaluations)")
+
+    def base_scores(self) -> dict | None:
+        """A fine-tuning study's base model evaluated as a run is (beam, length penalty 1.0): on the validation set and
+        the test subsets of the study's data (before fine-tuning) and on every extra test; None without ``base``.
+        Cached in OUT/base, recorded in RECORD/base like a run."""
+        if self.base is None:
+            return None
+        run = Run(self.run_settings, "base", 0, tag="base")
+        run.dir, run.name = self.out / "base", "base"  # one model, no seeds
+        record = None if self.record_root is None else RunRecord(self.record_root, Path("base"))
+        if record is not None and record.complete:
+            record.check_same_base(self.spec.base["sha256"])
+        targets = {subset: (subset, None) for subset in ["valid", *self.spec.test_subsets]}
+        targets.update({test: (t["subset"], test) for test, t in self.spec.extra_tests.items()})
+        scores, names = {}, {}
+        for label, (subset, extra) in targets.items():
+            names[label] = self.extra_eval_name(extra, "last") if extra else self.eval_name(subset, 1.0)
+            if record is not None and record.complete:
+                scores[label] = record.evaluation(names[label])
+                continue
+            out = run.dir / names[label]
+            if not out.exists():
+                SUPERVISOR.check()
+                data = self.extra_data[extra] if extra else None
+                run.evaluate(self.threads, subset, 1.0, out, checkpoint=self.base, data=data)
+            scores[label] = json.loads(out.read_text())
+        if record is not None and not record.complete:
+            tests = [name for label, name in names.items() if label != "valid"]
+            summary = {
+                "run": "base",
+                "checkpoint": self.spec.base["checkpoint"],
+                "base_sha256": self.spec.base["sha256"],
+            }
+            record.write(run.dir, list(names.values()), tests, self.target_language(), summary)
+        return {
+            "checkpoint": self.spec.base["checkpoint"],
+            "sha256": self.spec.base["sha256"],
+            "valid": _scores(scores["valid"]),
+            "test": {subset: _scores(scores[subset]) for subset in self.spec.test_subsets},
+            "extra_tests": {test: _scores(scores[test]) for test in self.spec.extra_tests},
+        }
 
     def final_checkpoint(self, run: Run) -> Path:
         """The file of the run's final model (the average written by its evaluation, or checkpoint_last.pt)."""
@@ -372,6 +458,8 @@ class Study:
         for run in runs:
             entry = {"seed": run.seed, "dir": str(run.dir), **self.training_summary(run)}
             entry["valid"] = {f"{lp:g}": _scores(sweeps[(run.seed, lp)].result()) for lp in spec.lenpens}
+            if spec.extra_tests:
+                entry["extra_tests"] = {test: _scores(self.evaluate_extra(run, test)) for test in spec.extra_tests}
             for kind in spec.checkpoint_kinds:  # "test": the primary model's; "test_last" beside an average's
                 entry["test" if kind == self.primary else f"test_{kind}"] = {
                     subset: {
@@ -487,6 +575,15 @@ def paired_tests(
     return {"pairs": pairs, "pooled": test(pooled_base, pooled_sys, pooled_refs)}
 
 
+def data_bin(path: str, key: str) -> Path:
+    """A spec's data-bin (relative to the repository root unless absolute), checked: ToolkitError naming ``key``."""
+    folder = (ROOT / path).resolve() if not Path(path).is_absolute() else Path(path)
+    if not any(folder.glob("dict.*.txt")):
+        raise ToolkitError(f"{key} {folder}: not a fairseq data-bin (no dict.*.txt); prepare it with data_prep/")
+    read_prep(folder)  # every run reads it: a broken one is refused before the first starts (ToolkitError)
+    return folder
+
+
 def _scores(result: dict) -> dict:
     return {k: result.get(k) for k in SCORE_KEYS}
 
@@ -522,6 +619,9 @@ def run_study(study: Study, prog: str = "study") -> dict:
         significance = study.significance(results)
         if significance:
             summary["significance"] = significance
+        base = study.base_scores()
+        if base is not None:
+            summary["base"] = base
         write_atomic(out / "study.json", json.dumps(summary, indent=1))
         redundancy = study.redundancy(results)
         if redundancy is not None:
@@ -529,7 +629,7 @@ def run_study(study: Study, prog: str = "study") -> dict:
         token_loss = study.token_loss(results)
         if token_loss is not None:
             write_token_loss(out / "token_loss", token_loss)
-        text = report(spec, results, significance)
+        text = report(spec, results, significance, base)
         write_atomic(out / "study.md", text)
         plots(out, spec, results)
     say("\n" + text)

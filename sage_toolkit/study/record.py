@@ -75,6 +75,16 @@ class RunRecord:
                     f"delete {self.dir} to train the run again"
                 )
 
+    def check_same_base(self, sha256: str) -> None:
+        """ToolkitError unless the run was recorded as fine-tuned from the base with this sha256: a study never mixes
+        runs that started from two bases."""
+        recorded = self._read(RUN_FILE).get("base_sha256") if (self.dir / RUN_FILE).is_file() else sha256
+        if recorded != sha256:
+            raise ToolkitError(
+                f"record {self.dir}: the run was fine-tuned from the base with sha256 {recorded}, but the study starts "
+                f"from {sha256}; a study's runs all start from one base: give a new base a spec and record of its own"
+            )
+
     def summary(self) -> dict:
         """The recorded training summary (as :meth:`sage_toolkit.runner.training.Run.training_summary`)."""
         return self._read(RUN_FILE)["training"]

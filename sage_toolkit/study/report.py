@@ -34,10 +34,11 @@ def _model(spec: StudySpec) -> str:
     return f"average of the last {spec.average_last} checkpoints" if spec.average_last else "last checkpoint"
 
 
-def report(spec: StudySpec, results: dict, significance: dict | None = None) -> str:
+def report(spec: StudySpec, results: dict, significance: dict | None = None, base: dict | None = None) -> str:
     """study.md: the grid, the length-penalty sweep, the test tables (tuned length penalty and 1.0, with the difference
     of the two optimizers' means; with averaging, the last checkpoint's table too), the per-seed table, the paired
-    bootstrap (``significance``, study.json's) and the sacreBLEU signatures."""
+    bootstrap (``significance``, study.json's), a fine-tuning study's base model and extra tests (``base``,
+    study.json's) and the sacreBLEU signatures."""
     names = list(results)
     lines = [f"# {spec.description}", ""]
     if spec.average_last:
@@ -126,6 +127,7 @@ def report(spec: StudySpec, results: dict, significance: dict | None = None) -> 
             lines.append(row + f" {s['train_wall_s'] or float('nan'):.0f} |")
     if significance:
         lines += _significance(spec, significance)
+    lines += _fine_tuning(spec, results, base)
     lines += _generalization(results)
     lines += _multipliers(results)
     signatures = sorted(
@@ -144,6 +146,44 @@ def report(spec: StudySpec, results: dict, significance: dict | None = None) -> 
 
 
 END_SHARE = 0.1  # the multiplier table's "end of training": the sampled updates of the last 10 % of the updates
+
+
+def _fine_tuning(spec: StudySpec, results: dict, base: dict | None) -> list[str]:
+    """A fine-tuning study's base model before fine-tuning (the study's own validation and test sets, lenpen 1.0) and
+    every model on the extra tests (lenpen 1.0; the base's own domain measures forgetting)."""
+    lines = []
+    if base is not None:
+        lines += ["", f"## The base model before fine-tuning (beam {spec.beam}, lenpen 1)", ""]
+        lines += [f"`{base['checkpoint']}`, sha256 `{base['sha256']}`.", ""]
+        subsets = [("valid", base["valid"])] + [(spec.shown(s), base["test"][s]) for s in spec.test_subsets]
+        subsets += [(name, base["extra_tests"][name]) for name in spec.extra_tests]
+        lines += ["| set | sacreBLEU | chrF | BP |", "|---|---|---|---|"]
+        lines += [f"| {name} | {c['sacrebleu']:.2f} | {c['chrf']:.2f} | {c['bp']:.3f} |" for name, c in subsets]
+    if not spec.extra_tests:
+        return lines
+    tests = list(spec.extra_tests)
+    lines += ["", f"## Extra tests (lenpen 1, mean ± std over the seeds; {_model(spec)})", ""]
+    lines += ["| model | " + " | ".join(f"{t} sacreBLEU | {t} chrF | {t} BP" for t in tests) + " |"]
+    lines += ["|---|" + "---|---|---|" * len(tests)]
+    if base is not None:
+        cells = [base["extra_tests"][t] for t in tests]
+        lines.append(
+            "| base | " + " | ".join(f"{c['sacrebleu']:.2f} | {c['chrf']:.2f} | {c['bp']:.3f}" for c in cells) + " |"
+        )
+    columns = {}
+    for name, r in results.items():
+        columns[name] = [
+            ([s["extra_tests"][t][score] for s in r["seeds"]], digits)
+            for t in tests
+            for score, digits in (("sacrebleu", 2), ("chrf", 2), ("bp", 3))
+        ]
+        lines.append(f"| {name} | " + " | ".join(_mean_std(v, d) for v, d in columns[name]) + " |")
+    first = next(iter(results))
+    for other in list(results)[1:]:
+        if len(results[first]["seeds"]) > 1 and len(results[other]["seeds"]) > 1:
+            cells = [_difference(a, b, d) for (a, d), (b, _) in zip(columns[first], columns[other], strict=True)]
+            lines.append(f"| {other} − {first} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def lenpen_edges(lenpens: list[float], chosen: dict[str, float]) -> list[str]:

@@ -15,7 +15,13 @@ when the seeds are known); the study merges the analyses of the seed runs into `
 :mod:`.protocol`),
 ``token_loss`` [none]: options of the token-loss analysis (``scripts/analyze_token_loss.py``; keys: those of
 :data:`TOKEN_LOSS_OPTIONS`) run the same way on each run's final model and, for its ``multiplier_batches``, its last
-checkpoint (the one with the optimizer state); merged into ``token_loss/``.
+checkpoint (the one with the optimizer state); merged into ``token_loss/``,
+``base`` [none]: a fine-tuning study's pretrained model, ``{checkpoint: FILE, sha256: HEX}`` (FILE relative to the
+repository root; see :mod:`.base_model`): every run starts from it (fairseq's ``checkpoint.finetune_from_model``), the
+study refuses to start if the file's sha256 is not the declared one, every run's record keeps the hash and a record of
+another base is refused; the base itself is evaluated like a run (study.json's ``base``),
+``extra_tests`` [{}]: other data-bins each final model translates (length penalty 1.0), e.g. the base model's own
+domain to measure forgetting: ``{NAME: {data: DATA_BIN, subset: SUBSET}}``.
 """
 
 from __future__ import annotations
@@ -34,7 +40,8 @@ TOKEN_LOSS_OPTIONS = {"subsets": list, "edges": list, "max_sentences": int, "max
                       "multiplier_batches": int, "seed": int}  # fmt: skip
 SPEC_KEYS = {"data", "out", "jobs", "beam", "tune_seed", "seeds", "lenpens", "test_subsets", "subset_names",
              "optimizers", "overrides", "validate_every", "valid_bleu", "description", "average_last",
-             "record", "redundancy", "token_loss"}  # fmt: skip
+             "record", "redundancy", "token_loss", "base", "extra_tests"}  # fmt: skip
+SHA256_HEX = 64
 
 
 @dataclass
@@ -68,6 +75,8 @@ class StudySpec:
     record: str | None = None
     redundancy: dict | None = None
     token_loss: dict | None = None
+    base: dict | None = None
+    extra_tests: dict[str, dict] = field(default_factory=dict)
     # the spec as read, defaults added, in the file's order: what study.json records as "spec"
     as_read: dict = field(default_factory=dict, repr=False, compare=False)
 
@@ -131,6 +140,35 @@ def _check_analysis(key: str, options, known: dict, parse_args, source: Path) ->
         raise ToolkitError(f"study spec {source}: {key}: {message}") from None
 
 
+def _check_base(base, source: Path) -> None:
+    """``base``: exactly ``checkpoint`` (a file name) and ``sha256`` (64 lowercase hex digits)."""
+    if not isinstance(base, dict) or set(base) != {"checkpoint", "sha256"}:
+        raise ToolkitError(f"study spec {source}: base must be a mapping with exactly 'checkpoint' and 'sha256', got "
+                           f"{base!r}")  # fmt: skip
+    if not isinstance(base["checkpoint"], str) or not base["checkpoint"].strip():
+        raise ToolkitError(f"study spec {source}: base.checkpoint must be a file name, got {base['checkpoint']!r}")
+    digest = base["sha256"]
+    if not (isinstance(digest, str) and len(digest) == SHA256_HEX and all(c in "0123456789abcdef" for c in digest)):
+        raise ToolkitError(f"study spec {source}: base.sha256 must be 64 lowercase hexadecimal digits, got {digest!r}")
+
+
+def _check_extra_tests(tests, taken: list[str], source: Path) -> None:
+    """``extra_tests``: NAME -> {data, subset}, names that are not subsets of the study's own data-bin."""
+    if not isinstance(tests, dict):
+        raise ToolkitError(f"study spec {source}: extra_tests must be a mapping NAME: {{data, subset}}, got {tests!r}")
+    for name, test in tests.items():
+        if not isinstance(name, str) or not name.replace("_", "").replace("-", "").isalnum() or name in taken:
+            raise ToolkitError(
+                f"study spec {source}: extra_tests: {name!r} must be a name of letters, digits, - and _ that is not "
+                f"a subset of the study's data ({', '.join(taken)})"
+            )
+        if not isinstance(test, dict) or set(test) != {"data", "subset"}:
+            raise ToolkitError(f"study spec {source}: extra_tests.{name} must be {{data: DATA_BIN, subset: SUBSET}}")
+        for key in ("data", "subset"):
+            if not isinstance(test[key], str) or not test[key].strip():
+                raise ToolkitError(f"study spec {source}: extra_tests.{name}.{key} must be a string, got {test[key]!r}")
+
+
 def load_spec(path: Path) -> StudySpec:
     """Read and check a spec file (YAML; JSON is YAML). ToolkitError names the file and the key at fault."""
     from omegaconf import OmegaConf
@@ -191,6 +229,10 @@ def parse_spec(raw: dict, source: Path) -> StudySpec:
         from sage_toolkit.token_loss.command import parse_args
 
         _check_analysis("token_loss", spec["token_loss"], TOKEN_LOSS_OPTIONS, parse_args, source)
+    if spec.get("base") is not None:
+        _check_base(spec["base"], source)
+    # (no default written into the spec: study.json's record of a spec without the key stays as it was)
+    _check_extra_tests(spec.get("extra_tests", {}), ["valid", *spec["test_subsets"]], source)
     if 1.0 not in spec["lenpens"]:
         raise ToolkitError(
             f"study spec {source}: lenpens {spec['lenpens']} must include 1.0 (the grid's and the baseline)"
