@@ -22,7 +22,7 @@ from fairseq.optim import FairseqOptimizer, register_optimizer
 from omegaconf import II, OmegaConf
 
 from .optim import AdamaxSAGE, AdamSAGE
-from .optim._functional import IMPLEMENTATIONS
+from .optim._functional import IMPLEMENTATIONS, why_unavailable
 from .optim.sage import SelectionChangedError, check_options
 from .optim.selection import check_matches, describe_choices, partition, selector
 
@@ -136,6 +136,13 @@ class _FairseqSAGE(FairseqOptimizer):
         params = list(params)
         config = self.optimizer_config
         check_options(config, FLAGS)
+        tensors = [p for item in params for p in (item["params"] if isinstance(item, dict) else [item])]
+        reason = why_unavailable(config["impl"], tensors)
+        if reason is not None:  # at start-up, not at the first update
+            raise ValueError(
+                f"--sage-impl {config['impl']} cannot run here: {reason}. --sage-impl auto picks the fastest kernel "
+                "that runs (triton on CUDA, fused on CPU)"
+            )
         groups, names = self._param_groups(params)
         self._optimizer = self.optimizer_class(groups, **config)
         if names is not None:
@@ -161,9 +168,13 @@ class _FairseqSAGE(FairseqOptimizer):
         return [{**g, "sage_params": choice} for g in groups if g["params"]], names
 
     def load_state_dict(self, state_dict, optimizer_overrides=None):
-        """fairseq's load, with the resume rules of the class docstring; then ``--optimizer-overrides`` as fairseq."""
+        """fairseq's load, with the resume rules of the class docstring; then ``--optimizer-overrides`` as fairseq.
+        The configuration replaces the saved options before the inner optimizer checks and loads the state."""
+        config = self._resumed_configuration()
+        saved_groups = state_dict.get("param_groups", [])
+        changes = self._configuration_changes(saved_groups, config)
         try:
-            self.optimizer.load_state_dict(state_dict)
+            self.optimizer.load_state_dict({**state_dict, "param_groups": [{**g, **config} for g in saved_groups]})
         except SelectionChangedError as exc:
             raise ValueError(
                 f"--sage-params {self.cfg.sage_params!r} cannot resume this checkpoint: {exc}. Resume with the "
@@ -171,24 +182,32 @@ class _FairseqSAGE(FairseqOptimizer):
                 "moments and SAGE state are then lost). To stop SAGE mid-run, keep --sage-params and set "
                 "--sage-strength 0."
             ) from None
-        self._apply_configuration()
+        for change in changes:
+            logger.info(change)
         if optimizer_overrides:
             for group in self.param_groups:
                 group.update(optimizer_overrides)
 
-    def _apply_configuration(self) -> None:
+    def _resumed_configuration(self) -> dict[str, Any]:
+        """The options a resumed run takes from the command line: all but the scheduler's (lr; the strength where a
+        SAGE scheduler sets it at every update)."""
         config = self.optimizer_config
-        config.pop("lr")  # the scheduler's
+        config.pop("lr")
         if getattr(self, "strength_scheduler", None):
-            config.pop("sage_strength")  # set by the scheduler at every update, from its own schedule
+            config.pop("sage_strength")
+        return config
+
+    def _configuration_changes(self, saved_groups: list[dict[str, Any]], config: dict[str, Any]) -> list[str]:
+        """One log line per option whose saved value differs from the command line's."""
         flags = {**FLAGS, "bias_correction": f"the sensitivity bias correction ({self._bias_flag})"}
+        changes = []
         for key, value in config.items():
-            saved = {tuple(g[key]) if key == "betas" else g[key] for g in self.param_groups}
-            if saved != {value}:
+            saved = {tuple(g[key]) if key == "betas" else g[key] for g in saved_groups if key in g}
+            if saved and saved != {value}:
                 was = ", ".join(map(str, sorted(saved, key=str)))
-                logger.info(f"{self.cfg._name}: {flags[key]} was {was} in the checkpoint, now {value} (command line)")
-            for group in self.param_groups:
-                group[key] = value
+                line = f"{flags[key]} was {was} in the checkpoint, now {value} (command line)"
+                changes.append(f"{self.cfg._name}: {line}")
+        return changes
 
     @property
     def optimizer_config(self) -> dict[str, Any]:

@@ -25,6 +25,9 @@ from fairseq_plugins.optim import AdamaxSAGE, AdamSAGE, ReferenceAdamaxSAGE, Ref
 from fairseq_plugins.optim import _functional as F
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
+# an eps that changes no float64 sum with sqrt(v) of the tests' gradients: where eps sits (torch's AdamW adds it after
+# the bias correction, SAGE before) then does not matter, and SAGE's plain update is AdamW's
+NEGLIGIBLE_EPS = 1e-30
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,17 @@ class ListErrorInput:
 
 
 @dataclass(frozen=True)
+class SavedState:
+    """A state saved by some optimizer: ``make(params)`` trains copies of ``params`` one step and returns the
+    optimizer's ``state_dict()``. ``refused``: None where ``load_state_dict`` converts it (docs/optimizer-state.md),
+    else a pattern of the error, which names the key or option (every refusal also names the remedy)."""
+
+    desc: str
+    make: Callable[[list[Tensor]], dict[str, Any]]
+    refused: str | None = None
+
+
+@dataclass(frozen=True)
 class OptimizerInfo:
     optim_cls: type[torch.optim.Optimizer]
     reference_cls: type[torch.optim.Optimizer]
@@ -83,6 +97,7 @@ class OptimizerInfo:
     optim_inputs: tuple[OptimizerInput, ...]
     error_inputs: tuple[ErrorInput, ...]
     list_error_inputs: tuple[ListErrorInput, ...]
+    saved_states: tuple[SavedState, ...] = ()
 
     @property
     def name(self) -> str:
@@ -145,6 +160,9 @@ ERROR_INPUTS = (
     ErrorInput(dict(beta3=-0.5), "beta3", "-0.5"),
     ErrorInput(dict(eps=-1e-8), "eps", "-1e-08"),
     ErrorInput(dict(eps=-1.0), "eps", "-1.0"),
+    ErrorInput(dict(eps=0.0), "eps", "0.0"),  # the multiplier would be 0/0 where the sensitivity is zero
+    ErrorInput(dict(lr=torch.tensor([1e-3, 1e-3])), "lr", "tensor([0.0010, 0.0010])"),  # one element, as torch
+    ErrorInput(dict(lr=True), "lr", "True"),
     ErrorInput(dict(lr=-1.0), "lr", "-1.0"),
     ErrorInput(dict(lr=float("nan")), "lr", "nan"),
     ErrorInput(dict(weight_decay=-0.1), "weight_decay", "-0.1"),
@@ -181,6 +199,84 @@ LIST_ERROR_INPUTS = (
     ),
 )
 
+# ---------------------------------------------------------------- saved states of other optimizers
+
+
+def _trained(cls: type[torch.optim.Optimizer], **kwargs: Any) -> Callable[[list[Tensor]], dict[str, Any]]:
+    """A ``SavedState.make``: ``cls`` on copies of the parameters, one step, its state_dict."""
+
+    def make(params: list[Tensor]) -> dict[str, Any]:
+        copies = [p.detach().clone() for p in params]
+        opt = cls(copies, **kwargs)
+        for i, p in enumerate(copies):
+            p.grad = torch.full_like(p, 0.1 * (i + 1))
+        opt.step()
+        return opt.state_dict()
+
+    return make
+
+
+def _edited(make: Callable[[list[Tensor]], dict[str, Any]], **group_options: Any):
+    """``make``'s state with options set in every group (``None``: removed), and int steps where ``_int_steps``
+    (torch before 1.12 and fairseq's adam saved them so)."""
+    int_steps = group_options.pop("_int_steps", False)
+
+    def edited(params: list[Tensor]) -> dict[str, Any]:
+        state = make(params)
+        for group in state["param_groups"]:
+            for key, value in group_options.items():
+                if value is None:
+                    del group[key]
+                else:
+                    group[key] = value
+        if int_steps:
+            for entry in state["state"].values():
+                entry["step"] = int(entry["step"])
+        return state
+
+    return edited
+
+
+_ADAMW = _trained(torch.optim.AdamW, lr=1e-2, weight_decay=0.1)
+_ANOTHER_OPTIMIZER = r"another optimizer's, not a SAGE state .*no beta3"
+_WD = dict(lr=1e-2, weight_decay=0.1)
+SAVED_STATES = {
+    AdamSAGE: (
+        SavedState("AdamSAGE", _trained(AdamSAGE, **_WD)),
+        SavedState("torch-AdamW", _ADAMW),
+        SavedState("torch-Adam-no-decay", _trained(torch.optim.Adam, lr=1e-2)),
+        SavedState("torch-AdamW-foreach", _trained(torch.optim.AdamW, foreach=True, **_WD)),
+        SavedState("torch-AdamW-of-a-GPU", _edited(_ADAMW, fused=True, capturable=True, differentiable=True)),
+        SavedState(
+            "torch-1.11-Adam",
+            _edited(_trained(torch.optim.Adam, lr=1e-2), decoupled_weight_decay=None, _int_steps=True),
+        ),
+        SavedState(
+            "old-torch-AdamW-decay",
+            _edited(_ADAMW, decoupled_weight_decay=None),
+            r"weight_decay=0.1 and does not say whether it is decoupled.*decoupled_weight_decay=True",
+        ),
+        SavedState(
+            "torch-Adam-decay",
+            _trained(torch.optim.Adam, **_WD),
+            r"weight_decay=0.1 with decoupled_weight_decay=False \(torch.optim.Adam: an L2 term",
+        ),
+        SavedState("torch-AdamW-amsgrad", _trained(torch.optim.AdamW, amsgrad=True), r"amsgrad=True.*no AMSGrad"),
+        SavedState("torch-AdamW-maximize", _trained(torch.optim.AdamW, maximize=True), r"maximize=True.*negate"),
+        SavedState("torch-AdamW-eps-0", _trained(torch.optim.AdamW, eps=0.0), r"param_groups\[0\].*eps must be > 0"),
+        SavedState("torch-Adamax", _trained(torch.optim.Adamax), _ANOTHER_OPTIMIZER),
+        SavedState("torch-SGD", _trained(torch.optim.SGD, lr=0.1, momentum=0.9), _ANOTHER_OPTIMIZER),
+        SavedState("AdamaxSAGE", _trained(AdamaxSAGE), r"has exp_inf and lacks exp_avg_sq: it was saved by another"),
+    ),
+    AdamaxSAGE: (
+        SavedState("AdamaxSAGE", _trained(AdamaxSAGE, **_WD)),
+        SavedState("AdamSAGE", _trained(AdamSAGE), r"has exp_avg_sq and lacks exp_inf: it was saved by another"),
+        SavedState("torch-AdamW", _ADAMW, _ANOTHER_OPTIMIZER + r".*AdamaxSAGE converts no other one"),
+        SavedState("torch-Adamax", _trained(torch.optim.Adamax), _ANOTHER_OPTIMIZER),
+        SavedState("AdamaxSAGE-eps-0", _edited(_trained(AdamaxSAGE), eps=0.0), r"eps must be > 0"),
+    ),
+}
+
 # ---------------------------------------------------------------- the table
 
 IMPLS = ("single_tensor", "foreach", "fused", "auto")  # auto: fused, or its fallback where it cannot be built
@@ -188,9 +284,11 @@ IMPLS = ("single_tensor", "foreach", "fused", "auto")  # auto: fused, or its fal
 _COMMON = dict(impls=IMPLS, optim_inputs=OPTIM_INPUTS, error_inputs=ERROR_INPUTS, list_error_inputs=LIST_ERROR_INPUTS)
 
 OPTIMIZERS = (
-    OptimizerInfo(AdamSAGE, ReferenceAdamSAGE, F.adam_sage, "exp_avg_sq", "adam_sage", **_COMMON),
-    OptimizerInfo(AdamaxSAGE, ReferenceAdamaxSAGE, F.adamax_sage, "exp_inf", "adamax_sage", **_COMMON),
-)
+    OptimizerInfo(AdamSAGE, ReferenceAdamSAGE, F.adam_sage, "exp_avg_sq", "adam_sage", **_COMMON,
+                  saved_states=SAVED_STATES[AdamSAGE]),
+    OptimizerInfo(AdamaxSAGE, ReferenceAdamaxSAGE, F.adamax_sage, "exp_inf", "adamax_sage", **_COMMON,
+                  saved_states=SAVED_STATES[AdamaxSAGE]),
+)  # fmt: skip
 ADAM = OPTIMIZERS[0]
 
 # ---------------------------------------------------------------- pytest parameters over the table
@@ -203,12 +301,19 @@ def available_impls(info: OptimizerInfo) -> list[str]:
     return [i for i in info.impls if i != "fused" or _fused_cpu.available()]
 
 
-def cases(*, dtypes: tuple[torch.dtype, ...] | None = None, errors: str | None = None, impls: str | None = None):
+def cases(
+    *,
+    dtypes: tuple[torch.dtype, ...] | None = None,
+    errors: str | None = None,
+    saved: str | None = None,
+    impls: str | None = None,
+):
     """``pytest.param`` tuples over ``OPTIMIZERS``: the ``OptimizerInfo``, then, in this order,
 
     - with ``dtypes``: the option set and the dtype, for every option set that runs in one of these dtypes;
     - with ``errors``: the ``ErrorInput`` (``"construction"``: all of them; ``"group"``: the options a group may
       carry) or the ``ListErrorInput`` (``"lists"``);
+    - with ``saved``: the ``SavedState``, ``"converted"`` (those that load) or ``"refused"``;
     - with ``impls``: the impl, ``"all"`` of them or ``"kernels"`` (without ``auto``); ``fused`` is skipped where its
       kernel cannot be built.
     """
@@ -230,6 +335,9 @@ def cases(*, dtypes: tuple[torch.dtype, ...] | None = None, errors: str | None =
                 "lists": info.list_error_inputs,
             }[errors]
             rows = [(values + (e,), ids + [e.desc], marks) for values, ids, marks in rows for e in items]
+        if saved is not None:
+            states = [x for x in info.saved_states if (x.refused is None) == (saved == "converted")]
+            rows = [(values + (x,), ids + [x.desc], marks) for values, ids, marks in rows for x in states]
         if impls is not None:
             names = [i for i in info.impls if impls == "all" or i != "auto"]
             rows = [

@@ -16,7 +16,10 @@ pytestmark = pytest.mark.slow
         ("adamax_sage", ["--sage-strength", "-1"], "--sage-strength must be >= 0.0, got -1.0"),
         ("adam_sage", ["--adam-betas", "(0.9, 1.5)"], "--adam-betas[1] must be in [0.0, 1.0), got 1.5"),
         ("adam_sage", ["--sage-impl", "gpu"], "--sage-impl must be one of auto, fused, single_tensor, foreach, triton"),
-        ("adamax_sage", ["--adam-eps=-1e-8"], "--adam-eps must be >= 0.0"),
+        ("adamax_sage", ["--adam-eps=-1e-8"], "--adam-eps must be > 0.0, got -1e-08"),
+        ("adam_sage", ["--adam-eps", "0"], "--adam-eps must be > 0.0, got 0.0 (eps keeps the denominators positive"),
+        # refused at start-up, naming the flag (the kernel runs on CUDA tensors; these runs are on the CPU)
+        ("adam_sage", ["--sage-impl", "triton"], "--sage-impl triton cannot run here: "),
     ],
 )
 def test_a_bad_option_is_refused_naming_its_flag(optimizer, flags, message, tiny_data_bin, tmp_path):

@@ -25,7 +25,8 @@ from fairseq_plugins.optim import AdamaxSAGE, AdamSAGE  # noqa: E402
 from fairseq_plugins.optim import _functional as F  # noqa: E402
 from fairseq_plugins.optim import _fused_triton as FT  # noqa: E402
 from tests import test_optim_reference as reference_tests  # noqa: E402
-from tests.optim_infos import LOW_PRECISION, OPTIMIZERS, cases  # noqa: E402
+from tests import test_optim_state as state_tests  # noqa: E402
+from tests.optim_infos import LOW_PRECISION, NEGLIGIBLE_EPS, OPTIMIZERS, cases  # noqa: E402
 
 KW = dict(lr=1e-2, betas=(0.9, 0.99), eps=1e-4, weight_decay=0.05, beta3=0.8, sage_strength=0.7)
 
@@ -76,12 +77,25 @@ def test_low_precision_params_keep_fp32_state(info, opt_input, dtype):
                 torch.testing.assert_close(opt.state[p][key], single_opt.state[r][key], rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("info", cases())
+def test_a_nan_gradient_gives_what_the_reference_gives(info):
+    """test_optim_reference's NaN test with ``impl="triton"``: Adamax's infinity norm keeps a NaN as the reference."""
+    reference_tests.test_a_nan_gradient_gives_what_the_reference_gives(info, "triton")
+
+
+@pytest.mark.parametrize("copier", state_tests.COPIERS)
+@pytest.mark.parametrize("info", cases())
+def test_a_copy_steps_identically(info, copier):
+    """test_optim_state's copy test with ``impl="triton"``."""
+    state_tests.test_a_copy_steps_identically(info, "triton", copier)
+
+
 def test_unselected_group_is_plain_adamw():
     """A group with sage=False takes exactly torch's AdamW update (the kernel's plain variant)."""
     params = reference_tests._make_params(torch.float64)[:2]
     ours, theirs = [p.clone() for p in params], [p.clone() for p in params]
-    opt = AdamSAGE([{"params": ours, "sage": False}], lr=1e-2, weight_decay=0.1, eps=0.0, impl="triton")
-    ref = torch.optim.AdamW(theirs, lr=1e-2, weight_decay=0.1, eps=0.0)
+    opt = AdamSAGE([{"params": ours, "sage": False}], lr=1e-2, weight_decay=0.1, eps=NEGLIGIBLE_EPS, impl="triton")
+    ref = torch.optim.AdamW(theirs, lr=1e-2, weight_decay=0.1, eps=NEGLIGIBLE_EPS)
     g = torch.Generator().manual_seed(5)
     for _ in range(10):
         for a, b in zip(ours, theirs, strict=True):

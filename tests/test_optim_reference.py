@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fairseq_plugins.optim import AdamSAGE
-from tests.optim_infos import LOW_PRECISION, available_impls, cases
+from tests.optim_infos import LOW_PRECISION, NEGLIGIBLE_EPS, OPTIM_INPUTS, available_impls, cases
 
 
 def _make_params(dtype=torch.float64, seed=0):
@@ -100,9 +100,10 @@ def test_unselected_group_is_plain_adamw():
     params = _make_params(torch.float64)[:2]
     ours = [p.clone() for p in params]
     theirs = [p.clone() for p in params]
-    # eps=0: torch puts eps after the bias correction, fairseq (and we) before it; without eps the two are equal
-    opt = AdamSAGE([{"params": ours, "sage": False}], lr=1e-2, weight_decay=0.1, eps=0.0)
-    ref = torch.optim.AdamW(theirs, lr=1e-2, weight_decay=0.1, eps=0.0)
+    # torch puts eps after the bias correction, fairseq (and we) before it; an eps far below sqrt(v)'s last bit (v is
+    # about 0.01 to 10 here) makes the place irrelevant (eps must be > 0: at 0 a zero entry gets 0/0)
+    opt = AdamSAGE([{"params": ours, "sage": False}], lr=1e-2, weight_decay=0.1, eps=NEGLIGIBLE_EPS)
+    ref = torch.optim.AdamW(theirs, lr=1e-2, weight_decay=0.1, eps=NEGLIGIBLE_EPS)
     for t in range(1, 11):
         for a, b, gr in zip(ours, theirs, _grads(ours, t), strict=True):
             a.grad, b.grad = gr.clone(), gr.clone()
@@ -111,3 +112,30 @@ def test_unselected_group_is_plain_adamw():
     for a, b in zip(ours, theirs, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
         assert "exp_avg_sens" not in opt.state[a]
+
+
+@pytest.mark.parametrize("info, impl", cases(impls="all"))
+def test_a_nan_gradient_gives_what_the_reference_gives(info, impl):
+    """NaN gradient entries in a SAGE tensor and in a plain one: every impl ends where the float64 reference ends,
+    entry by entry, NaN included (Adamax's infinity norm keeps a NaN, as torch.maximum, instead of recovering)."""
+    opt_input = next(x for x in OPTIM_INPUTS if x.unselected)
+    fast_params, ref_params = _make_params(), _make_params()
+    fast = info.optim_cls(opt_input.groups(fast_params), **opt_input.kwargs, impl=impl)
+    ref = info.reference_cls(opt_input.groups(ref_params), **opt_input.kwargs)
+    for t in range(1, 7):
+        grads = _grads(fast_params, t)
+        if t == 2:
+            grads[0][1, 1] = grads[3][0, 1, 0] = float("nan")  # parameter 3 is in the unselected group
+        for params in (fast_params, ref_params):
+            for p, gr in zip(params, grads, strict=True):
+                p.grad = None if gr is None else gr.clone()
+        fast.step()
+        ref.step()
+    for i, (p, q) in enumerate(zip(fast_params, ref_params, strict=True)):
+        torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12, equal_nan=True, msg=f"param {i}")
+        for key in info.state_keys if fast.state[p] else ():
+            if key in fast.state[p]:
+                torch.testing.assert_close(fast.state[p][key], ref.state[q][key], rtol=1e-10, atol=1e-14,
+                                           equal_nan=True, msg=f"{key} of param {i}")  # fmt: skip
+    assert fast.state[fast_params[0]][info.second_moment].isnan().sum() == 1  # the NaN entry only
+    assert fast_params[3].isnan().sum() == 1

@@ -139,6 +139,23 @@ def resolve_impl(impl: str, params: list[Tensor]) -> str:
     return impl
 
 
+def why_unavailable(impl: str, params: list[Tensor]) -> str | None:
+    """Why ``impl``, asked for by name, cannot update these tensors here, or None (``auto`` always can: it picks).
+    For a check at start-up, before the first update would fail: the kernel is missing, or the tensors are on a
+    device it does not run on (Triton: CUDA, or CPU under TRITON_INTERPRET; fused: CPU)."""
+    if impl == "auto":
+        return None
+    reason = IMPLS[impl].unavailable()
+    if reason is None and impl in ("triton", "fused"):
+        wrong = [p.device for p in params if p.is_cuda != (impl == "triton")]
+        if impl == "triton" and _fused_triton.interpreting():
+            wrong = []
+        if wrong:
+            runs_on = "CUDA tensors" if impl == "triton" else "CPU tensors"
+            reason = f"the {impl} kernel runs on {runs_on}, and the parameters are on {wrong[0]}"
+    return reason
+
+
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """SAGE arithmetic and state run in fp32 at least (eps^2 underflows in fp16)."""
     return torch.float32 if dtype in LOW_PRECISION else dtype

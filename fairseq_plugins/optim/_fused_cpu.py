@@ -120,7 +120,7 @@ inline void adamax_range(S* __restrict p, const S* __restrict g, C* __restrict m
     const C gi = Conv<S, C>::load(g, i), pi = Conv<S, C>::load(p, i);
     const C mi = m[i] + w1 * (gi - m[i]);
     const C decayed = b2 * u[i], ag = std::fabs(gi) + eps;
-    const C ui = decayed > ag ? decayed : ag;
+    const C ui = (decayed > ag || decayed != decayed) ? decayed : ag;  // a NaN stays NaN, as torch.maximum
     C upd = mi / (ui + eps) + wd * pi;
     if (SAGE) upd *= sage_multiplier(pi, gi, s[i], w3, cbc3, floor, alpha, one_minus_alpha);
     m[i] = mi;

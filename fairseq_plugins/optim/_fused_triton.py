@@ -104,7 +104,8 @@ def _sage_kernel(tensors, chunks, scalars, PARAM, GRAD, STATE, ADAMAX: tl.conste
             if ADAMAX:
                 decayed = b2 * v
                 grad_floor = tl.abs(g) + eps
-                v = tl.where(decayed > grad_floor, decayed, grad_floor)
+                # a NaN stays NaN (as torch.maximum): a comparison with NaN is false
+                v = tl.where((decayed > grad_floor) | (decayed != decayed), decayed, grad_floor)
                 if FP64:
                     update = m / (v + eps) + decay * p
                 else:
