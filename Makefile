@@ -5,7 +5,8 @@ STAMP := $(VENV)/.setup-done
 SETUP_INPUTS := constraints.txt requirements.txt pyproject.toml scripts/install/setup_env.sh \
 	sage_toolkit/install/patch_fairseq.py sage_toolkit/install/verify.py
 
-.PHONY: setup test test-quick lint format verify clean prepare-demo demo multi30k-study multi30k-redundancy
+.PHONY: setup test test-quick lint format verify clean prepare-demo demo multi30k-study multi30k-redundancy \
+	finetune-data finetune-base
 
 setup: $(STAMP)
 
@@ -68,6 +69,21 @@ multi30k-redundancy: multi30k-study
 	$(PY) scripts/analyze_redundancy.py --data-bin data-bin/multi30k.de-en.bpe --out $(STUDY_OUT)/redundancy \
 		--checkpoints $$($(PY) scripts/study.py $(STUDY) --out $(STUDY_OUT) --list-checkpoints) \
 		--batches 64 --max-len-a 1.2 --max-len-b 10 --cpu
+
+# The fine-tuning study (RESULTS.md, studies/finetune_de_en*.yaml): Tatoeba (general) and Multi30k (in-domain) De->En
+# with one vocabulary, then the base model: Adam on Tatoeba until the validation loss stops improving (about 3 hours
+# on one core), exported as fp16 weights whose sha256 the study's spec declares. The committed base is
+# results/finetune_de_en/base/checkpoint_base.pt; `make finetune-base` trains and exports one of your own.
+FINETUNE_DATA ?= data-bin/tatoeba_multi30k.de-en.bpe
+FINETUNE_BASE_RUN ?= runs/finetune_de_en/base
+finetune-data: $(STAMP)
+	$(PY) -m data_prep.domain_adaptation --dest $(FINETUNE_DATA) $(if $(MULTI30K_LOCAL),--multi30k-dir $(MULTI30K_LOCAL))
+
+finetune-base: finetune-data
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(VENV)/bin/fairseq-hydra-train --config-dir configs \
+		--config-name tatoeba_de_en_base_adam task.data=$(FINETUNE_DATA)/general \
+		checkpoint.save_dir=$(FINETUNE_BASE_RUN) common.log_format=json common.log_interval=100 common.seed=1
+	$(PY) -m sage_toolkit.study.base_model $(FINETUNE_BASE_RUN)/checkpoint_best.pt $(FINETUNE_BASE_RUN)/checkpoint_base.pt
 
 clean:
 	rm -rf $(VENV) build *.egg-info
