@@ -294,15 +294,21 @@ def test_a_recorded_study_resumes_from_its_record_alone(demo_bin, tmp_path, caps
     assert significance["comparisons"]["sage"]["seeds"] == [1, 2]
     tested = significance["comparisons"]["sage"]["subsets"]["test"]
     assert [pair["seed"] for pair in tested["pairs"]] == [1, 2]
-    for scores in [*tested["pairs"], tested["pooled"]]:
+    for scores in [*tested["pairs"], tested["pooled"], tested["two_level"]]:
         for metric in ("BLEU", "chrF"):
             m = scores[metric]
             assert 0 < m["p_value"] <= 1 and m["difference"] == pytest.approx(m["sage"] - m["adam"])
+    for name in ("adam", "sage"):  # the two-level test's scores: the mean of the seeds' test scores
+        per_seed = [
+            s["test"]["test"][f"{summary['results'][name]['lenpen']:g}"] for s in summary["results"][name]["seeds"]
+        ]
+        assert tested["two_level"]["BLEU"][name] == pytest.approx(sum(c["sacrebleu"] for c in per_seed) / 2, abs=1e-6)
+    assert tested["two_level"]["BLEU"]["signature"].startswith("two-level-bs:1000|pairs:2|seed:12345|")
     table = (out / "study.md").read_text()
     assert (
         "## Test, last checkpoint, tuned length penalty" in table and "## Paired bootstrap (sage against adam" in table
     )
-    assert "| tatoeba-test | pooled 1,2 |" in table
+    assert "| tatoeba-test | pooled 1,2 |" in table and "| tatoeba-test | two-level 1,2 |" in table
     merged = json.loads((out / "redundancy" / "redundancy.json").read_text())
     assert list(merged["models"]) == ["adam/lr1/seed1", "adam/lr1/seed2", "sage/ok/seed1", "sage/ok/seed2"]
     assert merged["models"]["adam/lr1/seed1"] == analysed["models"]["adam/lr1/seed1"]
@@ -325,6 +331,27 @@ def test_a_recorded_study_resumes_from_its_record_alone(demo_bin, tmp_path, caps
     assert again == summary
     assert json.loads((out / "redundancy" / "redundancy.json").read_text()) == merged
     assert json.loads((out / "token_loss" / "token_loss.json").read_text())["models"] == losses["models"]
+
+    # --retest: a study.json written before the two-level test gets it from the record's hypotheses, study.md with it
+    table = (out / "study.md").read_text()
+    older = json.loads((out / "study.json").read_text())
+    del older["significance"]["two_level_test"], older["significance"]["comparisons"]["sage"]["subsets"]["test"][
+        "two_level"
+    ]  # fmt: skip
+    (out / "study.json").write_text(json.dumps(older, indent=1))
+    (out / "study.md").write_text(report(load_spec(spec_file), older["results"], older["significance"]))
+    assert "two-level" not in (out / "study.md").read_text()
+    assert study.main([str(spec_file), "--out", str(out), "--retest"]) == summary
+    assert (out / "study.md").read_text() == table and json.loads((out / "study.json").read_text()) == summary
+    # a study.json whose tests the record's hypotheses do not give is refused, and nothing is written
+    older["significance"]["comparisons"]["sage"]["subsets"]["test"]["pooled"]["BLEU"]["p_value"] = 0.5
+    (out / "study.json").write_text(json.dumps(older, indent=1))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        study.main([str(spec_file), "--out", str(out), "--retest"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 1 and "significance.comparisons.sage.subsets.test.pooled.BLEU.p_value is 0.5" in err
+    assert json.loads((out / "study.json").read_text()) == older and (out / "study.md").read_text() == table
 
 
 COMMITTED = ROOT / "results" / "multi30k_de_en"
@@ -357,12 +384,31 @@ def test_the_committed_study_md_regenerates_byte_for_byte_from_study_json():
     assert list(loaded.items()) == list(summary["spec"].items())
 
 
+def two_level_is_the_seeds_mean(summary: dict) -> None:
+    """Every two-level test in study.json scores each optimizer by the mean of its seeds' test sacreBLEU and chrF
+    (the test table's means): it was computed on the hypotheses the study scored."""
+    significance = summary["significance"]
+    assert significance["two_level_test"].startswith("two-level paired bootstrap (1000 resamples, seed 12345)")
+    for system, comparison in significance["comparisons"].items():
+        for subset, tested in comparison["subsets"].items():
+            for name in (significance["baseline"], system):
+                result = summary["results"][name]
+                cells = [s["test"][subset][f"{result['lenpen']:g}"] for s in result["seeds"]]
+                for metric, key in (("BLEU", "sacrebleu"), ("chrF", "chrf")):
+                    mean = sum(c[key] for c in cells) / len(cells)
+                    assert tested["two_level"][metric][name] == pytest.approx(mean, abs=1e-6), (system, subset)
+
+
 def test_the_committed_converged_study_md_regenerates_from_study_json():
     """results/multi30k_de_en_converged_final/study_final/study.md (the converged study's test step) is report() of
-    the study.json beside it, paired bootstrap included, and names the length penalty both chose at the sweep's top."""
+    the study.json beside it, paired bootstrap included, and names the length penalty both chose at the sweep's top;
+    the two-level test over the 5 seed pairs is there beside the pooled one, and as significant (p <= 0.002)."""
     summary, text = regenerated_study_md(ROOT / "results" / "multi30k_de_en_converged_final" / "study_final")
     assert "adam 1.6 (the highest); sage 1.6 (the highest)." in text
     assert [r["seed"] for r in summary["results"]["sage"]["seeds"]] == [1, 2, 3, 4, 5]
+    two_level_is_the_seeds_mean(summary)
+    assert "| test2016 | two-level 1,2,3,4,5 | 40.56 | 39.83 | -0.73 | 0.002 |" in text
+    assert "| test2017 | two-level 1,2,3,4,5 | 36.86 | 35.40 | -1.46 | 0.001 |" in text
 
 
 def test_the_committed_ablation_study_md_regenerates_from_study_json():
@@ -373,6 +419,8 @@ def test_the_committed_ablation_study_md_regenerates_from_study_json():
     assert all([r["seed"] for r in v["seeds"]] == [1, 2] for v in summary["results"].values())
     assert sorted(summary["significance"]["comparisons"]) == sorted(list(summary["results"])[1:])
     assert "## Paired bootstrap (sage_no_embed against sage" in text
+    two_level_is_the_seeds_mean(summary)
+    assert text.count("| two-level 1,2 |") == 10
 
 
 def test_the_committed_study_plots_render_from_study_json(tmp_path):
@@ -414,6 +462,16 @@ def test_more_than_two_optimizers_are_each_compared_with_the_first():
     assert "## Paired bootstrap (sage against adam, last checkpoint" in text
     assert "## Paired bootstrap (sage_variant against adam" in text
     assert "| test2016 | 1 | 30.00 | 31.00 | +1.00 | 0.200 |" in text and "| test2016 | pooled 1 |" in text
+
+
+def test_hypotheses_missing_from_a_run_without_a_record_are_named(tmp_path):
+    """The paired tests read each run's hypotheses: a run folder without them (and no record) is a ToolkitError that
+    names the file, not a bare FileNotFoundError."""
+    for name in ("dict.de.txt", "test.de-en.de.idx", "test.de-en.en.idx"):
+        (tmp_path / name).write_text("")
+    study_ = Study(load_spec(write_spec(tmp_path / "spec.yaml", tmp_path)), tmp_path / "out", jobs=1, cpu=True)
+    with pytest.raises(ToolkitError, match=r"run adam/lr1/seed1: no hypotheses .*eval\.test\.lp1\.hyp\.en \(and no"):
+        study_.hypotheses(study_.run("adam", "lr1", 1), "test", 1.0, "last")
 
 
 def test_a_record_of_a_run_trained_otherwise_is_refused_not_reused(tmp_path):

@@ -98,6 +98,8 @@ def test_the_budget_command_reads_the_committed_record(tmp_path, capsys):
         (["--grid", "--jobs", "2"], "--jobs: --grid trains and translates nothing"),
         (["--budget", "adam/lr2e-3", "--gpu"], "--gpu: --budget trains and translates nothing"),
         (["--list-checkpoints", "--jobs", "1"], "--jobs: --list-checkpoints trains and translates nothing"),
+        (["--retest", "--gpu"], "--gpu: --retest trains and translates nothing"),
+        (["--retest", "--grid"], "not allowed with argument"),
         (["--only", "adam/lr2e-3", "--jobs", "0"], "--jobs must be >= 1, got 0"),
     ],
 )

@@ -17,7 +17,9 @@ grid stops the study (exit 1), a grid run that fails is recorded in its failed.j
 same command at every sitting); ``--budget RUN ...`` prints how fast those runs' validation loss still falls and the
 budget at which it would fall by at most ``--max-fall`` per 1,000 updates (:mod:`sage_toolkit.study.budget`);
 ``--grid`` prints each grid as far as it is done, its winner so far and whether the winner is at an edge of the grid,
-where the protocol extends the grid before the seeds (:mod:`sage_toolkit.study.grid`).
+where the protocol extends the grid before the seeds (:mod:`sage_toolkit.study.grid`); ``--retest`` recomputes a
+finished study's paired tests from its runs' hypotheses into its study.json and study.md (a study.json written before
+a test was added gets it).
 
 The protocol step by step, the spec's keys and the outputs: sage_toolkit.study (protocol, spec, report), over
 sage_toolkit.runner.
@@ -32,7 +34,7 @@ from sage_toolkit.errors import ToolkitError, run_command
 from sage_toolkit.study.budget import budget, fit_decay, measured_fall
 from sage_toolkit.study.generalization import excess
 from sage_toolkit.study.grid import describe_edges, edges, winner
-from sage_toolkit.study.protocol import Study, run_only, run_study
+from sage_toolkit.study.protocol import Study, retest, run_only, run_study
 from sage_toolkit.study.report import list_checkpoints
 from sage_toolkit.study.spec import load_spec
 
@@ -75,6 +77,14 @@ def main(argv: list[str] | None = None) -> dict:
         "(sage_toolkit.study.grid); trains nothing",
     )
     mode.add_argument(
+        "--retest",
+        action="store_true",
+        help="recompute the paired tests (sacreBLEU's paired bootstrap per seed pair and pooled, the two-level "
+        "bootstrap over the seed pairs) of the finished study whose study.json is in --out, from its runs' hypotheses "
+        "(the record's), and rewrite study.json's significance and study.md from it; the tests study.json holds must "
+        "come out the same; trains and translates nothing",
+    )
+    mode.add_argument(
         "--list-checkpoints",
         action="store_true",
         help="print OPTIMIZER/seedN=PATH of the finished study's final checkpoints (for analyze_redundancy.py)",
@@ -84,7 +94,7 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
     if args.max_fall is not None and not args.budget:
         parser.error("--max-fall is --budget's threshold: give it with --budget")
-    reading = next((f"--{m}" for m in ("budget", "grid", "list_checkpoints") if getattr(args, m)), None)
+    reading = next((f"--{m}" for m in ("budget", "grid", "retest", "list_checkpoints") if getattr(args, m)), None)
     given = [flag for flag, value in (("--jobs", args.jobs is not None), ("--gpu", not args.cpu)) if value]
     if reading and given:  # these only read what is recorded: an option for trainings would be ignored
         parser.error(f"{given[0]}: {reading.replace('_', '-')} trains and translates nothing")
@@ -118,6 +128,8 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(str(e))
     if args.only:
         return run_command("study", lambda: run_only(study, args.only))
+    if args.retest:
+        return run_command("study", lambda: retest(study))
     return run_command("study", lambda: run_study(study))
 
 

@@ -11,7 +11,8 @@
    (with ``average_last``, the last checkpoint as well, reported beside the average).
 5. Significance: every optimizer after the first against the first, sacreBLEU's paired bootstrap on each test subset,
    each optimizer at its chosen length penalty, for every seed both have (seed s against seed s) and for the pooled
-   seeds (:mod:`sage_toolkit.significance`).
+   seeds, and the two-level bootstrap over the seed pairs, which resamples the seeds too
+   (:mod:`sage_toolkit.significance`).
 
 With a ``record`` folder, every run is evaluated on everything steps 1-4 can ask of it (every subset x length penalty x
 checkpoint, and with ``redundancy``/``token_loss`` those analyses of its final model) as soon as it is trained, and its
@@ -140,7 +141,10 @@ class Study:
         record = self.recorded(run)
         if record is not None:
             return record.hypotheses(name, tgt)
-        return (run.dir / f"{Path(name).stem}.hyp.{tgt}").read_text(encoding="utf-8").splitlines()
+        path = run.dir / f"{Path(name).stem}.hyp.{tgt}"
+        if not path.is_file():
+            raise ToolkitError(f"run {run.name}: no hypotheses {path} (and no record of the run that keeps them)")
+        return path.read_text(encoding="utf-8").splitlines()
 
     # -- units of work (each runs in the pool) ------------------------------------------------------------------
 
@@ -516,6 +520,7 @@ class Study:
         return {
             "test": "sacreBLEU paired bootstrap (1000 resamples, seed 12345), each optimizer against "
             f"{baseline}, each at its chosen length penalty",
+            "two_level_test": TWO_LEVEL_TEST,
             "baseline": baseline,
             "model": self.primary,
             "comparisons": comparisons,
@@ -557,22 +562,33 @@ class Study:
         return results
 
 
+TWO_LEVEL_TEST = (
+    "two-level paired bootstrap (1000 resamples, seed 12345): the seed pairs with replacement, then the test "
+    "sentences with replacement within each drawn pair; statistic: the mean over the drawn pairs of the pair's corpus "
+    "score difference; p: sacreBLEU's convention"
+)
+
+
 def paired_tests(
     baseline: str, system: str, hyps: dict[str, list[list[str]]], references: list[str], lowercase: bool, seeds: list
 ) -> dict:
     """The paired bootstrap of ``system`` against ``baseline`` for each seed pair (``hyps[name][i]``: seed
-    ``seeds[i]``'s hypotheses) and for the pooled seeds: {"pairs": [...], "pooled": {...}}, each {metric: scores}."""
-    from sage_toolkit.significance import paired_bootstrap, pooled
+    ``seeds[i]``'s hypotheses) and for the pooled seeds, and the two-level bootstrap over the seed pairs:
+    {"pairs": [...], "pooled": {...}, "two_level": {...}}, each {metric: scores}."""
+    from sage_toolkit.significance import paired_bootstrap, pooled, two_level_bootstrap
+
+    def scores(results: dict) -> dict:
+        return {m: {baseline: r.baseline, system: r.system, "difference": r.difference, "p_value": r.p_value,
+                    "signature": r.signature} for m, r in results.items()}  # fmt: skip
 
     def test(base_hyps: list[str], sys_hyps: list[str], refs: list[str]) -> dict:
-        scores = paired_bootstrap(base_hyps, sys_hyps, refs, lowercase=lowercase)
-        return {m: {baseline: r.baseline, system: r.system, "difference": r.difference, "p_value": r.p_value,
-                    "signature": r.signature} for m, r in scores.items()}  # fmt: skip
+        return scores(paired_bootstrap(base_hyps, sys_hyps, refs, lowercase=lowercase))
 
     pairs = [{"seed": seed, **test(hyps[baseline][i], hyps[system][i], references)} for i, seed in enumerate(seeds)]
     pooled_base, pooled_refs = pooled(hyps[baseline], references)
     pooled_sys, _ = pooled(hyps[system], references)
-    return {"pairs": pairs, "pooled": test(pooled_base, pooled_sys, pooled_refs)}
+    two_level = two_level_bootstrap(hyps[baseline], hyps[system], references, lowercase=lowercase)
+    return {"pairs": pairs, "pooled": test(pooled_base, pooled_sys, pooled_refs), "two_level": scores(two_level)}
 
 
 def data_bin(path: str, key: str) -> Path:
@@ -635,6 +651,57 @@ def run_study(study: Study, prog: str = "study") -> dict:
     say("\n" + text)
     say(f"wrote {out / 'study.md'}, {out / 'study.json'}, learning_curves.png, grid_curves.png, lenpen.png")
     return summary
+
+
+def retest(study: Study) -> dict:
+    """Step 5 again on a finished study, its study.json in ``study.out``: the paired tests recomputed from the runs'
+    hypotheses (the record's), study.json rewritten with them (its results unchanged) and study.md regenerated from
+    it; plots and analyses untouched. The tests study.json already holds must come out the same (within 1e-6), or
+    nothing is written: a study.json made from other hypotheses, or by another sacreBLEU, is refused, not mixed
+    with new tests. The summary; ToolkitError naming what is missing or different."""
+    out, spec = study.out, study.spec
+    path = out / "study.json"
+    if not path.is_file():
+        raise ToolkitError(f"--retest: no study.json in {out}: run the study first, or give --out its folder")
+    summary = json.loads(path.read_text())
+    if summary.get("spec") != json.loads(json.dumps(spec.as_read)):
+        raise ToolkitError(f"--retest: {path} records another spec ({summary.get('spec_file')}) than {spec.source}")
+    # no runner session: nothing is started, each file is written whole, and its lock file would be left in the
+    # committed folders this is run on
+    significance = study.significance(summary["results"])
+    _check_same_tests(path, summary.get("significance") or {}, significance)
+    summary["significance"] = significance
+    text = report(spec, summary["results"], significance)
+    write_atomic(path, json.dumps(summary, indent=1))
+    write_atomic(out / "study.md", text)
+    say("\n" + text)
+    say(f"wrote {path} and {out / 'study.md'} (the paired tests recomputed from the runs' hypotheses)")
+    return summary
+
+
+def _check_same_tests(path: Path, stored: dict, recomputed: dict) -> None:
+    """ToolkitError unless every test ``stored`` holds (study.json's) has the value ``recomputed`` gives it."""
+    import math
+
+    def compare(where: str, old, new) -> None:
+        if isinstance(old, dict) and isinstance(new, dict) and old.keys() <= new.keys():
+            for key in old:
+                compare(f"{where}.{key}", old[key], new[key])
+        elif isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+            for i, (a, b) in enumerate(zip(old, new, strict=True)):
+                compare(f"{where}[{i}]", a, b)
+        elif isinstance(old, float) and isinstance(new, float):
+            if not math.isclose(old, new, rel_tol=0, abs_tol=1e-6):
+                raise ToolkitError(
+                    f"--retest: {path}: {where} is {old!r} there but {new!r} from the record's hypotheses; study.json "
+                    "was made from other hypotheses or another sacreBLEU: nothing written"
+                )
+        elif old != new:
+            raise ToolkitError(
+                f"--retest: {path}: {where} is {old!r} there but {new!r} from the record's hypotheses: nothing written"
+            )
+
+    compare("significance", stored, recomputed)
 
 
 def write_redundancy(out: Path, analysis: dict) -> None:

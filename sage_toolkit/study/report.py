@@ -280,10 +280,11 @@ def _generalization(results: dict) -> list[str]:
 
 
 def _significance(spec: StudySpec, significance: dict) -> list[str]:
-    """The paired bootstrap tables: per optimizer against the baseline, per test subset, every seed pair and the
-    pooled seeds."""
+    """The paired bootstrap tables: per optimizer against the baseline, per test subset, every seed pair, the pooled
+    seeds and (in a study.json that has it) the two-level bootstrap over the seed pairs."""
     base = significance["baseline"]
     lines = []
+    two_level = None  # a two-level test's scores, for its signature below
     for system, comparison in significance["comparisons"].items():
         lines += [
             "",
@@ -293,7 +294,11 @@ def _significance(spec: StudySpec, significance: dict) -> list[str]:
                   f"{system} chrF | difference | p |", "|" + "---|" * 10]  # fmt: skip
         for subset, tested in comparison["subsets"].items():
             rows = [(str(pair["seed"]), pair) for pair in tested["pairs"]]
-            rows.append(("pooled " + ",".join(str(s) for s in comparison["seeds"]), tested["pooled"]))
+            seeds = ",".join(str(s) for s in comparison["seeds"])
+            rows.append(("pooled " + seeds, tested["pooled"]))
+            if "two_level" in tested:
+                rows.append(("two-level " + seeds, tested["two_level"]))
+                two_level = tested["two_level"]
             for label, scores in rows:
                 cells = []
                 for metric in ("BLEU", "chrF"):
@@ -304,10 +309,20 @@ def _significance(spec: StudySpec, significance: dict) -> list[str]:
     lines += [
         "",
         "sacreBLEU's paired bootstrap (Koehn 2004), 1,000 resamples of the test sentences (pooled: of the (seed, "
-        "sentence) items, every seed's output against the references); p: the fraction of resamples whose centred "
-        "difference is at least the observed one (+1 correction).",
+        "sentence) items, every seed's output against the references); p: the fraction of resamples whose absolute "
+        "difference, minus the mean of those, is greater than the observed absolute difference (+1 correction).",
     ]
+    if two_level is not None:
+        lines += [
+            "Two-level: the seed is resampled too (the pooled test treats the seeds' copies of a sentence as "
+            "independent, so the variation between training runs never enters it): 1,000 resamples, each drawing "
+            "the seed pairs with replacement, then the test sentences with replacement within each drawn pair; its "
+            "scores: the mean over the seed pairs of each run's corpus score; p as above, on the mean over the drawn "
+            "pairs of each pair's difference (sage_toolkit/significance.py)."
+        ]
     lines += [f"{metric} test signature: `{pooled[metric]['signature']}`" for metric in ("BLEU", "chrF")]
+    if two_level is not None:
+        lines += [f"{metric} two-level signature: `{two_level[metric]['signature']}`" for metric in ("BLEU", "chrF")]
     return lines
 
 
