@@ -671,7 +671,7 @@ def retest(study: Study) -> dict:
     significance = study.significance(summary["results"])
     _check_same_tests(path, summary.get("significance") or {}, significance)
     summary["significance"] = significance
-    text = report(spec, summary["results"], significance)
+    text = report(spec, summary["results"], significance, summary.get("base"))
     write_atomic(path, json.dumps(summary, indent=1))
     write_atomic(out / "study.md", text)
     say("\n" + text)
