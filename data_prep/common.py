@@ -9,8 +9,10 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import gzip
+import http.client
 import json
 import os
+import re
 import shutil
 import tarfile
 import time
@@ -18,6 +20,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -199,6 +202,82 @@ def write_manifest(folder: Path, settings: dict, info: dict) -> None:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class FileKind:
+    """What a downloaded file must be: a description for messages, and a test of the file's first bytes."""
+
+    description: str
+    matches: Callable[[Path], bool]
+
+
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def _starts_with_gzip_magic(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(len(GZIP_MAGIC)) == GZIP_MAGIC
+
+
+def _is_tar_gz(path: Path) -> bool:
+    """gzip data that starts with a valid tar header (tarfile checks the first member's header and checksum)."""
+    if not _starts_with_gzip_magic(path):
+        return False
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            return tar.next() is not None
+    except (tarfile.TarError, OSError, EOFError):
+        return False
+
+
+GZIP = FileKind("a gzip file", _starts_with_gzip_magic)
+TAR_GZ = FileKind("a gzip-compressed tar archive", _is_tar_gz)
+
+_HTML_TITLE = re.compile(rb"<title[^>]*>(.*?)</title", re.IGNORECASE | re.DOTALL)
+_MAGIC_KINDS = (  # (prefix, what a file starting with it is), for messages only
+    (GZIP_MAGIC, "a gzip file"),
+    (b"PK\x03\x04", "a zip archive"),
+    (b"BZh", "a bzip2 file"),
+    (b"\xfd7zXZ\x00", "an xz file"),
+)
+
+
+def describe_file(path: Path) -> str:
+    """What ``path`` looks like from its first bytes ("an HTML page titled '...'", "a zip archive", ...): said in the
+    error when it is not what was expected."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    if not head:
+        return "an empty file"
+    start = head.lstrip().lower()
+    if start.startswith((b"<!doctype html", b"<html")) or b"<html" in start[:1024]:
+        title = _HTML_TITLE.search(head)
+        if title:
+            text = " ".join(title.group(1).decode("utf-8", "replace").split())
+            return f"an HTML page titled {text!r}"
+        return "an HTML page"
+    for magic, what in _MAGIC_KINDS:
+        if head.startswith(magic):
+            return what
+    if head[257:262] == b"ustar":
+        return "an uncompressed tar archive"
+    if b"\0" not in head:
+        try:
+            head[:-4].decode("utf-8")  # the last bytes may cut a multi-byte character
+            return "a text file"
+        except UnicodeDecodeError:
+            pass
+    return "binary data of an unknown kind"
+
+
+def wrong_kind(path: Path, kind: FileKind) -> str | None:
+    """None when ``path`` is ``kind``; else what it is instead, with its first bytes (for the error message)."""
+    if kind.matches(path):
+        return None
+    with open(path, "rb") as f:
+        head = f.read(48)
+    return f"{describe_file(path)}, not {kind.description}: first bytes {head!r}"
+
+
 class _FormParser(HTMLParser):
     """Collects the action and hidden inputs of the first form (Google Drive's "download anyway" page)."""
 
@@ -215,15 +294,37 @@ class _FormParser(HTMLParser):
             self.fields[a["name"]] = a.get("value") or ""
 
 
-def download(url: str, dest: Path, log: Callable[[str], None] = print) -> Path:
-    """Download ``url`` to ``dest`` (via ``dest.part`` and a rename); an existing ``dest`` is reused.
+def _form_target(page_url: str, page: str) -> str:
+    """The URL that submitting the page's first form (GET, its hidden fields) requests, as a browser builds it: the
+    action resolved against the page's URL, its query replaced by the fields."""
+    form = _FormParser()
+    form.feed(page)
+    if not form.action:
+        raise DataPrepError(f"{page_url} returned a web page instead of the file")
+    target = urllib.parse.urlsplit(urllib.parse.urljoin(page_url, form.action))
+    if target.scheme not in ("http", "https"):
+        raise DataPrepError(
+            f"{page_url} returned a web page whose download form points to {form.action!r}, not to a web address"
+        )
+    return urllib.parse.urlunsplit(target._replace(query=urllib.parse.urlencode(form.fields), fragment=""))
 
+
+def download(url: str, dest: Path, kind: FileKind, log: Callable[[str], None] = print) -> Path:
+    """Download ``url`` to ``dest`` (via ``dest.part`` and a rename); it must be ``kind`` (e.g. :data:`TAR_GZ`).
+
+    The download is checked by its first bytes as soon as it has arrived: anything else (an HTML page from a proxy,
+    a login or Google Drive's warning) is deleted and the error says what it was. An existing ``dest`` (an earlier
+    run's download) is reused only if it passes the same check; otherwise it is deleted and downloaded again.
     Google Drive answers large files with an HTML "can't scan for viruses" page; its form is followed once.
     """
     dest = Path(dest)
-    if dest.is_file() and dest.stat().st_size > 0:
-        log(f"using the earlier download {dest}")
-        return dest
+    if dest.is_file():
+        problem = wrong_kind(dest, kind)
+        if problem is None:
+            log(f"using the earlier download {dest}")
+            return dest
+        log(f"the earlier download {dest} is {problem}; deleting it and downloading again")
+        dest.unlink()
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     log(f"downloading {url} -> {dest}")
@@ -233,18 +334,13 @@ def download(url: str, dest: Path, log: Callable[[str], None] = print) -> Path:
             with urllib.request.urlopen(req, timeout=60) as resp, open(part, "wb") as out:
                 ctype = resp.headers.get("Content-Type", "")
                 if "text/html" in ctype and "drive" in url:
-                    page = resp.read().decode("utf-8", "replace")
-                    form = _FormParser()
-                    form.feed(page)
-                    if not form.action:
-                        raise DataPrepError(f"{url} returned a web page instead of the file")
-                    url = form.action + "?" + urllib.parse.urlencode(form.fields)
+                    url = _form_target(resp.geturl(), resp.read().decode("utf-8", "replace"))
                     continue
                 shutil.copyfileobj(resp, out, length=1 << 20)
                 break
         else:
             raise DataPrepError(f"{url} kept returning a web page instead of the file")
-    except (urllib.error.URLError, OSError) as e:
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
         part.unlink(missing_ok=True)
         raise DataPrepError(
             f"download of {url} failed ({e}); download it yourself and pass the folder with --local-dir"
@@ -252,9 +348,12 @@ def download(url: str, dest: Path, log: Callable[[str], None] = print) -> Path:
     except BaseException:
         part.unlink(missing_ok=True)
         raise
-    if part.stat().st_size == 0:
+    problem = wrong_kind(part, kind)
+    if problem is not None:
         part.unlink()
-        raise DataPrepError(f"download of {url} gave an empty file")
+        raise DataPrepError(
+            f"download of {url} gave {problem} (deleted); download it yourself and pass the folder with --local-dir"
+        )
     os.replace(part, dest)
     return dest
 
@@ -266,7 +365,8 @@ def extract_tar(archive: Path, into: Path) -> Path:
         with tarfile.open(archive) as tar:
             tar.extractall(into, filter="data")
     except (tarfile.TarError, OSError, EOFError) as e:
-        raise DataPrepError(f"cannot extract {archive}: {e}") from e
+        what = f" ({describe_file(archive)})" if archive.is_file() else ""
+        raise DataPrepError(f"cannot extract {archive}{what}: {e}") from e
     return into
 
 

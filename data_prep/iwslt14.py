@@ -27,6 +27,7 @@ from pathlib import Path
 from . import text as T
 from .build import Split, add_output_args, add_segmentation_args, build, check_sizes
 from .common import (
+    TAR_GZ,
     DataPrepError,
     check_lang_pair,
     check_same_length,
@@ -104,7 +105,7 @@ def locate(args, scratch: Path) -> tuple[dict[str, Path], str]:
     errors = []
     for url in URLS:
         try:
-            archive = download(url, args.download_dir / "de-en.tgz")
+            archive = download(url, args.download_dir / "de-en.tgz", TAR_GZ)
             return find_inputs(extract_tar(archive, scratch), args.src, args.tgt), url
         except DataPrepError as e:
             errors.append(str(e))

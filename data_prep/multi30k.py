@@ -20,7 +20,7 @@ from pathlib import Path
 
 from . import text as T
 from .build import Split, add_output_args, add_segmentation_args, build, check_sizes
-from .common import DataPrepError, check_lang_pair, cli_main, download, find_file, is_complete, read_parallel
+from .common import GZIP, DataPrepError, check_lang_pair, cli_main, download, find_file, is_complete, read_parallel
 
 NAME = "multi30k"
 LOWERCASED = True  # BPE preparations: the dataset's task1-tokenize.sh lowercases
@@ -67,7 +67,7 @@ def locate(args) -> dict[str, Path]:
         for name, _, _ in SPLITS:
             for lang in (args.src, args.tgt):
                 fname = f"{name}.{lang}"
-                files[fname] = download(URL.format(name=fname), args.download_dir / f"{fname}.gz")
+                files[fname] = download(URL.format(name=fname), args.download_dir / f"{fname}.gz", GZIP)
     return files
 
 

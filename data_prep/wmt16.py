@@ -25,6 +25,7 @@ from pathlib import Path
 from . import text as T
 from .build import Split, add_output_args, add_segmentation_args, build, check_sizes
 from .common import (
+    TAR_GZ,
     DataPrepError,
     check_lang_pair,
     cli_main,
@@ -120,7 +121,7 @@ def main(argv=None) -> int:
         if args.local_dir is not None:
             folder, origin = _folder_with_files(args.local_dir, Path(scratch))
         else:
-            archive = download(URL, args.download_dir / ARCHIVE)
+            archive = download(URL, args.download_dir / ARCHIVE, TAR_GZ)
             folder, origin = extract_tar(archive, Path(scratch)), URL
         splits = read_splits(folder, args.src, args.tgt, args.segmentation)
         codes = folder / "bpe.32000"

@@ -46,3 +46,26 @@ def run_torchrun(nproc: int, args: list, timeout: int = 600) -> subprocess.Compl
     if proc.returncode != 0:
         raise AssertionError(f"torchrun fairseq-train failed ({proc.returncode}):\n{proc.stderr[-6000:]}")
     return proc
+
+
+def data_bin_variant(data_bin: Path, dest: Path, *, empty_split: str | None = None, extra_entries: int = 0) -> Path:
+    """A copy of ``data_bin`` (its files and folders linked) in which ``empty_split`` has no sentences, as
+    fairseq-preprocess writes an empty text file (a ``.bin`` of 0 bytes, an index of none), and each dictionary has
+    ``extra_entries`` more entries: a data-bin other than the one a checkpoint was trained on."""
+    dest.mkdir(parents=True)
+    for path in Path(data_bin).iterdir():
+        (dest / path.name).symlink_to(path.resolve())
+    if empty_split is not None:
+        from fairseq.data import indexed_dataset
+
+        for index in Path(data_bin).glob(f"{empty_split}.*.idx"):
+            stem = index.name[: -len(".idx")]
+            for suffix in (".bin", ".idx"):
+                (dest / f"{stem}{suffix}").unlink()
+            builder = indexed_dataset.make_builder(str(dest / f"{stem}.bin"), impl="mmap", vocab_size=1000)
+            builder.finalize(str(dest / f"{stem}.idx"))
+    for dictionary in Path(data_bin).glob("dict.*.txt") if extra_entries else ():
+        (dest / dictionary.name).unlink()
+        extra = "".join(f"extra{i} 1\n" for i in range(extra_entries))
+        (dest / dictionary.name).write_text(dictionary.read_text() + extra)
+    return dest

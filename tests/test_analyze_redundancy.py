@@ -23,7 +23,7 @@ from sage_toolkit.redundancy import model as redundancy_model
 from sage_toolkit.redundancy import pruning, scoring, sensitivity, summary
 from sage_toolkit.redundancy.options import RedundancyOptions
 from sage_toolkit.stats import format_difference
-from tests.fairseq_utils import ROOT, cpu_env, run_cli, threads, train_args
+from tests.fairseq_utils import ROOT, cpu_env, data_bin_variant, run_cli, threads, train_args
 
 pytestmark = pytest.mark.slow
 
@@ -260,6 +260,20 @@ def test_errors(analysed, tiny_data_bin, tmp_path, capsys):
         assert "[0, 1)" in err
     assert "--batches must be positive" in fails("--data-bin", tiny_data_bin, "--checkpoints", f"a={ckpt}",
                                                  "--batches", "0", *base)  # fmt: skip
+    # what fairseq would stop on with "cannot mmap an empty file" or a size-mismatch traceback
+    empty = data_bin_variant(tiny_data_bin, tmp_path / "empty", empty_split="valid")
+    err = fails("--data-bin", empty, "--checkpoints", f"a={ckpt}", *base)
+    assert (
+        f"{empty / 'valid.src-tgt.src.bin'} is empty: the 'valid' split of {empty} (--subset) has no sentences" in err
+    )
+    other = data_bin_variant(tiny_data_bin, tmp_path / "other", extra_entries=8)
+    err = fails("--data-bin", other, "--checkpoints", f"a={ckpt}", *base)
+    n = len((tiny_data_bin / "dict.src.txt").read_text().splitlines()) + 4  # and fairseq's 4 special symbols
+    assert (
+        f"{ckpt} was trained with a dictionary of {n} entries for its encoder, but {other / 'dict.src.txt'} has {n + 8}"
+        in err
+    )
+    assert "Traceback" not in err
     assert not (tmp_path / "o").exists()
 
 

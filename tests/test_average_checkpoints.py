@@ -3,6 +3,7 @@ the last N checkpoints, errors."""
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import torch
 from sage_toolkit.errors import ToolkitError
 from sage_toolkit.evaluation import checkpoints as avg
 from sage_toolkit.evaluation import commands
+from tests.fairseq_utils import run_cli, train_args
 
 
 def run_main(argv) -> int:
@@ -102,3 +104,79 @@ def test_errors_name_the_problem(tmp_path, capsys):
     rc = run_main(["--inputs", str(tmp_path / "garbage.pt"), "--output", str(tmp_path / "x.pt")])
     assert rc == 1 and f"cannot read checkpoint {tmp_path / 'garbage.pt'}" in capsys.readouterr().err
     assert not (tmp_path / "x.pt").exists()
+
+
+def with_model_config(path: Path, seed: int, where: str = "cfg", **options) -> Path:
+    """A fake checkpoint whose configuration records a fairseq transformer's model options, as fairseq 0.12.2 does
+    (``cfg['model']``, a namespace of the run's options) or an older fairseq (``args``)."""
+    config = argparse.Namespace(
+        arch="transformer", _name="transformer", encoder_attention_heads=2, decoder_attention_heads=2,
+        activation_fn="relu", dropout=0.1, lr=[5e-3], seed=seed, save_dir=str(path.parent), max_update=100,
+    )  # fmt: skip
+    vars(config).update(options)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    extra = {"cfg": {"model": config, "common": {"seed": seed}}} if where == "cfg" else {"cfg": None, "args": config}
+    fake_checkpoint(path, seed, **extra)
+    return path
+
+
+@pytest.mark.parametrize("where", ["cfg", "args"])
+def test_only_the_options_that_define_the_model_must_agree(where, tmp_path, capsys):
+    """Another run of the same model (other seed, learning rate, save dir, number of updates, dropout) is averaged;
+    an option of the model class that changes its function (fairseq's registry says which options are the model's)
+    is refused, naming both files and the option's two values."""
+    a = with_model_config(tmp_path / "a" / "checkpoint1.pt", 1, where)
+    b = with_model_config(tmp_path / "b" / "checkpoint2.pt", 2, where, lr=[1e-3], max_update=50, dropout=0.3)
+    assert run_main(["--inputs", a, b, "--output", tmp_path / "avg.pt"]) == 0, capsys.readouterr().err
+    c = with_model_config(tmp_path / "c" / "checkpoint3.pt", 3, where, activation_fn="gelu")
+    assert run_main(["--inputs", a, b, c, "--output", tmp_path / "avg2.pt"]) == 1
+    err = capsys.readouterr().err
+    assert f"checkpoints of different models cannot be averaged: {a} has activation_fn='relu'; {c} has " in err, err
+    assert not (tmp_path / "avg2.pt").exists()
+    d = with_model_config(tmp_path / "d" / "checkpoint4.pt", 4, where, arch="lstm", _name="lstm")
+    with pytest.raises(ToolkitError, match=f"{a} has arch='transformer'; {d} has arch='lstm'"):
+        avg.average_checkpoints([a, d])
+    # transformer_iwslt_de_en is fairseq's transformer class: the same model when its options are the same
+    e = with_model_config(tmp_path / "e" / "checkpoint5.pt", 5, where, arch="transformer_iwslt_de_en")
+    avg.average_checkpoints([a, e])
+
+
+def test_a_model_fairseq_does_not_know_compares_the_options_no_other_section_holds(tmp_path):
+    """A --user-dir architecture (not imported: nothing from a checkpoint runs): every option of its model section
+    is compared except those of the configuration's other sections (here common.seed) and training-only ones."""
+    a = with_model_config(tmp_path / "checkpoint1.pt", 1, arch="my_model", _name="my_model", head_size=8)
+    b = with_model_config(tmp_path / "checkpoint2.pt", 2, arch="my_model", _name="my_model", head_size=8, dropout=0)
+    avg.average_checkpoints([a, b])
+    c = with_model_config(tmp_path / "checkpoint3.pt", 3, arch="my_model", _name="my_model", head_size=16)
+    with pytest.raises(ToolkitError, match=r"has head_size=8; .*checkpoint3\.pt has head_size=16$"):
+        avg.average_checkpoints([a, c])
+
+
+@pytest.mark.slow
+def test_trained_checkpoints_of_different_architectures_with_the_same_shapes_are_not_averaged(
+    tiny_data_bin, tmp_path, capsys
+):
+    """fairseq-train's checkpoints: 4 instead of 2 attention heads and gelu instead of relu leave every tensor's
+    name and shape as it was; another run of the same model (other seed, learning rate, dropout) is averaged."""
+
+    def train(name: str, *extra: str) -> Path:
+        run_cli("train", train_args(tiny_data_bin, tmp_path / name, ["--optimizer", "adam"], 1, list(extra)))
+        return tmp_path / name / "checkpoint_last.pt"
+
+    base = train("base")
+    other = train(
+        "other", "--encoder-attention-heads", "4", "--decoder-attention-heads", "4", "--activation-fn", "gelu"
+    )
+    rc = run_main(["--inputs", base, other, "--output", tmp_path / "avg.pt"])
+    err = capsys.readouterr().err
+    assert rc == 1 and not (tmp_path / "avg.pt").exists()
+    assert (
+        f"checkpoints of different models cannot be averaged: {base} has activation_fn='relu', "
+        f"decoder_attention_heads=2, encoder_attention_heads=2; {other} has activation_fn='gelu', "
+        "decoder_attention_heads=4, encoder_attention_heads=4"
+    ) in err, err
+    rerun = train("rerun", "--seed", "2", "--lr", "1e-3", "--dropout", "0.3")
+    assert run_main(["--inputs", base, rerun, "--output", tmp_path / "avg.pt"]) == 0, capsys.readouterr().err
+    models = [torch.load(p, weights_only=False)["model"] for p in (base, rerun, tmp_path / "avg.pt")]
+    name = "encoder.layers.0.fc1.weight"
+    torch.testing.assert_close(models[2][name], (models[0][name] + models[1][name]) / 2, rtol=0, atol=0)

@@ -405,6 +405,136 @@ def test_download_failure_is_a_clear_error_and_leaves_nothing(tmp_path, capsys, 
     assert not (tmp_path / "in" / "dl").exists() or not any((tmp_path / "in" / "dl").iterdir())
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# What a server may answer instead of the file: a web page (a proxy's error, Google Drive's warning), served here by a
+# web server on 127.0.0.1
+# ---------------------------------------------------------------------------------------------------------------------
+
+PROXY_PAGE = b"<!DOCTYPE html>\n<html><head><title>Access denied</title></head><body>Blocked by proxy</body></html>\n"
+
+
+class LocalWebServer:
+    """``routes``: path (with its query) -> (content type, body); any other path is a 404. ``requests``: the paths
+    asked for, in order."""
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        self.routes: dict[str, tuple[str, bytes]] = {}
+        self.requests: list[str] = []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                server.requests.append(self.path)
+                ctype, body = server.routes.get(self.path, ("text/plain", None))
+                self.send_response(404 if body is None else 200)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body or b"")))
+                self.end_headers()
+                self.wfile.write(body or b"")
+
+            def log_message(self, *args):  # quiet
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join()
+
+
+@pytest.fixture
+def web(monkeypatch):
+    for name in ("no_proxy", "NO_PROXY"):  # a proxy configured on this machine must not answer for 127.0.0.1
+        monkeypatch.setenv(name, "*")
+    server = LocalWebServer()
+    yield server
+    server.close()
+
+
+def tar_gz_of(folder: Path, archive: Path, arcname: str = ".") -> bytes:
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder, arcname=arcname)
+    return archive.read_bytes()
+
+
+@pytest.mark.parametrize("dataset", ["wmt16", "multi30k"])
+def test_a_downloaded_web_page_is_deleted_and_named_and_not_reused(dataset, web, tmp_path, capsys, monkeypatch):
+    (tmp_path / "in").mkdir()
+    module, expected = {"wmt16": (wmt16, "a gzip-compressed tar archive"), "multi30k": (multi30k, "a gzip file")}[
+        dataset
+    ]
+    if module is wmt16:
+        monkeypatch.setattr(wmt16, "URL", web.url("/wmt16_en_de.tar.gz"))
+        web.routes["/wmt16_en_de.tar.gz"] = ("text/html", PROXY_PAGE)
+    else:
+        monkeypatch.setattr(multi30k, "URL", web.url("/{name}.gz"))
+        web.routes.update({f"/{n}.{lang}.gz": ("text/html", PROXY_PAGE) for n, _, _ in multi30k.SPLITS for lang in
+                           ("de", "en")})  # fmt: skip
+    download_dir = tmp_path / "in" / "dl"
+    argv = ["--download-dir", download_dir, "--dest", tmp_path / "out"]
+    for _run in range(2):  # the second run downloads again: nothing of the first is taken for the file
+        err = expect_failure(module, argv, capsys, tmp_path, "an HTML page titled 'Access denied'",
+                             f"not {expected}: first bytes b'<!DOCTYPE html>", "(deleted)", "--local-dir")  # fmt: skip
+        assert list(download_dir.iterdir()) == [], err
+    assert len(web.requests) == 2
+
+
+def test_an_earlier_download_that_is_a_web_page_is_replaced(web, tmp_path, capsys, monkeypatch):
+    """An earlier run saved a web page as the archive; this run deletes it, gets another web page from the first
+    address (deleted, said) and the archive from the second."""
+    archive = tar_gz_of(make_fake_iwslt14(tmp_path / "server", n_train=120, n_test=2) / "de-en", tmp_path / "a.tgz",
+                        "de-en")  # fmt: skip
+    web.routes["/mirror/de-en.tgz"] = ("text/html; charset=utf-8", PROXY_PAGE)
+    web.routes["/wit3/de-en.tgz"] = ("application/x-gzip", archive)
+    monkeypatch.setattr(iwslt14, "URLS", [web.url("/mirror/de-en.tgz"), web.url("/wit3/de-en.tgz")])
+    (tmp_path / "dl").mkdir()
+    (tmp_path / "dl" / "de-en.tgz").write_bytes(b"<html><body>Please log in</body></html>")  # the earlier run's
+    argv = ["--download-dir", tmp_path / "dl", "--dest", tmp_path / "bin", "--segmentation", "spm", "--spm-size", "200"]
+    rc, out, err = run_main(iwslt14, argv, capsys)
+    assert rc == 0, err
+    assert f"the earlier download {tmp_path / 'dl' / 'de-en.tgz'} is an HTML page, not a gzip-compressed tar" in out
+    assert sorted(p.name for p in (tmp_path / "dl").iterdir()) == ["de-en.tgz"]
+    assert (tmp_path / "dl" / "de-en.tgz").read_bytes() == archive
+    assert web.requests == ["/mirror/de-en.tgz", "/wit3/de-en.tgz"]
+    assert json.loads((tmp_path / "bin" / "prep.json").read_text())["source"] == web.url("/wit3/de-en.tgz")
+
+
+def test_google_drive_warning_page_with_a_relative_form_action(web, tmp_path, capsys, monkeypatch):
+    """Google Drive's "can't scan this file for viruses" page: its form (here with a relative action, and a query
+    that a browser would drop) is submitted with its hidden fields, and the archive arrives."""
+    archive = tar_gz_of(make_fake_wmt16(tmp_path / "server", n_train=150, n_eval=10), tmp_path / "w.tar.gz")
+    page = (b'<!DOCTYPE html><html><head><title>Google Drive - Virus scan warning</title></head><body>'
+            b'<form id="download-form" action="download?stale=1" method="get">'
+            b'<input type="hidden" name="id" value="XYZ"><input type="hidden" name="confirm" value="t">'
+            b'<input type="submit" value="Download anyway"></form></body></html>')  # fmt: skip
+    web.routes["/drive/uc?export=download&id=XYZ"] = ("text/html; charset=utf-8", page)
+    web.routes["/drive/download?id=XYZ&confirm=t"] = ("application/octet-stream", archive)
+    monkeypatch.setattr(wmt16, "URL", web.url("/drive/uc?export=download&id=XYZ"))
+    argv = ["--download-dir", tmp_path / "dl", "--dest", tmp_path / "bin", "--segmentation", "spm", "--spm-size", "200"]
+    rc, _, err = run_main(wmt16, argv, capsys)
+    assert rc == 0, err
+    assert web.requests == ["/drive/uc?export=download&id=XYZ", "/drive/download?id=XYZ&confirm=t"]
+    assert (tmp_path / "dl" / wmt16.ARCHIVE).read_bytes() == archive
+    # A form that points to no web address is refused, naming it.
+    web.routes["/drive/uc?export=download&id=XYZ"] = (
+        "text/html",
+        page.replace(b"download?stale=1", b"javascript:go()"),
+    )
+    refused = tmp_path / "refused"
+    (refused / "in").mkdir(parents=True)
+    expect_failure(wmt16, ["--download-dir", refused / "in" / "dl", "--dest", refused / "out"], capsys, refused,
+                   "download form points to 'javascript:go()', not to a web address")  # fmt: skip
+
+
 def test_error_malformed_demo_corpus(tmp_path, capsys):
     (tmp_path / "in").mkdir()
     bad = tmp_path / "in" / "deu.txt"

@@ -29,7 +29,8 @@ import torch
 
 from sage_toolkit.errors import ToolkitError
 from sage_toolkit.evaluation import commands, dataset, generation, scoring
-from tests.fairseq_utils import ROOT, run_cli, train_args
+from sage_toolkit.evaluation import evaluate as evaluate_module
+from tests.fairseq_utils import ROOT, data_bin_variant, run_cli, train_args
 
 pytestmark = pytest.mark.slow
 
@@ -321,6 +322,33 @@ def test_errors_name_the_path(trained, tmp_path, capsys):
     assert not out.parent.exists()  # nothing written
 
 
+def test_an_empty_split_and_a_checkpoint_of_other_dictionaries_are_named(trained, tmp_path, capsys):
+    """One line naming the file and what is wrong, before fairseq-generate runs (it would stop with "cannot mmap an
+    empty file" or a size-mismatch traceback); nothing is written."""
+    from fairseq.data import Dictionary
+
+    data_bin, save = trained
+    checkpoint = save / "checkpoint_last.pt"
+
+    def fails(data: Path) -> str:
+        rc = run_main(["--data-bin", data, "--checkpoint", checkpoint, "--cpu", "--out", tmp_path / "out" / "e.json"])
+        err = capsys.readouterr().err
+        assert rc == 1 and err.startswith("evaluate: error: ") and "Traceback" not in err, err
+        return err
+
+    empty = data_bin_variant(data_bin, tmp_path / "empty", empty_split="test")
+    err = fails(empty)
+    assert f"{empty / 'test.en-de.de.bin'} is empty: the 'test' split of {empty} (--subset) has no sentences" in err
+    other = data_bin_variant(data_bin, tmp_path / "other", extra_entries=8)
+    n = len(Dictionary.load(str(data_bin / "dict.en.txt")))
+    err = fails(other)
+    assert (
+        f"{checkpoint} was trained with a dictionary of {n} entries for its encoder, but {other / 'dict.en.txt'} "
+        f"has {n + 8}: the checkpoint was made for another data-bin"
+    ) in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_result_made_with_other_settings_is_not_replaced(trained, tmp_path, capsys):
     data_bin, save = trained
     out = tmp_path / "eval.json"
@@ -365,7 +393,7 @@ def test_a_result_made_with_other_settings_is_not_replaced(trained, tmp_path, ca
 
 def _fake_generate(monkeypatch, tmp_path, hyps: list[str]) -> None:
     """Stand in for fairseq-generate (a subprocess that writes generate-test.txt): the hypotheses are given, so the
-    test does not depend on what a model outputs."""
+    test does not depend on what a model outputs (and the checkpoint is not read: no check of its dictionaries)."""
     text = tmp_path / "generate.txt"
     lines = []
     for i, h in enumerate(hyps):
@@ -377,6 +405,7 @@ def _fake_generate(monkeypatch, tmp_path, hyps: list[str]) -> None:
         return [sys.executable, "-c", copy, str(text), str(results_dir / f"generate-{options.subset}.txt")]
 
     monkeypatch.setattr(generation, "generate_command", command)
+    monkeypatch.setattr(evaluate_module, "check_checkpoint_fits", lambda *args: None)
 
 
 def _any_data_bin(folder: Path) -> Path:

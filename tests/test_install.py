@@ -6,7 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from sage_toolkit.install import patch_fairseq
+from tests.fairseq_utils import data_bin_variant, run_cli, train_args
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,3 +42,17 @@ def test_fairseq_config_builds_on_this_python():
     hydra_init("fairseq_sage_test_config")  # reads the dataclass defaults through the patched factories
     cfg = FairseqConfig()
     assert cfg.common is not FairseqConfig().common  # one instance per config, not a shared mutable default
+
+
+@pytest.mark.slow
+def test_fairseq_names_an_empty_split(tiny_data_bin, tmp_path):
+    """Patch 7: fairseq-train on a data-bin whose train split has no sentences stops with the .bin file's name, not
+    numpy's "cannot mmap an empty file" and a second error from __del__."""
+    empty = data_bin_variant(tiny_data_bin, tmp_path / "bin", empty_split="train")
+    proc = run_cli("train", train_args(empty, tmp_path / "ckpt", ["--optimizer", "adam"], 1), check=False)
+    assert proc.returncode != 0
+    assert proc.stderr.splitlines()[-1] == (
+        f"ValueError: {empty / 'train.src-tgt.src.bin'} is empty: this split has no sentences "
+        "(fairseq-preprocess was given an empty text file)"
+    ), proc.stderr[-3000:]
+    assert "Exception ignored" not in proc.stderr

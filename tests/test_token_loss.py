@@ -21,7 +21,7 @@ import pytest
 from sage_toolkit.errors import ToolkitError
 from sage_toolkit.token_loss import analysis
 from sage_toolkit.token_loss.analysis import TokenLossOptions, band_labels, bands, check_edges, shares, table
-from tests.fairseq_utils import PLUGIN_DIR, ROOT, cpu_env, run_cli, train_args
+from tests.fairseq_utils import PLUGIN_DIR, ROOT, cpu_env, data_bin_variant, run_cli, train_args
 
 SCRIPT = ROOT / "scripts" / "analyze_token_loss.py"
 ENV = cpu_env()
@@ -248,6 +248,27 @@ def test_a_data_bin_without_train_is_refused(tiny_data_bin, tmp_path):
     proc = cli("--data-bin", partial, "--checkpoints", f"a={tmp_path}", "--out", tmp_path / "out", timeout=120)
     assert proc.returncode != 0
     assert "has no binarised 'train' split (the token counts are taken from it)" in proc.stderr
+
+
+@pytest.mark.slow
+def test_an_empty_split_and_a_checkpoint_of_other_dictionaries_are_named(measured, tiny_data_bin, tmp_path):
+    """One line naming the file and what is wrong (fairseq: "cannot mmap an empty file", a size-mismatch traceback)."""
+    ckpt = measured["ckpt"]
+    empty = data_bin_variant(tiny_data_bin, tmp_path / "empty", empty_split="valid")
+    proc = cli("--data-bin", empty, "--checkpoints", f"a={ckpt}", "--out", tmp_path / "out", timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert f"{empty / 'valid.src-tgt.src.bin'} is empty: the 'valid' split of {empty} (--subsets) has no sentences" in (
+        proc.stderr
+    )
+    other = data_bin_variant(tiny_data_bin, tmp_path / "other", extra_entries=8)
+    proc = cli("--data-bin", other, "--checkpoints", f"a={ckpt}", "--out", tmp_path / "out", timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    n = len((tiny_data_bin / "dict.src.txt").read_text().splitlines()) + 4  # and fairseq's 4 special symbols
+    assert (
+        f"{ckpt} was trained with a dictionary of {n} entries for its encoder, but {other / 'dict.src.txt'} has {n + 8}"
+        in (proc.stderr)
+    )
+    assert not (tmp_path / "out").exists()
 
 
 # -- the SAGE multiplier of the embedding rows ---------------------------------------------------------------------

@@ -10,16 +10,20 @@ not installed with the fairseq package; the code here is our own).
 - Averaging (:func:`average_checkpoints`): the ``model`` entry of the result is the element-wise mean of the inputs'
   ``model`` tensors. Floating-point tensors are accumulated in float32 (float64 stays float64) and cast back to their
   own dtype; integer/bool tensors (buffers such as counters) are taken from the last checkpoint. All inputs must hold
-  the same tensor names and shapes. Every other entry (``cfg``/``args``, ``extra_state``, optimizer history ...) is
-  kept from the last checkpoint (the one with the highest number; with explicit files, the last one given);
-  ``drop_optimizer_state`` empties ``last_optimizer_state`` (not needed for generation; it is several times the size
-  of the model with Adam). The output is written atomically.
+  the same tensor names and shapes, and be the same model (:func:`model_differences`: the options of the model's
+  configuration, ``cfg['model']`` or an older checkpoint's ``args``, must agree, except those that act only in
+  training, :data:`TRAINING_ONLY_MODEL_OPTIONS`). Every other entry (``cfg``/``args``, ``extra_state``, optimizer
+  history ...) is kept from the last checkpoint (the one with the highest number; with explicit files, the last one
+  given); ``drop_optimizer_state`` empties ``last_optimizer_state`` (not needed for generation; it is several times
+  the size of the model with Adam). The output is written atomically.
 """
 
 from __future__ import annotations
 
+import argparse
+import functools
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +33,12 @@ from sage_toolkit.errors import ToolkitError
 EPOCH_PATTERN = re.compile(r"checkpoint(\d+)\.pt")  # fairseq: checkpoint{epoch}.pt
 UPDATE_PATTERN = re.compile(r"checkpoint_(\d+)_(\d+)\.pt")  # fairseq: checkpoint_{epoch}_{updates}.pt
 AVERAGE_KINDS = ("auto", "epoch", "update")
+# Model options that do not change the function a trained model computes: they act in training only (dropout, layer
+# drop, activation checkpointing and offloading, FSDP wrapping). Checkpoints that differ only in them are averaged.
+TRAINING_ONLY_MODEL_OPTIONS = frozenset({
+    "dropout", "attention_dropout", "activation_dropout", "relu_dropout", "adaptive_softmax_dropout",
+    "encoder_layerdrop", "decoder_layerdrop", "checkpoint_activations", "offload_activations", "min_params_to_wrap",
+})  # fmt: skip
 
 
 def numbered_checkpoints(folder: Path, kind: str) -> list[tuple[int, Path]]:
@@ -106,7 +116,10 @@ def average_checkpoints(paths: Sequence[Path], drop_optimizer_state: bool = Fals
         model = state["model"]
         if first_keys is None:
             first_keys = list(model)
-        elif set(model) != set(first_keys):
+            first_state = {"cfg": state.get("cfg"), "args": state.get("args")}  # what model_differences reads
+        else:
+            check_same_model(paths[0], first_state, path, state)
+        if set(model) != set(first_keys):
             missing = sorted(set(first_keys) - set(model))[:5]
             extra = sorted(set(model) - set(first_keys))[:5]
             raise ToolkitError(
@@ -140,6 +153,84 @@ def average_checkpoints(paths: Sequence[Path], drop_optimizer_state: bool = Fals
     if drop_optimizer_state and "last_optimizer_state" in last_state:
         last_state["last_optimizer_state"] = None
     return last_state
+
+
+def model_config(state: dict) -> dict | None:
+    """The model part of a checkpoint's configuration as a dict: ``cfg['model']`` (fairseq >= 0.10; for models
+    configured by command-line options, such as the transformer, a namespace of every option of the run), else an
+    older checkpoint's ``args``; None when it records neither."""
+    cfg = state.get("cfg")
+    section = cfg.get("model") if isinstance(cfg, Mapping) else None
+    if section is None:
+        section = state.get("args")
+    if isinstance(section, argparse.Namespace):
+        return vars(section)
+    return dict(section) if isinstance(section, Mapping) else None
+
+
+@functools.lru_cache
+def _registered_model(arch: str) -> tuple[str, frozenset[str]] | None:
+    """(model name, the options its class declares) of a fairseq architecture; None for one fairseq does not know
+    (a ``--user-dir`` model: its package is not imported here, nothing from a checkpoint is)."""
+    import warnings
+
+    with warnings.catch_warnings():  # fairseq's imports warn about deprecated torch APIs: not the user's concern
+        warnings.simplefilter("ignore")
+        from fairseq.models import ARCH_MODEL_NAME_REGISTRY, ARCH_MODEL_REGISTRY
+    if arch not in ARCH_MODEL_REGISTRY:
+        return None
+    parser = argparse.ArgumentParser(add_help=False)
+    ARCH_MODEL_REGISTRY[arch].add_args(parser)
+    return ARCH_MODEL_NAME_REGISTRY[arch], frozenset(action.dest for action in parser._actions)
+
+
+def _other_sections_options(state: dict) -> set[str]:
+    """Names of the configuration's sections and of the options in its sections other than ``model``."""
+    cfg = state.get("cfg")
+    if not isinstance(cfg, Mapping):
+        return set()
+    names = set(cfg)
+    for key, section in cfg.items():
+        if key != "model" and isinstance(section, Mapping):
+            names.update(section)
+    return names
+
+
+def model_differences(first: dict, other: dict) -> list[tuple[str, object, object]]:
+    """``(option, first's value, other's value)`` for each model option in which the checkpoint states ``first`` and
+    ``other`` differ (empty when they are the same model, or a checkpoint records no configuration).
+
+    Compared: the architecture (``arch``; two names of one fairseq model class compare by their options) and the
+    options the model class declares (fairseq's registry; for an architecture fairseq does not know, every option of
+    the model section that no other section of the configuration holds), present in both, except
+    :data:`TRAINING_ONLY_MODEL_OPTIONS`.
+    """
+    a, b = model_config(first), model_config(other)
+    if a is None or b is None or a == b:
+        return []
+    arch_a, arch_b = a.get("arch") or a.get("_name"), b.get("arch") or b.get("_name")
+    registered = _registered_model(arch_a) if isinstance(arch_a, str) else None
+    if arch_a != arch_b:
+        other_registered = _registered_model(arch_b) if isinstance(arch_b, str) else None
+        if registered is None or other_registered is None or registered[0] != other_registered[0]:
+            return [("arch", arch_a, arch_b)]
+    if registered is not None:
+        options = registered[1] & a.keys() & b.keys()
+    else:
+        options = (a.keys() & b.keys()) - _other_sections_options(first) - _other_sections_options(other)
+    options -= TRAINING_ONLY_MODEL_OPTIONS | {"arch", "_name"}
+    return [(key, a[key], b[key]) for key in sorted(options) if a[key] != b[key]]
+
+
+def check_same_model(first_path: Path, first: dict, path: Path, state: dict) -> None:
+    """A ToolkitError naming both files and each option (with both values) in which their models differ."""
+    differences = model_differences(first, state)
+    if differences:
+        first_values = ", ".join(f"{key}={value!r}" for key, value, _ in differences)
+        values = ", ".join(f"{key}={value!r}" for key, _, value in differences)
+        raise ToolkitError(
+            f"checkpoints of different models cannot be averaged: {first_path} has {first_values}; {path} has {values}"
+        )
 
 
 def save_checkpoint(state: dict, output: Path) -> Path:

@@ -19,8 +19,10 @@ override what ``prep.json`` says.
 
 from __future__ import annotations
 
+import glob
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -157,6 +159,46 @@ def check_data_bin(data_bin: Path, setup: Setup, subset: str) -> None:
     if not idx.is_file():
         pair = f"{setup.src}-{setup.tgt}"
         raise ToolkitError(f"{data_bin} has no binarised {subset!r} split for {pair}: {idx} is missing")
+    check_split_has_sentences(data_bin, subset, "--subset")
     for what, path in (("sacreBLEU reference", setup.ref), ("tokenised reference", setup.tok_ref)):
         if path is not None and not Path(path).is_file():
             raise ToolkitError(f"the {what} {path} does not exist")
+
+
+def check_split_has_sentences(data_bin: Path, subset: str, option: str) -> None:
+    """Refuse a binarised split without sentences, naming its file: fairseq-preprocess writes an empty text file as a
+    ``.bin`` of 0 bytes (every sentence has at least its end-of-sentence token), and fairseq would stop on it with
+    numpy's "cannot mmap an empty file". ``option``: the option that named the split, for the message."""
+    for data in sorted(Path(data_bin).glob(f"{glob.escape(subset)}.*.bin")):
+        if data.stat().st_size == 0:
+            raise ToolkitError(f"{data} is empty: the {subset!r} split of {data_bin} ({option}) has no sentences")
+
+
+def check_dictionaries(checkpoint: Path, model: Mapping, dictionaries: Mapping[str, tuple[Path, int]]) -> None:
+    """Refuse a checkpoint whose embedding tables do not have one row per entry of the data-bin's dictionaries: it was
+    trained on another data-bin, and fairseq would stop with a size-mismatch traceback while loading it.
+
+    ``model``: the checkpoint's tensors; ``dictionaries``: ``"encoder"``/``"decoder"`` -> (dictionary file, its number
+    of entries as fairseq loads it). A model without ``{encoder,decoder}.embed_tokens.weight`` is not checked here.
+    A dictionary of the same size but other words cannot be told from the checkpoint.
+    """
+    for side, (path, size) in dictionaries.items():
+        table = model.get(f"{side}.embed_tokens.weight")
+        if table is not None and table.dim() == 2 and table.shape[0] != size:
+            raise ToolkitError(
+                f"{checkpoint} was trained with a dictionary of {table.shape[0]} entries for its {side}, but {path} "
+                f"has {size}: the checkpoint was made for another data-bin; give the data-bin it was trained on"
+            )
+
+
+def check_checkpoint_fits(checkpoint: Path, data_bin: Path, setup: Setup) -> None:
+    """:func:`check_dictionaries` for the data-bin's ``dict.{src,tgt}.txt``, before fairseq-generate is started."""
+    from fairseq.data import Dictionary
+
+    from sage_toolkit.evaluation.checkpoints import load_checkpoint
+
+    paths = {"encoder": Path(data_bin) / f"dict.{setup.src}.txt", "decoder": Path(data_bin) / f"dict.{setup.tgt}.txt"}
+    model = load_checkpoint(checkpoint)["model"]
+    check_dictionaries(
+        checkpoint, model, {side: (path, len(Dictionary.load(str(path)))) for side, path in paths.items()}
+    )

@@ -6,6 +6,9 @@ Steps of :func:`evaluate`:
 1. Checkpoint (:mod:`.checkpoints`): a file, or a save dir's ``checkpoint_best.pt`` (else ``checkpoint_last.pt``);
    with ``average_last`` the last N numbered checkpoints averaged into ``<save dir>/checkpoint.avgN.pt``.
 2. ``fairseq-generate`` (:mod:`.generation`) with the data-bin's ``--remove-bpe`` value; its full output is kept.
+   Refused before it starts, in one line naming the file: a subset without sentences (an empty ``.bin``) and a
+   checkpoint whose embedding tables do not fit the data-bin's dictionaries (:mod:`.dataset`), where fairseq would
+   stop with "cannot mmap an empty file" or a size-mismatch traceback.
 3. Tokenized BLEU with fairseq's own scorer (:mod:`.scoring`) on the H- lines against the tokenised reference (a BPE
    preparation's ``ref/{subset}.tok.{tgt}``; else the T- lines), compound-split where the data-bin's
    ``bleu_tok_kind`` says so (WMT'16). IWSLT'14/Multi30k BPE preparations are lowercased and Moses-tokenised, so this
@@ -44,7 +47,7 @@ from sage_toolkit.atomic import write_atomic
 from sage_toolkit.errors import ToolkitError
 from sage_toolkit.evaluation import generation
 from sage_toolkit.evaluation.checkpoints import resolve_checkpoints, write_average
-from sage_toolkit.evaluation.dataset import Setup, check_data_bin, resolve_setup
+from sage_toolkit.evaluation.dataset import Setup, check_checkpoint_fits, check_data_bin, resolve_setup
 from sage_toolkit.evaluation.options import EvalOptions
 from sage_toolkit.evaluation.scoring import (
     compound_split,
@@ -150,6 +153,7 @@ def evaluate(options: EvalOptions) -> dict:
     recorded_options = result_options(options, setup, used)
     if not options.overwrite:
         check_overwrite(out, recorded_options)
+    check_checkpoint_fits(used[0], options.data_bin, setup)  # (the averaged ones have the same shapes)
     write_average(checkpoint, used, PROG)
     stem = out.with_suffix("") if out.suffix == ".json" else out
     files = {

@@ -19,6 +19,9 @@ fairseq's last release predates both. The fixes (../shared/docs/FAIRSEQ.md has t
 6. fairseq imports a ``--user-dir`` package only if it is not in ``sys.modules`` yet. A package that registers its
    components only when fairseq imports it (``fairseq_plugins`` does) can define ``__fairseq_register__()``: when it
    was imported before fairseq, ``--user-dir`` calls that hook instead of skipping the package.
+7. A binarised split without sentences (fairseq-preprocess of an empty text file writes a ``.bin`` of 0 bytes) stopped
+   every fairseq command that reads it with numpy's "cannot mmap an empty file", naming no file, and a second error
+   from ``__del__``: the error now names the ``.bin`` file and says the split has no sentences.
 
 Usage: ``python -m sage_toolkit.install.patch_fairseq [--check]`` (from the checkout's root; ``make setup`` runs it).
 With ``--check`` nothing is written and the exit status
@@ -85,6 +88,34 @@ _USER_DIR_NEW = _USER_DIR_OLD + (
     '                _register = getattr(sys.modules[module_name], "__fairseq_register__", None)\n'
     "                if callable(_register):\n"
     "                    _register()\n"
+)
+
+_EMPTY_SPLIT_OLD = (
+    "        self._index = self.Index(index_file_path(self._path))\n\n"
+    "        _warmup_mmap_file(data_file_path(self._path))\n"
+)
+_EMPTY_SPLIT_NEW = (
+    "        self._index = self.Index(index_file_path(self._path))\n\n"
+    "        if os.path.getsize(data_file_path(self._path)) == 0:  # fairseq-sage patch: name the empty split\n"
+    "            raise ValueError(\n"
+    '                f"{data_file_path(self._path)} is empty: this split has no sentences "\n'
+    '                "(fairseq-preprocess was given an empty text file)"\n'
+    "            )\n"
+    "        _warmup_mmap_file(data_file_path(self._path))\n"
+)
+_MMAP_DEL_OLD = (
+    "    def __del__(self):\n"
+    "        self._bin_buffer_mmap._mmap.close()\n"
+    "        del self._bin_buffer_mmap\n"
+    "        del self._index\n"
+)
+_MMAP_DEL_NEW = (
+    "    def __del__(self):\n"
+    '        if not hasattr(self, "_bin_buffer_mmap"):  # fairseq-sage patch: _do_init stopped before the mmap\n'
+    "            return\n"
+    "        self._bin_buffer_mmap._mmap.close()\n"
+    "        del self._bin_buffer_mmap\n"
+    "        del self._index\n"
 )
 
 # (relative path, old text, new text): literal edits, each applied once.
@@ -155,6 +186,10 @@ _LITERAL_EDITS = [
     ("options.py", _NO_ARCH_OLD, _NO_ARCH_NEW),
     # 6. a --user-dir package imported before fairseq registers its components through its hook
     ("utils.py", _USER_DIR_OLD, _USER_DIR_NEW),
+    # 7. an empty split is named (the same check as sage_toolkit.evaluation.dataset.check_split_has_sentences)
+    ("data/indexed_dataset.py", "\nimport shutil\n", "\nimport os  # fairseq-sage patch\nimport shutil\n"),
+    ("data/indexed_dataset.py", _EMPTY_SPLIT_OLD, _EMPTY_SPLIT_NEW),
+    ("data/indexed_dataset.py", _MMAP_DEL_OLD, _MMAP_DEL_NEW),
 ]
 
 

@@ -208,7 +208,6 @@ def run(options: RedundancyOptions) -> dict:
     check_data_bin(options)
     checkpoints = parse_checkpoints(options.checkpoints)
     use_cuda = torch.cuda.is_available() and not options.cpu
-    options.out.mkdir(parents=True, exist_ok=True)
     models, values, cache = {}, {}, {}
     for name, path in checkpoints.items():
         models[name], values[name] = analyze_model(name, path, options, use_cuda, cache)
@@ -247,6 +246,7 @@ def write_outputs(out: Path, result: dict, values: dict | None) -> None:
     the raw log10 sensitivities per model)."""
     json_name, curves_name, sensitivity_name = OUTPUTS
     models, bleu = result["models"], result.get("bleu") is not None
+    out.mkdir(parents=True, exist_ok=True)  # only now: an analysis that fails leaves no folder behind
     write_atomic(out / json_name, json.dumps(result, indent=2) + "\n")
     plot_curves(models, out / curves_name, bleu)
     if values is not None:

@@ -175,7 +175,6 @@ def run(options: TokenLossOptions) -> dict:
     check_data_bin(options)
     checkpoints = parse_checkpoints(options.checkpoints)
     use_cuda = torch.cuda.is_available() and not options.cpu
-    options.out.mkdir(parents=True, exist_ok=True)
     counts = None
     models = {}
     for name, path in checkpoints.items():
@@ -212,6 +211,7 @@ def run(options: TokenLossOptions) -> dict:
         "models": models,
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    options.out.mkdir(parents=True, exist_ok=True)  # only now: a measurement that fails leaves no folder behind
     write_atomic(options.out / OUTPUT, json.dumps(result, indent=2) + "\n")
     return result
 

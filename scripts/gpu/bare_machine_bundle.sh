@@ -4,7 +4,8 @@
 #   bash scripts/gpu/bare_machine_bundle.sh [PYVER]        # here, after `make setup`; PYVER: the GPU machine's, 3.12
 # It copies this venv's patched fairseq 0.12.2 (without its compiled modules), fairseq_cli, hydra, omegaconf and antlr4
 # (pure Python), rebuilds fairseq's Cython/C++ modules for PYVER from the fairseq sdist, and downloads bitarray's wheel
-# for PYVER. There, from the repository root:
+# for PYVER. Downloads go through pip and the package index it is configured with (pip config list); FAIRSEQ_SDIST=FILE
+# uses a fairseq-0.12.2.tar.gz you already have instead. There, from the repository root:
 #   source .devbundle/env.sh && python scripts/gpu/check_sage_gpu.py --out runs/gpu_check
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -13,6 +14,25 @@ PYBIN=${PYBIN:-python$PYVER}
 command -v "$PYBIN" >/dev/null || { echo "bare_machine_bundle: $PYBIN not found (set PYBIN)" >&2; exit 1; }
 SITE=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 [ -f "$SITE/fairseq/version.py" ] || { echo "bare_machine_bundle: no fairseq in .venv: run make setup first" >&2; exit 1; }
+BUILD=$(mktemp -d)
+trap 'rm -rf "$BUILD"' EXIT
+
+# fairseq's sdist first, before anything is built or an earlier bundle removed. pip prepares its metadata in an
+# isolated build environment (as `make setup` does when it installs fairseq), so this Python's pip does it.
+if [ -n "${FAIRSEQ_SDIST:-}" ]; then
+  SDIST=$FAIRSEQ_SDIST
+  [ -f "$SDIST" ] || { echo "bare_machine_bundle: FAIRSEQ_SDIST=$SDIST is not a file" >&2; exit 1; }
+else
+  SDIST=$BUILD/sdist/fairseq-0.12.2.tar.gz
+  if ! .venv/bin/python -m pip download -q --no-deps --no-binary fairseq fairseq==0.12.2 -d "$BUILD/sdist" \
+      || [ ! -f "$SDIST" ]; then
+    echo "bare_machine_bundle: pip could not download fairseq 0.12.2's source distribution (fairseq-0.12.2.tar.gz;" \
+      "pip's messages are above): check the package index pip uses (.venv/bin/python -m pip config list), or" \
+      "download the file yourself and give it as FAIRSEQ_SDIST=/path/to/fairseq-0.12.2.tar.gz" >&2
+    exit 1
+  fi
+fi
+
 OUT=.devbundle
 rm -rf "$OUT" && mkdir -p "$OUT/site" "$OUT/whl"
 for name in fairseq fairseq_cli hydra omegaconf antlr4; do cp -r "$SITE/$name" "$OUT/site/"; done
@@ -20,19 +40,10 @@ cp -r "$SITE"/fairseq-0.12.2.dist-info "$SITE"/hydra_core-*.dist-info "$SITE"/om
 find "$OUT/site" -name __pycache__ -prune -exec rm -rf {} +
 find "$OUT/site" -name '*.so' -delete  # built for this Python: rebuilt for PYVER below
 
-BUILD=$(mktemp -d)
-trap 'rm -rf "$BUILD"' EXIT
 "$PYBIN" -m venv "$BUILD/venv"
 "$BUILD/venv/bin/python" -m pip -q install "cython==$(.venv/bin/python -c 'import Cython; print(Cython.__version__)')" \
   "numpy==$(.venv/bin/python -c 'import numpy; print(numpy.__version__)')" setuptools
-# the sdist itself, not pip's build of it (that would need torch for PYVER here)
-(cd "$BUILD" && "$BUILD/venv/bin/python" -m pip -q download --no-deps --no-binary :all: --no-build-isolation \
-  fairseq==0.12.2 -d sdist 2>/dev/null) || true
-if ! ls "$BUILD"/sdist/fairseq-0.12.2.tar.gz >/dev/null 2>&1; then
-  url=$(curl -s https://pypi.org/simple/fairseq/ | grep -o 'https://files[^"#]*fairseq-0.12.2.tar.gz' | head -1)
-  mkdir -p "$BUILD/sdist" && curl -sL -o "$BUILD/sdist/fairseq-0.12.2.tar.gz" "$url"
-fi
-tar xzf "$BUILD/sdist/fairseq-0.12.2.tar.gz" -C "$BUILD"
+tar xzf "$SDIST" -C "$BUILD"
 (cd "$BUILD/fairseq-0.12.2" && "$BUILD/venv/bin/python" - <<'PY'
 import numpy
 from Cython.Build import cythonize
@@ -56,5 +67,5 @@ cat > "$OUT/env.sh" <<'SH'
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .devbundle/whl/*.whl
 export PYTHONPATH=$PWD:$PWD/.devbundle/site:/tmp/site PYTHONUNBUFFERED=1
 SH
-grep -qx '/.devbundle/' .git/info/exclude 2>/dev/null || echo '/.devbundle/' >> .git/info/exclude
+echo '*' > "$OUT/.gitignore"  # git (and ruff) ignore the bundle, in a worktree too (its .git is a file)
 echo "wrote $OUT ($(du -sh "$OUT" | cut -f1)): on the GPU machine, source $OUT/env.sh"
