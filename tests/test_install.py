@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -39,3 +40,21 @@ def test_fairseq_config_builds_on_this_python():
     hydra_init("fairseq_sage_test_config")  # reads the dataclass defaults through the patched factories
     cfg = FairseqConfig()
     assert cfg.common is not FairseqConfig().common  # one instance per config, not a shared mutable default
+
+
+def test_the_patch_applies_to_fairseqs_text_and_upgrades_an_earlier_patch(tmp_path):
+    """Each literal edit whose old text has alternatives (fairseq 0.12.2's, then what an earlier version of the patch
+    made of it: e.g. the ``weights_only=False`` loads) gives today's installed text from either, once."""
+    installed = patch_fairseq.fairseq_root()
+    for variant in (0, 1):
+        root = tmp_path / str(variant) / "fairseq"
+        expected = {}
+        for rel, olds, new in patch_fairseq._LITERAL_EDITS:
+            path = Path(os.path.normpath(root / rel))
+            if path not in expected:
+                expected[path] = Path(os.path.normpath(installed / rel)).read_text(encoding="utf-8")
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(expected[path], encoding="utf-8")
+            olds = (olds,) if isinstance(olds, str) else olds
+            path.write_text(path.read_text(encoding="utf-8").replace(new, olds[min(variant, len(olds) - 1)], 1))
+        assert patch_fairseq.pending_changes(root) == expected, variant
