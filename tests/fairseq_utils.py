@@ -6,6 +6,7 @@ too); this module adds what only the tests need.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +25,33 @@ from sage_toolkit.tiny_fairseq import (  # noqa: F401 - the tests import them fr
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN_DIR = ROOT / "fairseq_plugins"
 SHARED_DATA = ROOT.parent / "shared" / "data"
+
+# fairseq 0.12.2's encoder layers carry unused copies of their weights for a BetterTransformer path
+# (layers.N.in_proj_weight, fc1_bias, ...): zeros that never get a gradient, overwritten by a checkpoint load.
+UNUSED_BT_COPIES = re.compile(r"^encoder\.layers\.\d+\.(in_proj|out_proj|fc1|fc2)_(weight|bias)$")
+# ... and a placeholder buffer of uninitialised memory in the sinusoidal positional embeddings.
+PLACEHOLDER_BUFFER = re.compile(r"\._float_tensor$")
+
+
+def assert_same_training_state(a: dict, b: dict) -> None:
+    """Two fairseq checkpoints hold the same training state, exactly: model parameters (but the tensors a checkpoint
+    load rewrites, above), optimizer state and options, update count. Exact equality is right only for the same
+    computation on the same machine (e.g. a resumed run and an uninterrupted one). Not the lr scheduler's ``best``:
+    fairseq records an epoch's validation loss there after the epoch's checkpoint is saved, so a run resumed from
+    that checkpoint never has it (no schedule here reads it)."""
+    import torch
+
+    for key, value in a["model"].items():
+        if not (UNUSED_BT_COPIES.search(key) or PLACEHOLDER_BUFFER.search(key)):
+            assert torch.equal(value, b["model"][key]), key
+    sa, sb = a["last_optimizer_state"], b["last_optimizer_state"]
+    assert sa["param_groups"] == sb["param_groups"]
+    assert sa["state"].keys() == sb["state"].keys()
+    for index, state in sa["state"].items():
+        assert state.keys() == sb["state"][index].keys(), index
+        for key, value in state.items():
+            assert torch.equal(value, sb["state"][index][key]), (index, key)
+    assert a["optimizer_history"][-1]["num_updates"] == b["optimizer_history"][-1]["num_updates"]
 
 
 def free_port() -> int:

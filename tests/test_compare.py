@@ -159,14 +159,27 @@ def test_a_finished_training_is_never_trained_further(demo_bin, tmp_path, capsys
     assert "training already complete (checkpoint_last.pt is at update 2 of optimization.max_update=2)" in printed
     assert checkpoint.stat().st_mtime_ns == trained[0]
 
-    # a checkpoint cut short (an interrupted copy): a clear error that names it, and no training
+    # a checkpoint_last.pt cut short (an unpatched fairseq's interrupted copy) beside an intact checkpoint: said, and
+    # the intact one, which fairseq resumes from (docs/checkpoints.md), decides; nothing is trained or deleted
     runner_died_after_the_training()
     log.write_text("")
+    intact = run / "checkpoint_best.pt"  # the end of the training validated and saved it
     checkpoint.write_bytes(checkpoint.read_bytes()[:4096])
+    Run(_settings(demo_bin, out), "demo_adam", 1).train(1)
+    printed = capsys.readouterr().out
+    assert f"cannot read checkpoint {checkpoint.absolute()} (4,096 bytes): cut short or corrupt" in printed, printed
+    assert "training resumes from checkpoint_best.pt (update 2), the newest intact checkpoint" in printed
+    assert "training already complete (checkpoint_best.pt is at update 2 of optimization.max_update=2)" in printed
+    assert log.read_text() == "" and checkpoint.stat().st_size == 4096 and intact.exists()
+
+    # ... and with no intact one: a clear error that names it and the remedy, no training
+    intact.unlink()
+    (run / "timing.json").write_text(json.dumps({"train_seconds": 1.0}))
     with pytest.raises(SystemExit) as exit_:
         compare.main(_tiny(demo_bin, out))
     err = capsys.readouterr().err
-    assert exit_.value.code == 1 and f"cannot read {checkpoint}" in err and "delete it" in err, err
+    assert exit_.value.code == 1 and f"cannot read checkpoint {checkpoint.absolute()}" in err, err
+    assert "holds no other intact checkpoint to resume from: move the folder aside" in err and "delete" not in err
     assert log.read_text() == ""
 
 

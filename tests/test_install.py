@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -56,3 +57,21 @@ def test_fairseq_names_an_empty_split(tiny_data_bin, tmp_path):
         "(fairseq-preprocess was given an empty text file)"
     ), proc.stderr[-3000:]
     assert "Exception ignored" not in proc.stderr
+
+
+def test_the_patch_applies_to_fairseqs_text_and_upgrades_an_earlier_patch(tmp_path):
+    """Each literal edit whose old text has alternatives (fairseq 0.12.2's, then what an earlier version of the patch
+    made of it: e.g. the ``weights_only=False`` loads) gives today's installed text from either, once."""
+    installed = patch_fairseq.fairseq_root()
+    for variant in (0, 1):
+        root = tmp_path / str(variant) / "fairseq"
+        expected = {}
+        for rel, olds, new in patch_fairseq._LITERAL_EDITS:
+            path = Path(os.path.normpath(root / rel))
+            if path not in expected:
+                expected[path] = Path(os.path.normpath(installed / rel)).read_text(encoding="utf-8")
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(expected[path], encoding="utf-8")
+            olds = (olds,) if isinstance(olds, str) else olds
+            path.write_text(path.read_text(encoding="utf-8").replace(new, olds[min(variant, len(olds) - 1)], 1))
+        assert patch_fairseq.pending_changes(root) == expected, variant

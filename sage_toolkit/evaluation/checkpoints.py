@@ -83,16 +83,14 @@ def last_checkpoints(folder: Path, n: int, kind: str = "auto") -> list[Path]:
 
 
 def load_checkpoint(path: Path) -> dict:
-    """A fairseq checkpoint read onto the CPU (an error naming the file if it is missing or not a checkpoint)."""
-    import torch
+    """A fairseq checkpoint read onto the CPU without running code from it (:mod:`sage_toolkit.checkpoint_io`: an
+    error naming the file if it is missing, unreadable, needs more than a fairseq checkpoint holds, or is not one)."""
+    from sage_toolkit.checkpoint_io import load_checkpoint_file
 
     path = Path(path)
     if not path.is_file():
         raise ToolkitError(f"checkpoint {path} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)  # fairseq checkpoints pickle their config
-    except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file
-        raise ToolkitError(f"cannot read checkpoint {path}: {e}") from e
+    state = load_checkpoint_file(path)
     if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
         raise ToolkitError(f"{path} is not a fairseq checkpoint (no 'model' entry)")
     return state

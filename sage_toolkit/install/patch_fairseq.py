@@ -6,9 +6,21 @@ fairseq's last release predates both. The fixes (../shared/docs/FAIRSEQ.md has t
 1. Python 3.11 rejects dataclass fields whose default is a dataclass *instance*
    (``common: CommonConfig = CommonConfig()``): they become ``field(default_factory=CommonConfig)``, and
    ``hydra_init`` learns to call the factory instead of reading ``.default`` (now MISSING).
-2. torch >= 2.6 loads with ``weights_only=True``; fairseq checkpoints pickle an ``argparse.Namespace``.
-   fairseq's own ``torch.load`` calls on checkpoints (and on the pickled objects it broadcasts between
-   ranks) pass ``weights_only=False``: these are the user's own files.
+2. Checkpoints are loaded without running code from them, and written whole or not at all
+   (``sage_toolkit/checkpoint_io.py``, the toolkit's own implementation, imported from the installed project;
+   docs/checkpoints.md). fairseq's checkpoint loads (training's restore file, generation's ``--path``, the EMA
+   load) use its ``weights_only=True`` load with the allow-list of the globals fairseq checkpoints hold; a file that
+   needs more is refused, naming the opt-in ``SAGE_TRUST_CHECKPOINTS=1`` for a trusted one. (Earlier versions of this
+   patch passed ``weights_only=False`` there, running whatever a checkpoint's pickle asked for: no longer.) Every
+   checkpoint file a save writes (the first one, and its copies to ``checkpoint_last.pt``, ``checkpoint_best.pt``,
+   ``checkpoint.best_*.pt``, which fairseq overwrote in place) goes to ``NAME.tmp`` and is renamed into place; a
+   resume whose ``checkpoint_last.pt`` is unreadable resumes from the newest intact checkpoint and says so (an
+   explicit restore file is refused with that remedy). A refused or unreadable checkpoint is one line in fairseq's
+   command lines (fairseq-hydra-train included, whose Hydra printed a traceback), not a traceback. The objects fairseq
+   pickles and broadcasts between the ranks of one job are unpickled in full as before: they come from another rank
+   of the same job, not from a file (a checkpoint among them was loaded safely by rank 0 first). The patched code
+   imports the project's module rather than carrying a copy: one implementation, current with an editable install,
+   and a fairseq without the project fails at its first checkpoint load instead of loading unsafely.
 3. After a checkpoint load, TransformerEncoderLayer switches to a BetterTransformer fast path that fails on
    new torch ("Mask Type should be defined"); it is kept off.
 4. When training stops mid-epoch (--max-update), fairseq's batch-prefetching daemon thread is still inside torch at
@@ -32,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import pathlib
 import re
 import sys
@@ -118,24 +131,89 @@ _MMAP_DEL_NEW = (
     "        del self._index\n"
 )
 
-# (relative path, old text, new text): literal edits, each applied once.
+_CHECKPOINT_LOAD_OLD = (
+    '    with open(local_path, "rb") as f:\n        state = torch.load(f, map_location=torch.device("cpu"))\n'
+)
+_CHECKPOINT_LOAD_V1 = _CHECKPOINT_LOAD_OLD.replace('("cpu"))', '("cpu"), weights_only=False)')
+_CHECKPOINT_LOAD_NEW = (
+    "    # fairseq-sage patch: weights_only=True, allowing the globals of fairseq's checkpoints; others are refused\n"
+    "    # (SAGE_TRUST_CHECKPOINTS=1 loads a trusted file in full), an unreadable file is named (docs/checkpoints.md)\n"
+    "    from sage_toolkit.checkpoint_io import load_checkpoint_file\n\n"
+    "    state = load_checkpoint_file(local_path)\n"
+)
+_EMA_LOAD_OLD = (
+    "        new_state = torch.load(\n"
+    "            f,\n"
+    "            map_location=(\n"
+    '                lambda s, _: torch.serialization.default_restore_location(s, "cpu")\n'
+    "            ),\n"
+    "        )\n"
+)
+_EMA_LOAD_V1 = _EMA_LOAD_OLD.replace("            f,\n", "            f,\n            weights_only=False,\n")
+_EMA_LOAD_NEW = (
+    "        from sage_toolkit.checkpoint_io import load_checkpoint_file  # fairseq-sage patch: safe load\n\n"
+    "        new_state = load_checkpoint_file(fpath)\n"
+)
+_ATOMIC_SAVE_OLD = (
+    "        if PathManager.supports_rename(filename):\n"
+    "            # do atomic save\n"
+    '            with PathManager.open(filename + ".tmp", "wb") as f:\n'
+    "                _torch_persistent_save(obj, f)\n"
+    '            PathManager.rename(filename + ".tmp", filename)\n'
+)
+_ATOMIC_SAVE_NEW = (
+    "        if PathManager.supports_rename(filename):\n"
+    "            # fairseq-sage patch: NAME.tmp flushed to disk, then renamed into place (docs/checkpoints.md)\n"
+    "            from sage_toolkit.checkpoint_io import save_checkpoint_file\n\n"
+    "            save_checkpoint_file(obj, filename)\n"
+)
+_COPY_OLD = (
+    "                assert PathManager.copy(\n"
+    "                    checkpoints[0], cp, overwrite=True\n"
+    '                ), f"Failed to copy {checkpoints[0]} to {cp}"\n'
+)
+_COPY_NEW = (
+    "                # fairseq-sage patch: copied to NAME.tmp, renamed into place; fairseq's copy truncated cp\n"
+    "                # first, and a SIGTERM during it left an empty checkpoint_last.pt (docs/checkpoints.md)\n"
+    "                from sage_toolkit.checkpoint_io import copy_checkpoint_file\n\n"
+    "                copy_checkpoint_file(checkpoints[0], cp)\n"
+)
+_RESUME_OLD = "    extra_state = trainer.load_checkpoint(\n        checkpoint_path,\n"
+_RESUME_NEW = (
+    "    # fairseq-sage patch: an unreadable resume point is named; the newest intact checkpoint of the save dir\n"
+    "    # replaces an unreadable checkpoint_last.pt, or is named as the remedy for an explicit restore file\n"
+    "    from sage_toolkit.checkpoint_io import resume_point\n\n"
+    '    last = os.path.join(cfg.save_dir, "checkpoint_last{}.pt".format(suffix or ""))\n'
+    '    checkpoint_path = str(resume_point(checkpoint_path, fallback=checkpoint_path == last, suffix=suffix or ""))\n'
+) + _RESUME_OLD
+_HYDRA_CRASH_OLD = "    except BaseException as e:\n        if not cfg.common.suppress_crashes:\n            raise\n"
+_HYDRA_CRASH_NEW = (
+    "    except BaseException as e:\n"
+    "        # fairseq-sage patch: a ToolkitError (a refused or unreadable checkpoint): one line, no traceback\n"
+    "        from sage_toolkit.checkpoint_io import exit_if_toolkit_error\n\n"
+    "        exit_if_toolkit_error(e)\n"
+    "        if not cfg.common.suppress_crashes:\n"
+    "            raise\n"
+)
+_BROADCAST_OLD = '        obj = torch.load(buffer, map_location="cpu")\n'
+_BROADCAST_V1 = '        obj = torch.load(buffer, map_location="cpu", weights_only=False)\n'
+_BROADCAST_NEW = (
+    "        # fairseq-sage patch: bytes pickled by another rank of this job, not read from a user's file (a\n"
+    "        # checkpoint among them was loaded by rank 0 with sage_toolkit.checkpoint_io's safe load): full unpickle\n"
+) + _BROADCAST_V1
+
+# (relative path, old text (or a tuple of alternatives), new text): literal edits, each applied once.
 _LITERAL_EDITS = [
     ("dataclass/initialize.py", _HYDRA_INIT_OLD, _HYDRA_INIT_NEW),
-    (
-        "checkpoint_utils.py",
-        'state = torch.load(f, map_location=torch.device("cpu"))',
-        'state = torch.load(f, map_location=torch.device("cpu"), weights_only=False)',
-    ),
-    (
-        "checkpoint_utils.py",
-        "new_state = torch.load(\n            f,\n",
-        "new_state = torch.load(\n            f,\n            weights_only=False,\n",
-    ),
-    (
-        "distributed/utils.py",
-        'obj = torch.load(buffer, map_location="cpu")',
-        'obj = torch.load(buffer, map_location="cpu", weights_only=False)',
-    ),
+    # 2. checkpoints: loaded safely, written atomically, resumed from an intact one. (old, new) pairs whose old text
+    #    is a tuple accept fairseq's text or what an earlier version of this patch made of it.
+    ("checkpoint_utils.py", (_CHECKPOINT_LOAD_OLD, _CHECKPOINT_LOAD_V1), _CHECKPOINT_LOAD_NEW),
+    ("checkpoint_utils.py", (_EMA_LOAD_OLD, _EMA_LOAD_V1), _EMA_LOAD_NEW),
+    ("checkpoint_utils.py", _ATOMIC_SAVE_OLD, _ATOMIC_SAVE_NEW),
+    ("checkpoint_utils.py", _COPY_OLD, _COPY_NEW),
+    ("checkpoint_utils.py", _RESUME_OLD, _RESUME_NEW),
+    ("distributed/utils.py", (_BROADCAST_OLD, _BROADCAST_V1), _BROADCAST_NEW),
+    ("../fairseq_cli/hydra_train.py", _HYDRA_CRASH_OLD, _HYDRA_CRASH_NEW),
     # 4. a daemon thread that prefetches batches (BufferedIterator) is still inside torch when the interpreter exits
     #    mid-epoch (training stopped by --max-update): the process aborts ("terminate called without an active
     #    exception", exit -6) after everything was saved. Stop and join those threads at exit instead.
@@ -215,14 +293,15 @@ def pending_changes(root: pathlib.Path) -> dict[pathlib.Path, str]:
         text = path.read_text(encoding="utf-8")
         if _INSTANCE_DEFAULT.search(text) or _FIELD_INSTANCE_DEFAULT.search(text):
             changes[path] = _fix_dataclass_defaults(text)
-    for rel, old, new in _LITERAL_EDITS:
-        path = root / rel
+    for rel, olds, new in _LITERAL_EDITS:
+        path = pathlib.Path(os.path.normpath(root / rel))  # ../fairseq_cli/...: fairseq's command lines
         text = changes.get(path, path.read_text(encoding="utf-8"))
         if new in text:
             continue
-        if old not in text:
+        old = next((o for o in ((olds,) if isinstance(olds, str) else olds) if o in text), None)
+        if old is None:
             sys.exit(f"patch_fairseq: {path} does not contain the expected code; is this fairseq 0.12.2?")
-        changes[path] = text.replace(old, new)
+        changes[path] = text.replace(old, new, 1)
     return changes
 
 

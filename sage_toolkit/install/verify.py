@@ -2,8 +2,8 @@
 """Check that the installed fairseq works here: run by `make setup` (and `make verify`).
 
 1. every compatibility fix of sage_toolkit/install/patch_fairseq.py is in place and `import fairseq` works;
-2. a translation checkpoint that pickles an ``argparse.Namespace`` (as fairseq's own do) saves and loads under
-   torch >= 2.6, whose ``torch.load`` defaults to ``weights_only=True``;
+2. a translation checkpoint that pickles an ``argparse.Namespace`` (an old fairseq's ``args``) saves and loads
+   through fairseq's patched, safe load (``weights_only=True`` with the allow-list of docs/checkpoints.md);
 3. beam search after the load gives the same hypotheses as before it (the load used to switch the encoder to a
    BetterTransformer path that fails on new torch);
 4. the plugin registers ``adam_sage`` / ``adamax_sage`` and its ``sage_*`` lr schedulers with fairseq.

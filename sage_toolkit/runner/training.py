@@ -264,25 +264,38 @@ class Run:
         """Why an earlier training of this run is complete (e.g. it ended while no runner waited for it), or None.
 
         Complete: fairseq logged the end of its training ("done training") in train.log, or checkpoint_last.pt
-        reached the max_update (or max_epoch, stop_time_hours) of the configuration it was trained with."""
+        reached the max_update (or max_epoch, stop_time_hours) of the configuration it was trained with. An unreadable
+        checkpoint_last.pt (cut short by an interrupted save of an older fairseq) is said, and the newest intact
+        checkpoint of the folder, which fairseq then resumes from (docs/checkpoints.md), is looked at instead."""
+        from sage_toolkit.checkpoint_io import UnreadableCheckpointError, load_checkpoint_file, newest_intact_checkpoint
+
         log = self.dir / "train.log"
         if log.exists() and any("done training in" in line for line in log.read_text(errors="replace").splitlines()):
             return f"fairseq logged the end of its training in {log}"
         checkpoint = self.dir / "checkpoint_last.pt"
         if not checkpoint.exists():
             return None
-        import torch
-
         try:
-            state = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)
+            state = load_checkpoint_file(checkpoint, mmap=True)
+        except UnreadableCheckpointError as error:
+            found = newest_intact_checkpoint(self.dir, exclude=[checkpoint])
+            if found is None:
+                raise ToolkitError(
+                    f"[{self.name}] {error}, and {self.dir} holds no other intact checkpoint to resume from: move "
+                    "the folder aside to train this run from the start"
+                ) from None
+            checkpoint, updates = found
+            say(f"[{self.name}] {error}: training resumes from {checkpoint.name} (update {updates}), the newest "
+                "intact checkpoint")  # fmt: skip
+            state = load_checkpoint_file(checkpoint, mmap=True)
+        try:
             num_updates = int(state["optimizer_history"][-1]["num_updates"])
             optimization = state["cfg"]["optimization"]
             next_epoch = int(state["extra_state"]["train_iterator"]["epoch"])
             trained_s = float(state["extra_state"].get("previous_training_time") or 0.0)
-        except Exception as e:
+        except (KeyError, IndexError, TypeError, ValueError) as e:
             raise ToolkitError(
-                f"[{self.name}] cannot read {checkpoint} ({type(e).__name__}: {e}); an interrupted save may have cut "
-                "it short: delete it (and timing.json) to train this run again from the start"
+                f"[{self.name}] {checkpoint} is not a checkpoint of fairseq-hydra-train ({type(e).__name__}: {e})"
             ) from None
         max_update, max_epoch = optimization.get("max_update") or 0, optimization.get("max_epoch") or 0
         stop_hours = optimization.get("stop_time_hours") or 0
