@@ -559,6 +559,19 @@ def test_capturable_with_auto_on_cpu_tensors_is_refused_at_the_first_step(monkey
 
 
 @NEEDS_TRITON
+def test_a_capturable_group_without_gradients_is_not_refused():
+    """A group whose tensors have no gradient yet (frozen, or not reached by this update) has nothing to capture and
+    no kernel to choose: with ``auto`` it is not refused for the kernel ``auto`` would pick for no tensors."""
+    model = _model()
+    opt = AdamSAGE([{"params": list(model[0].parameters())}, {"params": list(model[2].parameters()), "impl": "auto"}],
+                   impl="triton", capturable=True)  # fmt: skip
+    for t in range(2):
+        _set_grads(model[0].parameters(), t)
+        opt.step()
+    assert float(opt.state[model[0].weight]["step"]) == 2 and not opt.state[model[2].weight]
+
+
+@NEEDS_TRITON
 def test_capturable_steps_as_not_capturable_and_survives_copies_and_loads():
     runs = []
     for capturable in (False, True):

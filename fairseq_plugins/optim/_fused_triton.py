@@ -8,12 +8,21 @@ tensor, found through a chunk table (tensor, begin, end; built once per set of s
 square root, as torch's kernels) and in fp64 for fp64 parameters; the result is rounded once into the parameter's
 dtype (round to nearest even). Where every address is a multiple of 16 bytes the whole blocks use vector accesses.
 
-Every number that changes between steps (each tensor's step size and sensitivity bias correction from its step
-counter, lr, alpha) reaches the kernel as tensor contents: per call, one float64 table travels to the device with the
-addresses in a single copy. No argument is a Python number, so nothing is specialised on a value and the kernel
-compiles once per (parameter dtype, gradient dtype, optimizer, SAGE or plain, aligned or not). fairseq's flat
-parameters (``--fp16`` hands the optimizer one fp32 tensor of every weight), empty and one-element tensors need
-nothing special; non-contiguous tensors are updated through contiguous copies written back after.
+Every number that changes between steps (each tensor's step count, lr, alpha) reaches the kernel as tensor contents,
+in one of two ways (the constexpr ``PLAN``):
+
+- the list path (``step``, the functional API's): per call, the host computes each tensor's step size and sensitivity
+  bias correction from its counter (on the CPU) and one float64 table travels to the device with the addresses in a
+  single (blocking) copy;
+- a launch plan (``PlanLaunch``, the optimizers' path, built by ``_plan``): the tables stay on the device between
+  steps, the kernel reads each tensor's float32 counter on the device and computes its bias corrections in float64
+  (``beta ** t`` as ``exp(t * log(beta))``, ``log(beta)`` from the host), so a step needs no host read and can be
+  captured in a CUDA graph.
+
+No argument is a Python number, so nothing is specialised on a value and the kernel compiles once per (parameter
+dtype, gradient dtype, optimizer, SAGE or plain, aligned or not, path). fairseq's flat parameters (``--fp16`` hands
+the optimizer one fp32 tensor of every weight), empty and one-element tensors need nothing special; tensors that are
+not dense are updated through contiguous copies written back after.
 
 Triton is imported on first use only (importing ``fairseq_plugins`` never imports it). CUDA tensors run the compiled
 kernel; CPU tensors run Triton's interpreter when ``TRITON_INTERPRET=1`` is set (the tests do so: the interpreter

@@ -212,6 +212,9 @@ class GroupPlan:
         grads = [p.grad for p in params]
         present = [i for i, g in enumerate(grads) if g is not None]
         member_params = [params[i] for i in present]
+        absent = [params[i] for i, g in enumerate(grads) if g is None]
+        if not member_params:  # nothing to step yet (the kernel is chosen when there is: the plan is rebuilt then)
+            return cls(opt, group, absent, [])
         impl = F.resolve_impl(group["impl"], member_params)
         if group["capturable"] and impl != "triton":
             where = member_params[0].device if member_params else "no device"
@@ -241,9 +244,7 @@ class GroupPlan:
         keys = ("step", "exp_avg", second) + (("exp_avg_sens",) if sage else ())
         adamax = second == "exp_inf"
         make = _triton_buckets if impl == "triton" else _fused_buckets
-        buckets = make(lists, keys, adamax)
-        absent = [params[i] for i, g in enumerate(grads) if g is None]
-        return cls(opt, group, absent, buckets)
+        return cls(opt, group, absent, make(lists, keys, adamax))
 
     def inputs(self, group: dict[str, Any], capturing: bool) -> list[tuple[list[Tensor], list[int]]] | None:
         """This step's gradients per bucket, with the launchers prepared (addresses, options); None where the plan is

@@ -627,7 +627,8 @@ class AdamSAGE(_SAGEBase):
             sets the multiplier's ``eps**2``.
         beta3: EMA coefficient of the sensitivity, in [0, 1); the authors used 0.6 to 0.9 (default 0.75).
         bias_correction: divide the smoothed sensitivity by ``1 - beta3**t`` (the Adam moments are always corrected).
-        sage_strength: alpha above; 0 gives plain AdamW, 1 full SAGE. ``set_sage_strength`` changes it in place.
+        sage_strength: alpha above; 0 gives plain AdamW, 1 full SAGE. ``set_sage_strength`` changes it in place. A
+            one-element tensor is kept, as ``lr`` (changing it in place changes the next step).
         sage_params: ``"all"`` (default), ``"attn_ffn"`` (attention and feed-forward projections, the authors' GLUE
             choice), ``"no_embed"`` (every tensor but the embeddings and the output projection), ``"none"``, or
             ``"regex:PATTERN"`` searched in parameter names.
