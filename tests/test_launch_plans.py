@@ -228,6 +228,10 @@ def _sage_off(model, opt, t):
     opt.param_groups[0]["sage"] = False
 
 
+def _reloaded(model, opt, t):
+    opt.load_state_dict(_roundtrip(opt.state_dict()))  # the same values in new tensors, as from a checkpoint
+
+
 def _names(model, opt, t):
     opt.name_parameters(_params(opt), [f"p{i}" for i in range(len(_params(opt)))])
 
@@ -255,6 +259,7 @@ CHANGES = [
     ("strength a tensor", _strength_tensor, NEVER),
     ("sage switched off in a group", _sage_off, ONCE),
     ("name_parameters", _names, TWICE),
+    ("load_state_dict", _reloaded, TWICE),
 ]
 
 
@@ -297,6 +302,27 @@ def test_a_change_between_steps(monkeypatch, info, impl, desc, change, built):
         torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14, msg=name)
         for key, value in opt.state[p].items():
             torch.testing.assert_close(value, twin.state[q][key], rtol=1e-12, atol=1e-14, msg=f"{name} {key}")
+
+
+@pytest.mark.parametrize("copier", ["deepcopy", "pickle"])
+@pytest.mark.parametrize("impl", PLAN_IMPLS)
+def test_a_copy_builds_its_own_plan(monkeypatch, impl, copier):
+    """A copy (deepcopy, pickle: ``__setstate__``) of an optimizer whose plan is built starts without one, and its
+    launches see only its own tensors: the original's do not move when the copy steps."""
+    model = _model()
+    opt = AdamSAGE(model.parameters(), impl=impl)
+    _set_grads(model.parameters(), 0)
+    opt.step()
+    assert opt._plans is not None
+    twin = copy.deepcopy(opt) if copier == "deepcopy" else pickle.loads(pickle.dumps(opt))
+    assert twin._plans is None
+    spy = TableSpy(monkeypatch, twin)
+    _set_grads(_params(twin), 1)
+    before = [p.detach().clone() for p in model.parameters()]
+    twin.step()
+    assert spy.launches >= 1
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
+    assert not any(torch.equal(p, q) for p, q in zip(_params(twin), before, strict=True))
 
 
 @pytest.mark.parametrize("impl", PLAN_IMPLS)
