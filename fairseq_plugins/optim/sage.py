@@ -138,8 +138,8 @@ STATE_DOC = "docs/optimizer-state.md"
 _OPTIONS_NEEDED = ("lr", "betas", "eps", "weight_decay")  # every group of a state this package loads has them
 
 # torch's options that choose how torch computes the update, not what it computes: dropped on conversion. SAGE runs
-# its own kernel (``impl``), keeps step counters on the CPU (what ``capturable`` moves to the device) and steps
-# outside autograd (what ``differentiable`` records); the trajectory of the converted state is the same either way.
+# its own kernel (``impl``), has its own ``capturable`` (the constructor's, as ``impl``) and steps outside autograd
+# (what ``differentiable`` records); the trajectory of the converted state is the same either way.
 _TORCH_HOW_OPTIONS = ("foreach", "fused", "capturable", "differentiable")
 
 # torch's options that change what is optimized: (option, the value SAGE implements, why another is refused)
