@@ -4,6 +4,7 @@ No timing is asserted: the speed figures come from running the scripts (BENCHMAR
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 from fairseq_plugins.optim import ReferenceAdamSAGE
+from sage_toolkit.bench import host_step as bench_host_step
 from sage_toolkit.bench import optimizer as bench_optimizer
 from sage_toolkit.bench import optimizer_gpu as bench_optimizer_gpu
 
@@ -82,3 +84,20 @@ def test_gpu_benchmark_script_runs_on_cpu(tmp_path):
     out = json.loads(path.read_text())
     assert out["machine"]["device"] == "cpu"
     assert set(out["models"][0]["results"]) == set(bench_optimizer_gpu.GPU_VARIANTS)
+
+
+def test_cpu_benchmark_compares_the_plan_with_the_list_path():
+    out = bench_optimizer.main(["--models", "tiny", "--rounds", "2", "--warmup", "1", "--variants", "sage_fused",
+                                "sage_fused_lists", "adamw_fused"])  # fmt: skip
+    model = out["models"][0]
+    assert model["results"]["sage_fused_lists"]["paired_ratio_to_adamw_fused"] > 0
+    assert "SAGE step (launch plan) / list path's step (paired ratios)" in model["targets"]
+
+
+def test_host_step_benchmark_runs(capsys):
+    impls = ["fused"] + (["triton"] if importlib.util.find_spec("triton") else [])
+    results = bench_host_step.main(["--tensors", "2", "6", "--rounds", "3", "--impls", *impls])
+    assert set(results) == set(impls)
+    for paths in results.values():
+        assert set(paths) == {"lists", "plan"} and all(us > 0 for p in paths.values() for us in p.values())
+    assert "per extra tensor, plan / list path" in capsys.readouterr().out

@@ -230,9 +230,11 @@ def test_importing_the_plugin_does_not_import_triton():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-# one variant per constexpr branch: (parameter dtype, state dtype, ADAMAX, SAGE, ALIGNED)
-VARIANTS = [("fp32", "fp32", False, True, True), ("bf16", "fp32", True, True, True), ("fp16", "fp32", False, False,
-            False), ("fp64", "fp64", True, False, True), ("fp64", "fp64", False, True, False)]  # fmt: skip
+# one variant per constexpr branch: (parameter dtype, state dtype, ADAMAX, SAGE, ALIGNED, PLAN)
+VARIANTS = [("fp32", "fp32", False, True, True, False), ("bf16", "fp32", True, True, True, False),
+            ("fp16", "fp32", False, False, False, False), ("fp64", "fp64", True, False, True, False),
+            ("fp64", "fp64", False, True, False, False), ("fp32", "fp32", False, True, True, True),
+            ("bf16", "fp32", True, True, True, True), ("fp64", "fp64", False, False, False, True)]  # fmt: skip
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=["-".join(map(str, v)) for v in VARIANTS])
@@ -243,11 +245,12 @@ def test_compiles_for_hopper(variant):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    pdt, sdt, adamax, sage, aligned = variant
+    pdt, sdt, adamax, sage, aligned, plan = variant
     kernel = FT._load(interpret=False)
-    signature = {"tensors": "*i64", "chunks": "*i64", "scalars": "*fp64", "PARAM": f"*{pdt}", "GRAD": f"*{pdt}",
-                 "STATE": f"*{sdt}"}  # fmt: skip
-    constants = dict(ADAMAX=adamax, SAGE=sage, FP64=sdt == "fp64", BF16=pdt == "bf16", ALIGNED=aligned, BLOCK=FT.BLOCK)
+    signature = {"tensors": "*i64", "grads": "*i64", "chunks": "*i64", "scalars": "*fp64", "counters": "*fp32",
+                 "PARAM": f"*{pdt}", "GRAD": f"*{pdt}", "STATE": f"*{sdt}"}  # fmt: skip
+    constants = dict(ADAMAX=adamax, SAGE=sage, FP64=sdt == "fp64", BF16=pdt == "bf16", ALIGNED=aligned, PLAN=plan,
+                     BLOCK=FT.BLOCK)  # fmt: skip
     signature.update({name: "constexpr" for name in constants})
     try:
         compiled = triton.compile(ASTSource(kernel, signature, constexprs=constants), target=GPUTarget("cuda", 90, 32))
@@ -262,3 +265,5 @@ def test_compiles_for_hopper(variant):
         assert re.search(r"ld\.global(\.\w+)*\.v4\.b32", ptx) and re.search(r"st\.global(\.\w+)*\.v4\.b32", ptx)
     if sdt == "fp32":
         assert "div.rn.f32" in ptx and "sqrt.approx" not in ptx and "div.full" not in ptx
+    if plan and not adamax:  # the bias corrections in float64, with IEEE square root and division
+        assert "sqrt.rn.f64" in ptx and "div.rn.f64" in ptx

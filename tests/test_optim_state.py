@@ -121,12 +121,12 @@ def test_a_state_that_converts_loads_and_steps(info, saved, impl):
     opt.load_state_dict(state_dict)
     for saved_group, group in zip(state_dict["param_groups"], opt.param_groups, strict=True):
         assert set(group) == {"params", "lr", "betas", "eps", "weight_decay", "beta3", "bias_correction",
-                              "sage_strength", "sage", "sage_params", "impl"}  # fmt: skip
+                              "sage_strength", "sage", "sage_params", "impl", "capturable"}  # fmt: skip
         for key in ("lr", "betas", "eps", "weight_decay"):
             assert group[key] == saved_group[key], key
         if "beta3" not in saved_group:  # another optimizer's: SAGE's options are the constructor's
             assert (group["beta3"], group["sage_strength"]) == (0.3, 0.7)
-        assert group["impl"] == impl
+        assert group["impl"] == impl and group["capturable"] is False  # the constructor's (torch's is dropped)
     for i, p in enumerate(params):
         state, saved_entry = opt.state[p], state_dict["state"][i]
         assert set(state) == {"step", *info.state_keys}

@@ -179,6 +179,23 @@ extern "C" int sage_step(int adamax, int dtype, int64_t n, void** params, void**
   return -1;
 #undef SAGE_RUN
 }
+
+// The same step with each tensor's step size and bc3 computed here from its step counter (float32, already advanced),
+// by the formulas and in the order of the list path's Python (_torch_kernels.bias_corrections): the same doubles.
+extern "C" int sage_step_counted(int adamax, int dtype, int64_t n, void** params, void** grads, void** ms, void** vs,
+                                 void** ss, const int64_t* numels, const float* steps, double beta1, double beta2,
+                                 double beta3, double eps, double lr, double weight_decay, double strength,
+                                 int bias_correction, int64_t nthreads) {
+  std::vector<double> step_sizes(n), bc3s(n);
+  for (int64_t t = 0; t < n; ++t) {
+    const double count = (double)steps[t];
+    const double bc1 = 1.0 - std::pow(beta1, count), bc2 = 1.0 - std::pow(beta2, count);
+    step_sizes[t] = adamax ? lr : lr * std::sqrt(bc2) / bc1;
+    bc3s[t] = bias_correction ? 1.0 - std::pow(beta3, count) : 1.0;
+  }
+  return sage_step(adamax, dtype, n, params, grads, ms, vs, ss, numels, step_sizes.data(), bc3s.data(), beta1, beta2,
+                   beta3, eps, lr, weight_decay, strength, nthreads);
+}
 """
 
 _DTYPES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
@@ -243,6 +260,13 @@ def _build() -> ctypes.CDLL:
     lib.sage_step.restype = ctypes.c_int
     lib.sage_step.argtypes = (
         [ctypes.c_int, ctypes.c_int, ctypes.c_int64] + [ctypes.c_void_p] * 8 + [ctypes.c_double] * 7 + [ctypes.c_int64]
+    )
+    lib.sage_step_counted.restype = ctypes.c_int
+    lib.sage_step_counted.argtypes = (
+        [ctypes.c_int, ctypes.c_int, ctypes.c_int64]
+        + [ctypes.c_void_p] * 7
+        + [ctypes.c_double] * 7
+        + [ctypes.c_int, ctypes.c_int64]
     )
     return lib
 
@@ -366,3 +390,46 @@ def step(
     )
     if rc != 0:
         raise RuntimeError(f"sage_step failed with code {rc}")
+
+
+class PlanLaunch:
+    """One launch of a launch plan (``_plan``) on the CPU: the C arrays of the parameters' and the state's addresses
+    and of the sizes, built once (the plan checked eligibility once); at each step the gradients' array is rebuilt only
+    where their addresses changed, and each tensor's step size and bias correction come from its counter in C."""
+
+    def __init__(self, members, adamax: bool):
+        lib = load()
+        if lib is None:
+            raise RuntimeError(f"the fused SAGE kernel is unavailable: {_error}")
+        self.lib = lib
+        self.members = members
+        self.adamax = int(adamax)
+        self.dtype = _DTYPES[members.dtype]
+        self.n = n = len(members.params)
+        _check_fits(members.params, members.params, members.exp_avgs, members.seconds, members.sens, [0.0] * n,
+                    [0.0] * n)  # fmt: skip
+        self.arrays = [_pointers(members.params), _pointers(members.exp_avgs), _pointers(members.seconds)]
+        self.sens = _pointers(members.sens) if members.sens is not None else None
+        self.numels = (ctypes.c_int64 * n)(*[p.numel() for p in members.params])
+        self.grads = None
+        self.grad_ptrs: list[int] | None = None
+        self.options: tuple = ()
+
+    def set_grads(self, grads, pointers: list[int], capturing: bool) -> None:
+        if pointers != self.grad_ptrs:
+            self.grads = (ctypes.c_void_p * self.n)(*pointers)
+            self.grad_ptrs = pointers
+
+    def set_options(self, group, capturing: bool) -> None:
+        beta1, beta2 = group["betas"]
+        # the C signature's order: beta1, beta2, beta3, eps, lr, weight_decay, strength, bias_correction
+        self.options = (beta1, beta2, group["beta3"], group["eps"], float(group["lr"]), group["weight_decay"],
+                        float(group["sage_strength"]), int(bool(group["bias_correction"])))  # fmt: skip
+
+    def launch(self) -> None:
+        params, firsts, seconds = self.arrays
+        rc = self.lib.sage_step_counted(self.adamax, self.dtype, self.n, params, self.grads, firsts, seconds,
+                                        self.sens, self.numels, self.members.counters.data_ptr(), *self.options,
+                                        torch.get_num_threads())  # fmt: skip
+        if rc != 0:
+            raise RuntimeError(f"sage_step_counted failed with code {rc}")

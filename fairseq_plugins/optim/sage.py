@@ -12,8 +12,14 @@ import torch
 from torch import Tensor
 
 from . import _functional as F
+from . import _plan
 from .diagnostics import SAGEStatsMixin
 from .selection import check_matches, selector
+
+
+def _capturing() -> bool:
+    """A CUDA graph is being captured on the current stream (never where CUDA was not even initialised)."""
+    return torch.cuda.is_initialized() and torch.cuda.is_current_stream_capturing()
 
 
 def _real(value: Any, tensor_ok: bool = False) -> float | None:
@@ -60,8 +66,13 @@ _RANGES: dict[str, dict[str, Any]] = {
                                          "sensitivity is zero gets 0/0 = NaN)"),
     "weight_decay": dict(low=0.0),
     "beta3": dict(low=0.0, high=1.0),
-    "sage_strength": dict(low=0.0),
+    "sage_strength": dict(low=0.0, tensor_ok=True),
 }  # fmt: skip
+# the options a tensor may hold (as torch's lr): kept as the tensor, read by the step (changing it in place changes the
+# next step); a tensor on the parameters' device is read there by the triton kernel, without a host read
+_TENSOR_OPTIONS = ("lr", "sage_strength")
+# the impls whose step counts and scalars stay on the device: the ones a CUDA graph can capture
+CAPTURABLE_IMPLS = ("auto", "triton")
 
 
 def check_options(options: dict[str, Any], names: dict[str, str] | None = None) -> None:
@@ -76,14 +87,22 @@ def check_options(options: dict[str, Any], names: dict[str, str] | None = None) 
             _check_betas(value, name)
         elif key == "impl" and value not in F.IMPLEMENTATIONS:
             raise ValueError(f"{name} must be one of {', '.join(F.IMPLEMENTATIONS)}, got {value!r}")
+        elif key == "capturable" and not isinstance(value, bool):
+            raise ValueError(f"{name} must be True or False, got {value!r}")
+    if options.get("capturable") is True and options.get("impl", "auto") not in CAPTURABLE_IMPLS:
+        raise ValueError(
+            f"{names.get('capturable', 'capturable')}=True needs impl 'triton' or 'auto' (the triton kernel on CUDA "
+            f"tensors, whose step never reads a device value on the host); impl={options['impl']!r} reads the step "
+            "counts on the host, which a CUDA graph cannot capture"
+        )
 
 
 def _plain_numbers(options: dict[str, Any]) -> dict[str, Any]:
     """The checked scalar options as Python floats (numpy scalars would make a saved state need numpy to load); a
-    tensor ``lr`` stays the tensor, as in torch's optimizers (the caller may change it in place)."""
+    tensor ``lr`` or strength stays the tensor, as torch's lr (the caller may change it in place)."""
     out = dict(options)
     for key in _RANGES:
-        if key in out and not isinstance(out[key], Tensor):
+        if key in out and not (key in _TENSOR_OPTIONS and isinstance(out[key], Tensor)):
             out[key] = float(out[key])
     if "betas" in out:
         out["betas"] = _check_betas(out["betas"])
@@ -119,8 +138,8 @@ STATE_DOC = "docs/optimizer-state.md"
 _OPTIONS_NEEDED = ("lr", "betas", "eps", "weight_decay")  # every group of a state this package loads has them
 
 # torch's options that choose how torch computes the update, not what it computes: dropped on conversion. SAGE runs
-# its own kernel (``impl``), keeps step counters on the CPU (what ``capturable`` moves to the device) and steps
-# outside autograd (what ``differentiable`` records); the trajectory of the converted state is the same either way.
+# its own kernel (``impl``), has its own ``capturable`` (the constructor's, as ``impl``) and steps outside autograd
+# (what ``differentiable`` records); the trajectory of the converted state is the same either way.
 _TORCH_HOW_OPTIONS = ("foreach", "fused", "capturable", "differentiable")
 
 # torch's options that change what is optimized: (option, the value SAGE implements, why another is refused)
@@ -168,9 +187,14 @@ class _SAGEBase(SAGEStatsMixin, torch.optim.Optimizer):
     supports_memory_efficient_fp16 = True
     supports_flat_params = True
 
-    def __init__(self, params, lr, betas, eps, weight_decay, beta3, bias_correction, sage_strength, sage_params, impl):
-        options = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, beta3=beta3)
-        check_options({**options, "sage_strength": sage_strength, "impl": impl})
+    # False: the step of the code before launch plans (a list of tensors per call, step counts on the CPU), kept to
+    # measure against (sage_toolkit.gpu.steps, sage_toolkit.bench.optimizer) and for the host-work test
+    _launch_plans = True
+
+    def __init__(self, params, lr, betas, eps, weight_decay, beta3, bias_correction, sage_strength, sage_params, impl,
+                 capturable):  # fmt: skip
+        options = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, beta3=beta3, sage_strength=sage_strength)
+        check_options({**options, "impl": impl, "capturable": capturable})
         self._selects = selector(sage_params)  # raises ValueError for an unknown preset or a bad regex
         self._sage_params = sage_params
         self._all_names: list[str] = []
@@ -178,10 +202,10 @@ class _SAGEBase(SAGEStatsMixin, torch.optim.Optimizer):
         defaults = dict(
             _plain_numbers(options),
             bias_correction=bool(bias_correction),
-            sage_strength=float(sage_strength),
             sage=True,
             sage_params=sage_params,
             impl=impl,
+            capturable=capturable,
         )
         super().__init__(params, defaults)
         if self._selects is not None:
@@ -201,6 +225,7 @@ class _SAGEBase(SAGEStatsMixin, torch.optim.Optimizer):
     def name_parameters(self, params: Iterable[Tensor], names: Iterable[str]) -> None:
         """Names for error messages where the tensors came without them (fairseq hands over bare tensors)."""
         self._names_by_id = {id(p): n for p, n in zip(params, names, strict=True)}
+        self._plans = None  # the plans hold the names of their error messages
 
     def _named(self, group: dict[str, Any]) -> list[tuple[str | None, Tensor]]:
         names = group.get("param_names")
@@ -211,7 +236,9 @@ class _SAGEBase(SAGEStatsMixin, torch.optim.Optimizer):
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group; with a ``sage_params`` selection, split it into a SAGE part and a plain part by name."""
-        check_options({k: v for k, v in param_group.items() if k in (*_RANGES, "betas", "impl")})
+        check_options({k: v for k, v in {**self.defaults, **param_group}.items()
+                       if k in (*_RANGES, "betas", "impl", "capturable")})  # fmt: skip
+        self._plans = None  # a plan is per group index: rebuilt for every group
         param_group = _plain_numbers(param_group)
         params = param_group["params"]
         params = [params] if isinstance(params, Tensor) else list(params)
@@ -252,6 +279,8 @@ class _SAGEBase(SAGEStatsMixin, torch.optim.Optimizer):
             group.setdefault("sage_strength", 1.0)
             group.setdefault("sage", True)
             group.setdefault("impl", "auto")
+            group.setdefault("capturable", False)
+        self._plans = None  # copies, pickles and loaded states build their own (the tensors are others)
         if "_selects" not in self.__dict__:
             self._sage_params = self.defaults.setdefault("sage_params", "all")
             self._selects = selector(self._sage_params)  # a function: pickles do not carry it
@@ -274,7 +303,8 @@ class _SAGEBase(SAGEStatsMixin, torch.optim.Optimizer):
         tensors become the state where their dtype and device fit). One exception to torch: ``impl`` stays this
         optimizer's (it names this machine's kernel, not part of the training). Loaded state tensors are in the
         compute dtype (torch would cast them to fp16/bf16 parameters, and fp16 flushes the second moment to zero),
-        step counters are one-element float tensors on the CPU."""
+        step counters are float32 0-dim tensors on the CPU (a triton step moves them to the parameters' device, as
+        torch's fused and capturable optimizers keep them). ``capturable`` also stays this optimizer's."""
         saved_groups = [dict(g) for g in state_dict.get("param_groups", [])]
         saved_state = state_dict.get("state", {})
         self._check_selection(saved_groups)
@@ -283,7 +313,7 @@ class _SAGEBase(SAGEStatsMixin, torch.optim.Optimizer):
         for saved, group in zip(saved_groups, self.param_groups, strict=True):
             for key in ("sage_strength", "sage", "bias_correction", "beta3", "sage_params"):
                 saved.setdefault(key, group[key])
-            saved["impl"] = group["impl"]
+            saved["impl"], saved["capturable"] = group["impl"], group["capturable"]
         super().load_state_dict({**state_dict, "param_groups": saved_groups})
         for saved, group in zip(saved_groups, self.param_groups, strict=True):
             for saved_id, p in zip(saved["params"], group["params"], strict=True):
@@ -376,15 +406,17 @@ class _SAGEBase(SAGEStatsMixin, torch.optim.Optimizer):
             )
 
     @property
-    def sage_strength(self) -> float:
+    def sage_strength(self) -> float | Tensor:
         """The SAGE strength alpha of the first group: 0 = plain base update, 1 = full SAGE."""
         return self.param_groups[0]["sage_strength"]
 
-    def set_sage_strength(self, alpha: float) -> None:
-        """Set alpha in every group (the applied multiplier is 1 + alpha * (r - 1)); a scheduler calls this."""
+    def set_sage_strength(self, alpha: float | Tensor) -> None:
+        """Set alpha in every group (the applied multiplier is 1 + alpha * (r - 1)); a scheduler calls this. A
+        one-element tensor is kept as the tensor, as torch keeps a tensor lr (its value is checked here, once)."""
         _check_range("sage_strength", alpha, **_RANGES["sage_strength"])
+        value = alpha if isinstance(alpha, Tensor) else float(alpha)
         for group in self.param_groups:
-            group["sage_strength"] = float(alpha)
+            group["sage_strength"] = value
 
     def _init_state(self, p: Tensor, sage: bool) -> dict[str, Tensor]:
         state = self.state[p]
@@ -397,9 +429,11 @@ class _SAGEBase(SAGEStatsMixin, torch.optim.Optimizer):
             state["exp_avg_sens"] = torch.zeros_like(p, dtype=F.compute_dtype(p.dtype))
         return state
 
-    def _check_dense_gradients(self) -> None:
-        """Before any group moves: a sparse gradient (``nn.Embedding(sparse=True)``) is refused, naming its tensor."""
-        for g, group in enumerate(self.param_groups):
+    def _check_dense_gradients(self, indices: Iterable[int] | None = None) -> None:
+        """Before any group moves: a sparse gradient (``nn.Embedding(sparse=True)``) is refused, naming its tensor
+        (of the groups at ``indices``, default all)."""
+        for g in range(len(self.param_groups)) if indices is None else indices:
+            group = self.param_groups[g]
             for i, p in enumerate(group["params"]):
                 if p.grad is not None and p.grad.layout != torch.strided:
                     name = self._named(group)[i][0]
@@ -411,62 +445,139 @@ class _SAGEBase(SAGEStatsMixin, torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        """One update of every tensor with a gradient. The ``triton`` and ``fused`` kernels step through a launch plan
+        per group (``_plan``: built at the first step and again only when something it depends on changed; a step
+        then reads the gradients and checks that nothing moved); the others take lists of tensors at every step.
+        Every check, and every plan that must be built, comes before the first tensor moves."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        self._check_dense_gradients()
+        capturing = _capturing()
+        if capturing:
+            self._check_capture()
+        if self._launch_plans:
+            ready, list_groups = self._prepare_plans(capturing)
+        else:
+            ready, list_groups = {}, list(range(len(self.param_groups)))
+        if list_groups:
+            self._check_dense_gradients(list_groups)
         stats = self._sage_stats_begin()  # diagnostics hook (diagnostics.py): None unless requested
         if not self._warned_no_grad:
             self._check_gradients_reach_sage()
-        for group in self.param_groups:
-            params, grads, firsts, seconds, sens, steps, names = [], [], [], [], [], [], []
-            for name, p in self._named(group):
-                if p.grad is None:
-                    continue
-                state = self._init_state(p, group["sage"])
-                params.append(p)
-                grads.append(p.grad)
-                firsts.append(state["exp_avg"])
-                seconds.append(state[self._second_moment])
-                steps.append(state["step"])
-                names.append(name)
-                if group["sage"]:
-                    sens.append(state["exp_avg_sens"])
-            if stats is not None and group["sage"]:  # diagnostics: before the kernel overwrites the state
-                self._sage_stats_observe(stats, group, params, grads, sens, steps, names)
-            if not params:
-                continue
-            impl = F.resolve_impl(group["impl"], params)  # auto: fused on CPU, triton on CUDA
-            beta1, beta2 = group["betas"]
-            type(self)._functional(
-                params,
-                grads,
-                firsts,
-                seconds,
-                sens if group["sage"] else None,
-                steps,
-                lr=float(group["lr"]),  # a tensor lr (as torch's optimizers take) is read at every step
-                beta1=beta1,
-                beta2=beta2,
-                beta3=group["beta3"],
-                eps=group["eps"],
-                weight_decay=group["weight_decay"],
-                bias_correction=group["bias_correction"],
-                strength=group["sage_strength"],
-                impl=impl,
-                param_names=names,
-            )
+        for index, group in enumerate(self.param_groups):
+            if index in ready:
+                plan, inputs = ready[index]
+                plan.step(inputs, group, stats)
+            else:
+                self._step_lists(group, stats)
         self._sage_stats_finish(stats)
         return loss
+
+    def _check_capture(self) -> None:
+        """While a CUDA graph is being captured (torch's rule: only an optimizer made for it may be captured)."""
+        if not all(group["capturable"] for group in self.param_groups):
+            raise RuntimeError(
+                f"{type(self).__name__}.step() is being captured in a CUDA graph, but its param_groups have "
+                "capturable=False: construct it with capturable=True (the triton kernel on CUDA tensors)"
+            )
+        if getattr(self, "_sage_stats_request", None) is not None:
+            raise RuntimeError(
+                "SAGE statistics (request_sage_stats) read the sampled entries on the host: request them in a step "
+                "that is not being captured in a CUDA graph"
+            )
+
+    def _prepare_plans(self, capturing: bool) -> tuple[dict[int, tuple[Any, list]], list[int]]:
+        """Each group's plan and this step's inputs (``_plan.GroupPlan.inputs``), the plans that are out of date
+        rebuilt; and the groups whose impl takes lists instead. Raises before any tensor moves."""
+        plans = self.__dict__.get("_plans")
+        if plans is None or not plans.state_unchanged(self.state):
+            plans = self._plans = _plan.Plans(self.state)
+        ready: dict[int, tuple[Any, list]] = {}
+        stale = []
+        for index, group in enumerate(self.param_groups):
+            plan = plans.groups.get(index)
+            inputs = plan.inputs(group, capturing) if plan is not None else None
+            if inputs is None:
+                stale.append(index)
+            else:
+                ready[index] = (plan, inputs)
+        list_groups = []
+        if stale:
+            if capturing:
+                raise RuntimeError(
+                    "SAGE capturable=True: the step being captured would build its launch plan (the first step, or "
+                    "parameters, state or gradients that moved since the last one): run one step outside the "
+                    "capture first, with the parameters and the static gradients that the captured step will use"
+                )
+            self._check_dense_gradients(stale)
+            for index in stale:
+                group = self.param_groups[index]
+                plan = _plan.GroupPlan.build(self, index, group)
+                if plan is None:  # an impl that takes lists of tensors
+                    plans.groups.pop(index, None)
+                    list_groups.append(index)
+                    continue
+                plans.groups[index] = plan
+                inputs = plan.inputs(group, capturing)
+                if inputs is None:  # a plan that does not fit what it was built from: a bug, never a silent step
+                    raise RuntimeError(f"SAGE: the launch plan of param group {index} is stale as soon as it is built")
+                ready[index] = (plan, inputs)
+            plans.remember_state(self.state)
+        return ready, list_groups
+
+    def _step_lists(self, group: dict[str, Any], stats: list | None) -> None:
+        """One group's update through the functional form: lists of the tensors with a gradient, at every step."""
+        if group["capturable"]:
+            raise RuntimeError(
+                "SAGE capturable=True: this group takes the step of lists (step counts read on the host), which a CUDA "
+                "graph cannot capture"
+            )
+        params, grads, firsts, seconds, sens, steps, names = [], [], [], [], [], [], []
+        for name, p in self._named(group):
+            if p.grad is None:
+                continue
+            state = self._init_state(p, group["sage"])
+            params.append(p)
+            grads.append(p.grad)
+            firsts.append(state["exp_avg"])
+            seconds.append(state[self._second_moment])
+            steps.append(state["step"])
+            names.append(name)
+            if group["sage"]:
+                sens.append(state["exp_avg_sens"])
+        if stats is not None and group["sage"]:  # diagnostics: before the kernel overwrites the state
+            self._sage_stats_observe(stats, group, params, grads, sens, steps, names)
+        if not params:
+            return
+        impl = F.resolve_impl(group["impl"], params)  # auto: fused on CPU, triton on CUDA
+        beta1, beta2 = group["betas"]
+        type(self)._functional(
+            params,
+            grads,
+            firsts,
+            seconds,
+            sens if group["sage"] else None,
+            steps,
+            lr=float(group["lr"]),  # a tensor lr (as torch's optimizers take) is read at every step
+            beta1=beta1,
+            beta2=beta2,
+            beta3=group["beta3"],
+            eps=group["eps"],
+            weight_decay=group["weight_decay"],
+            bias_correction=group["bias_correction"],
+            strength=float(group["sage_strength"]),
+            impl=impl,
+            param_names=names,
+        )
 
     def _check_gradients_reach_sage(self) -> None:
         """Once, at the first step with gradients: warn when a selection's tensors got none (a pattern that matches
         only unused tensors would otherwise run plain Adam without a word)."""
         sage = [p for g in self.param_groups if g["sage"] for p in g["params"]]
         plain = [p for g in self.param_groups if not g["sage"] for p in g["params"]]
-        if not sage or not any(p.grad is not None for p in plain):
-            self._warned_no_grad = bool(sage) and any(p.grad is not None for p in sage)
+        if not sage or not any(p.grad is not None for p in plain):  # nothing to warn about, or not yet known
+            self._warned_no_grad = not sage or any(p.grad is not None for p in sage)
             return
         self._warned_no_grad = True
         if not any(p.grad is not None for p in sage):
@@ -516,14 +627,21 @@ class AdamSAGE(_SAGEBase):
             sets the multiplier's ``eps**2``.
         beta3: EMA coefficient of the sensitivity, in [0, 1); the authors used 0.6 to 0.9 (default 0.75).
         bias_correction: divide the smoothed sensitivity by ``1 - beta3**t`` (the Adam moments are always corrected).
-        sage_strength: alpha above; 0 gives plain AdamW, 1 full SAGE. ``set_sage_strength`` changes it in place.
+        sage_strength: alpha above; 0 gives plain AdamW, 1 full SAGE. ``set_sage_strength`` changes it in place. A
+            one-element tensor is kept, as ``lr`` (changing it in place changes the next step).
         sage_params: ``"all"`` (default), ``"attn_ffn"`` (attention and feed-forward projections, the authors' GLUE
             choice), ``"no_embed"`` (every tensor but the embeddings and the output projection), ``"none"``, or
             ``"regex:PATTERN"`` searched in parameter names.
         impl: ``"auto"`` (fused on CPU; triton on CUDA, foreach where Triton cannot run), ``"fused"``,
             ``"single_tensor"``, ``"foreach"`` or ``"triton"`` (one fused Triton kernel on CUDA).
+        capturable: as torch's: the step may be captured in a CUDA graph and replayed (with static gradients, as
+            torch requires). Needs the triton kernel (``impl`` ``"triton"`` or ``"auto"``, CUDA tensors); refused
+            with the others. The triton step never reads a device value on the host either way: step counters, lr
+            and strength stay on the device. A Python ``lr`` is captured as it is; a tensor ``lr`` (or strength) on
+            the parameters' device is read at every replay, as in torch.
 
-    State per selected tensor: ``step``, ``exp_avg``, ``exp_avg_sq``, ``exp_avg_sens`` (fp32 for fp16/bf16 tensors).
+    State per selected tensor: ``step``, ``exp_avg``, ``exp_avg_sq``, ``exp_avg_sens`` (fp32 for fp16/bf16 tensors);
+    ``step`` is a float32 0-dim tensor, on the parameter's device once the triton kernel has stepped it.
     ``load_state_dict`` also converts a ``torch.optim.AdamW`` state (docs/optimizer-state.md).
     """
 
@@ -543,8 +661,10 @@ class AdamSAGE(_SAGEBase):
         sage_strength: float = 1.0,
         sage_params: str = "all",
         impl: str = "auto",
+        capturable: bool = False,
     ):
-        super().__init__(params, lr, betas, eps, weight_decay, beta3, bias_correction, sage_strength, sage_params, impl)
+        super().__init__(params, lr, betas, eps, weight_decay, beta3, bias_correction, sage_strength, sage_params, impl,
+                         capturable)  # fmt: skip
 
 
 class AdamaxSAGE(_SAGEBase):
@@ -578,5 +698,7 @@ class AdamaxSAGE(_SAGEBase):
         sage_strength: float = 1.0,
         sage_params: str = "all",
         impl: str = "auto",
+        capturable: bool = False,
     ):
-        super().__init__(params, lr, betas, eps, weight_decay, beta3, bias_correction, sage_strength, sage_params, impl)
+        super().__init__(params, lr, betas, eps, weight_decay, beta3, bias_correction, sage_strength, sage_params, impl,
+                         capturable)  # fmt: skip

@@ -1,11 +1,26 @@
-"""One optimizer step on real model shapes: time and memory per optimizer, and the fused path's parity with foreach.
+"""One optimizer step on real model shapes: torch's fused AdamW against SAGE's triton step, eager and captured.
 
-Every variant holds its own copy of the same parameters; each round gives all of them the same fresh gradients and
-times one step of every variant in a new random order (interleaved, so drifts of clock and temperature hit all alike),
-with a device synchronisation before and after each step. The figure per variant is the median over the rounds after
-the warm-up rounds, and its ratio to torch's fused AdamW measured in the same rounds. Memory: the persistent state
-(bytes of every tensor in the optimizer's state) and the transient peak of one step (``max_memory_allocated`` during
-the step minus ``memory_allocated`` before it; CUDA only).
+Variants (``VARIANTS``): ``adamw_fused`` (torch.optim.AdamW, fused=True: the reference of the ratios),
+``adamw_fused_graph`` (the same with capturable=True, its step captured in a CUDA graph and replayed),
+``sage_triton_lists`` (AdamSAGE, impl triton, through the step of the code before launch plans: lists of tensors and
+step counts on the CPU at every step), ``sage_triton`` (the launch plan), ``sage_triton_graph`` (the launch plan with
+capturable=True, captured), ``adamw_compiled`` (AdamW with a tensor lr, its step compiled by torch.compile; slow to
+build, so the check runs it apart and last). The graph and compiled variants need CUDA.
+
+Every variant holds its own copy of the same parameters, and all read the same gradient tensors (static: what a
+captured step needs; they get new values in place between rounds). Each round times one step of every variant in a
+new random order (interleaved), and per variant:
+
+- ``sync_ms``: the step between two device synchronisations (the median over the rounds after the warm-up);
+- ``host_us``: the time the ``step()`` call itself takes on the host, the device idle when it starts;
+- ``pipelined_ms``: ``pipeline`` steps issued back to back and one synchronisation at the end, per step (the median
+  over ``pipeline_repeats`` repeats, interleaved too): what training sees when the host runs ahead of the device;
+- ``kernel_us``: the device time of one step's kernels and copies (torch.profiler over ``profiled`` steps; CUDA);
+- ``state_mb``, ``transient_mb``: the optimizer's state, and the peak of one step beyond what was allocated (CUDA).
+
+``parity`` runs the plan, the list path and a float64 run from the same parameters through the same gradients (and on
+CUDA the captured plan, which must equal the eager one bit for bit); ``sync_check`` steps the plan under
+``torch.cuda.set_sync_debug_mode("error")`` (and the list path, which must fail it: the check can see a sync).
 """
 
 from __future__ import annotations
@@ -14,12 +29,15 @@ import random
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
+from torch import Tensor
 
 from fairseq_plugins.optim import AdamSAGE
 from sage_toolkit.model_shapes import transformer_shapes
+
+LR, BETAS, WEIGHT_DECAY = 5e-4, (0.9, 0.98), 1e-4
 
 # ---------------------------------------------------------------- parameter shapes
 
@@ -38,19 +56,60 @@ MODELS = {
 # ---------------------------------------------------------------- optimizers
 
 
-def _fairseq_adam(params):
-    from fairseq.optim.adam import Adam  # fairseq's --optimizer adam (imports fairseq: only when measured)
-
-    return Adam(params, lr=5e-4, betas=(0.9, 0.98), eps=1e-8, weight_decay=1e-4)
+def _sage(params: list[Tensor], **kw) -> AdamSAGE:
+    return AdamSAGE(params, lr=LR, betas=BETAS, weight_decay=WEIGHT_DECAY, impl="triton", **kw)
 
 
-VARIANTS: dict[str, Callable] = {
-    "adamw_fused": lambda params: torch.optim.AdamW(params, lr=5e-4, betas=(0.9, 0.98), weight_decay=1e-4, fused=True),
-    "fairseq_adam": _fairseq_adam,
-    "sage_foreach": lambda params: AdamSAGE(params, lr=5e-4, betas=(0.9, 0.98), weight_decay=1e-4, impl="foreach"),
-    "sage_triton": lambda params: AdamSAGE(params, lr=5e-4, betas=(0.9, 0.98), weight_decay=1e-4, impl="triton"),
+def _adamw(params: list[Tensor], **kw) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=LR, betas=BETAS, weight_decay=WEIGHT_DECAY, **kw)
+
+
+def captured(opt: torch.optim.Optimizer, device: torch.device, warmup: int = 3) -> Callable[[], None]:
+    """``opt.step`` captured in a CUDA graph after ``warmup`` steps on a side stream (torch's recipe); returns the
+    replay. The parameters' gradients must stay the tensors they are (static), as for every captured optimizer."""
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            opt.step()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        opt.step()
+    return graph.replay
+
+
+def _lists(opt: AdamSAGE) -> AdamSAGE:
+    opt._launch_plans = False  # the step of the code before launch plans
+    return opt
+
+
+def _eager(opt: torch.optim.Optimizer, device: torch.device):
+    return opt, opt.step
+
+
+def _compiled(params: list[Tensor], device: torch.device):
+    opt = torch.optim.AdamW(params, lr=torch.tensor(LR, device=device), betas=BETAS, weight_decay=WEIGHT_DECAY,
+                            foreach=True, capturable=True)  # fmt: skip
+    return opt, torch.compile(opt.step, fullgraph=False)
+
+
+@dataclass(frozen=True)
+class Variant:
+    make: Callable[[list[Tensor], torch.device], tuple[torch.optim.Optimizer, Callable[[], None]]]
+    needs_cuda: bool = False
+
+
+VARIANTS: dict[str, Variant] = {
+    "adamw_fused": Variant(lambda ps, d: _eager(_adamw(ps, fused=True), d)),
+    "adamw_fused_graph": Variant(lambda ps, d: (o := _adamw(ps, fused=True, capturable=True), captured(o, d)), True),
+    "sage_triton_lists": Variant(lambda ps, d: _eager(_lists(_sage(ps)), d)),
+    "sage_triton": Variant(lambda ps, d: _eager(_sage(ps), d)),
+    "sage_triton_graph": Variant(lambda ps, d: (o := _sage(ps, capturable=True), captured(o, d)), True),
+    "adamw_compiled": Variant(_compiled, True),
 }
 REFERENCE = "adamw_fused"
+STEP_VARIANTS = ("adamw_fused", "adamw_fused_graph", "sage_triton_lists", "sage_triton", "sage_triton_graph")
 
 
 def _sync(device: torch.device) -> None:
@@ -59,7 +118,13 @@ def _sync(device: torch.device) -> None:
 
 
 def _state_bytes(opt: torch.optim.Optimizer) -> int:
-    return sum(t.numel() * t.element_size() for s in opt.state.values() for t in s.values() if torch.is_tensor(t))
+    seen, total = set(), 0
+    for s in opt.state.values():
+        for t in s.values():
+            if torch.is_tensor(t) and t.untyped_storage().data_ptr() not in seen:
+                seen.add(t.untyped_storage().data_ptr())
+                total += t.untyped_storage().nbytes()
+    return total
 
 
 @dataclass
@@ -67,78 +132,138 @@ class StepResult:
     model: str
     dtype: str
     parameters: int
+    tensors: int
     variant: str
-    median_ms: float | None = None
-    ratio_to_adamw_fused: float | None = None
+    sync_ms: float | None = None
+    host_us: float | None = None
+    pipelined_ms: float | None = None
+    kernel_us: float | None = None
+    ratio_to_adamw_fused: float | None = None  # sync_ms over fused AdamW's
+    pipelined_ratio: float | None = None  # pipelined_ms over fused AdamW's
     state_mb: float | None = None
     transient_mb: float | None = None
+    first_step_s: float | None = None
     error: str | None = None
+    skipped: str | None = None
 
 
-def time_steps(model: str, dtype: torch.dtype, variants: list[str], rounds: int, warmup: int,
-               device: torch.device) -> list[StepResult]:  # fmt: skip
-    """The interleaved benchmark of ``variants`` on ``model``'s shapes in ``dtype``; a variant that cannot be built
-    or stepped here is reported with its error and left out of the rounds."""
+@dataclass
+class _Run:
+    opt: torch.optim.Optimizer
+    step: Callable[[], None]
+    sync: list[float] = field(default_factory=list)
+    host: list[float] = field(default_factory=list)
+    pipelined: list[float] = field(default_factory=list)
+
+
+def _kernel_us(step: Callable[[], None], device: torch.device, steps: int) -> float | None:
+    """The device time of one step: the kernels and copies that torch.profiler sees over ``steps`` steps."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    _sync(device)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            step()
+        _sync(device)
+    total = sum(e.time_range.elapsed_us() for e in prof.events() if e.device_type == DeviceType.CUDA)
+    return total / steps if total else None
+
+
+def time_steps(model: str, dtype: torch.dtype, variants: list[str], rounds: int, warmup: int, device: torch.device,
+               pipeline: int = 50, pipeline_repeats: int = 5, profiled: int = 10) -> list[StepResult]:  # fmt: skip
+    """The interleaved benchmark of ``variants`` on ``model``'s shapes in ``dtype``; a variant that cannot run here
+    (no CUDA) is reported as skipped, one that fails with its error, and the others still run."""
     shapes = MODELS[model]
     gen = torch.Generator(device=device).manual_seed(0)
     init = [torch.randn(s, generator=gen, device=device, dtype=torch.float32).mul_(0.02).to(dtype) for s in shapes]
-    dtype_name = str(dtype).removeprefix("torch.")
-    results = {name: StepResult(model, dtype_name, sum(p.numel() for p in init), name) for name in variants}
-    runs: dict[str, tuple[torch.optim.Optimizer, list[torch.Tensor]]] = {}
+    grads = [torch.empty(s, device=device, dtype=dtype) for s in shapes]
+    for g in grads:
+        g.copy_(torch.randn(g.shape, generator=gen, device=device).mul_(1e-3))
+    name_of = str(dtype).removeprefix("torch.")
+    results = {name: StepResult(model, name_of, sum(p.numel() for p in init), len(init), name) for name in variants}
+    runs: dict[str, _Run] = {}
     for name in variants:
+        if VARIANTS[name].needs_cuda and device.type != "cuda":
+            results[name].skipped = "needs CUDA"
+            continue
         params = [p.clone().requires_grad_() for p in init]
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g  # the same gradients for every variant: static, as a captured step needs
         try:
-            opt = VARIANTS[name](params)
-            for p in params:
-                p.grad = torch.zeros_like(p)
-            opt.step()  # builds the state (and compiles a kernel) outside the timed rounds
-            runs[name] = (opt, params)
+            start = time.perf_counter()
+            opt, step = VARIANTS[name].make(params, device)
+            step()  # builds the state, compiles kernels, outside the timed rounds
+            _sync(device)
+            results[name].first_step_s = time.perf_counter() - start
+            runs[name] = _Run(opt, step)
         except Exception as exc:  # reported in the table, the other variants still run
             results[name].error = f"{type(exc).__name__}: {exc}"[:300]
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    order = list(runs)
-    rng = random.Random(0)
+    order, rng = list(runs), random.Random(0)
     for r in range(warmup + rounds):
-        grads = [torch.randn(s, generator=gen, device=device, dtype=torch.float32).to(dtype) for s in shapes]
+        for g in grads:
+            g.normal_(0.0, 1e-3, generator=gen)
         rng.shuffle(order)
         for name in order:
-            opt, params = runs[name]
-            for p, g in zip(params, grads, strict=True):
-                p.grad.copy_(g)
+            run = runs[name]
             _sync(device)
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             before = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
             start = time.perf_counter()
-            opt.step()
+            run.step()
+            issued = time.perf_counter()
             _sync(device)
-            elapsed = time.perf_counter() - start
+            done = time.perf_counter()
             if r >= warmup:
-                times[name].append(elapsed * 1e3)
+                run.host.append((issued - start) * 1e6)
+                run.sync.append((done - start) * 1e3)
                 if device.type == "cuda":
                     peak = (torch.cuda.max_memory_allocated(device) - before) / 2**20
                     results[name].transient_mb = max(results[name].transient_mb or 0.0, peak)
-    reference = statistics.median(times[REFERENCE]) if times.get(REFERENCE) else None
-    for name, values in times.items():
+    for _ in range(pipeline_repeats):
+        rng.shuffle(order)
+        for name in order:
+            run = runs[name]
+            _sync(device)
+            start = time.perf_counter()
+            for _ in range(pipeline):
+                run.step()
+            _sync(device)
+            run.pipelined.append((time.perf_counter() - start) * 1e3 / pipeline)
+    for name, run in runs.items():
         result = results[name]
-        result.median_ms = statistics.median(values) if values else None
-        if reference and result.median_ms is not None:
-            result.ratio_to_adamw_fused = result.median_ms / reference
-        result.state_mb = _state_bytes(runs[name][0]) / 2**20
+        result.sync_ms = statistics.median(run.sync) if run.sync else None
+        result.host_us = statistics.median(run.host) if run.host else None
+        result.pipelined_ms = statistics.median(run.pipelined) if run.pipelined else None
+        result.state_mb = _state_bytes(run.opt) / 2**20
+        if device.type == "cuda":
+            try:
+                result.kernel_us = _kernel_us(run.step, device, profiled)
+            except Exception as exc:  # the profiler is an extra: its failure is noted, the timings stand
+                result.error = f"kernel time: {type(exc).__name__}: {exc}"[:300]
+    reference = results.get(REFERENCE)
+    for result in results.values():
+        if reference and reference.sync_ms and result.sync_ms:
+            result.ratio_to_adamw_fused = result.sync_ms / reference.sync_ms
+        if reference and reference.pipelined_ms and result.pipelined_ms:
+            result.pipelined_ratio = result.pipelined_ms / reference.pipelined_ms
     return [results[name] for name in variants]
 
+
+# ---------------------------------------------------------------- parity
 
 STATE_KEYS = ("exp_avg", "exp_avg_sq", "exp_avg_sens")
 
 
-def _tensors(opt: torch.optim.Optimizer, params: list[torch.Tensor]) -> dict[str, list[torch.Tensor]]:
+def _tensors(opt: torch.optim.Optimizer, params: list[Tensor]) -> dict[str, list[Tensor]]:
     """The parameters and each state tensor of ``opt``, in float64."""
     out = {"param": [p.detach().double() for p in params]}
     out.update({key: [opt.state[p][key].double() for p in params] for key in STATE_KEYS})
     return out
 
 
-def _max_rel_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+def _max_rel_diff(a: list[Tensor], b: list[Tensor]) -> float:
     """The largest difference of two lists of tensors, each relative to ``b``'s tensor's largest magnitude."""
     worst = 0.0
     for x, y in zip(a, b, strict=True):
@@ -149,41 +274,97 @@ def _max_rel_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
 
 
 def parity(model: str, dtype: torch.dtype, steps: int, device: torch.device) -> dict:
-    """The fused (triton) and foreach paths from the same parameters through the same ``steps`` gradients, and a
-    float64 run (foreach on float64 copies of the same parameters and gradients) as the exact result: for the
-    parameters and each state tensor, the largest difference of triton and foreach and of each from the float64 run,
-    relative to that tensor's largest magnitude (``by_tensor``); their maxima over the tensors (``max_rel_diff``:
-    triton vs foreach; ``max_rel_err_triton``, ``max_rel_err_foreach``: vs float64), and the largest absolute
-    difference of the parameters of triton and foreach. The float64 run tells whether a difference of the two paths is
-    an error of one of them or the rounding that both make, amplified by the algorithm."""
+    """The plan (``triton``), the list path (``lists``), on CUDA the captured plan (``graph``), and a float64 run
+    (foreach on float64 copies) as the exact result, from the same parameters through the same ``steps`` gradients:
+    per tensor kind (``by_tensor``) and over all (``max_*``), the largest difference relative to the tensor's largest
+    magnitude: plan vs list path, each vs float64, and the captured plan vs the eager one (``graph_vs_eager``: the
+    same kernels on the same inputs, so 0)."""
     shapes = MODELS[model]
     gen = torch.Generator(device=device).manual_seed(1)
     init = [torch.randn(s, generator=gen, device=device, dtype=torch.float32).mul_(0.02).to(dtype) for s in shapes]
+    kinds = [("triton", dtype), ("lists", dtype), ("float64", torch.float64)]
+    if device.type == "cuda":
+        kinds.append(("graph", dtype))
     runs = {}
-    for impl, run_dtype in (("triton", dtype), ("foreach", dtype), ("float64", torch.float64)):
+    for kind, run_dtype in kinds:
         params = [p.to(run_dtype, copy=True).requires_grad_() for p in init]
-        runs[impl] = (AdamSAGE(params, lr=5e-4, betas=(0.9, 0.98), weight_decay=1e-4,
-                               impl="foreach" if impl == "float64" else impl), params)  # fmt: skip
-    for _ in range(steps):
+        for p in params:
+            p.grad = torch.zeros_like(p)
+        if kind == "float64":
+            opt = AdamSAGE(params, lr=LR, betas=BETAS, weight_decay=WEIGHT_DECAY, impl="foreach")
+        else:
+            opt = _sage(params, capturable=kind == "graph")
+            if kind == "lists":
+                _lists(opt)
+        runs[kind] = [opt, params, opt.step]
+    for t in range(steps):
         grads = [torch.randn(s, generator=gen, device=device, dtype=torch.float32).to(dtype) for s in shapes]
-        for opt, params in runs.values():
+        for kind, run in runs.items():
+            opt, params, step = run
             for p, g in zip(params, grads, strict=True):
-                p.grad = g.to(p.dtype, copy=True)  # each run its own: a step may write into its gradient
-            opt.step()
-    tensors = {impl: _tensors(opt, params) for impl, (opt, params) in runs.items()}
-    by_tensor = {
-        key: dict(
-            triton_vs_foreach=_max_rel_diff(tensors["triton"][key], tensors["foreach"][key]),
-            triton_vs_float64=_max_rel_diff(tensors["triton"][key], tensors["float64"][key]),
-            foreach_vs_float64=_max_rel_diff(tensors["foreach"][key], tensors["float64"][key]),
-        )  # fmt: skip
-        for key in ("param", *STATE_KEYS)
-    }
-    worst_abs = max(((a - b).abs().max().item() for a, b in zip(tensors["triton"]["param"],
-                                                               tensors["foreach"]["param"], strict=True)
-                     if a.numel()), default=0.0)  # fmt: skip
-    return dict(model=model, dtype=str(dtype).removeprefix("torch."), steps=steps,
-                max_rel_diff=max(v["triton_vs_foreach"] for v in by_tensor.values()),
-                max_rel_err_triton=max(v["triton_vs_float64"] for v in by_tensor.values()),
-                max_rel_err_foreach=max(v["foreach_vs_float64"] for v in by_tensor.values()),
-                max_abs_param_diff=worst_abs, by_tensor=by_tensor)  # fmt: skip
+                p.grad.copy_(g)  # in place: the captured step reads these tensors
+            step()
+            if kind == "graph" and t == 0:  # the first step eager (it builds the plan), then the captured replay
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    opt.step()
+                run[2] = graph.replay
+    tensors = {kind: _tensors(opt, params) for kind, (opt, params, _) in runs.items()}
+    pairs = {"triton_vs_lists": ("triton", "lists"), "triton_vs_float64": ("triton", "float64"),
+             "lists_vs_float64": ("lists", "float64")}  # fmt: skip
+    if "graph" in runs:
+        pairs["graph_vs_eager"] = ("graph", "triton")
+    by_tensor = {key: {name: _max_rel_diff(tensors[a][key], tensors[b][key]) for name, (a, b) in pairs.items()}
+                 for key in ("param", *STATE_KEYS)}  # fmt: skip
+    out = dict(model=model, dtype=str(dtype).removeprefix("torch."), steps=steps, by_tensor=by_tensor)
+    for name in pairs:
+        out[f"max_{name}"] = max(v[name] for v in by_tensor.values())
+    return out
+
+
+# ---------------------------------------------------------------- host-device synchronisations
+
+
+def sync_check(model: str, device: torch.device, steps: int = 5) -> dict:
+    """Steps of the plan under ``torch.cuda.set_sync_debug_mode("error")`` after a warm-up step, in the three ways a
+    run sets its options (a float lr that a scheduler changes at every step; lr and strength as tensors on the device)
+    with new gradient tensors at every step (as fairseq and zero_grad(set_to_none=True) make them); then the list
+    path, which synchronises (a blocking copy of its tables): the check must see that one."""
+    if device.type != "cuda":
+        return dict(skipped="needs CUDA (torch.cuda.set_sync_debug_mode)")
+    shapes = MODELS[model]
+    out = {}
+    cases = {
+        "plan, float lr changed every step": dict(lr=LR),
+        "plan, lr and strength tensors on the device": dict(lr=torch.tensor(LR, device=device),
+                                                            strength=torch.tensor(0.5, device=device)),
+        "list path (must synchronise)": dict(lr=LR, lists=True),
+    }  # fmt: skip
+    for case, how in cases.items():
+        params = [torch.randn(s, device=device).mul_(0.02).requires_grad_() for s in shapes]
+        opt = _sage(params)
+        opt.param_groups[0]["lr"] = how["lr"]
+        if "strength" in how:
+            opt.set_sage_strength(how["strength"])
+        if how.get("lists"):
+            _lists(opt)
+        for p in params:
+            p.grad = torch.randn_like(p)
+        opt.step()  # builds the plan: outside the checked steps
+        torch.cuda.synchronize(device)
+        error = None
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            for t in range(steps):
+                for p in params:
+                    p.grad = torch.randn_like(p)
+                if isinstance(how["lr"], float):
+                    opt.param_groups[0]["lr"] = LR / (t + 2)
+                opt.step()
+        except RuntimeError as exc:
+            error = str(exc).splitlines()[0][:200]
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+        torch.cuda.synchronize(device)
+        out[case] = dict(synchronised=error is not None, error=error)
+    return out

@@ -64,10 +64,15 @@ SMOKE_MODEL = ["--encoder-layers", "1", "--decoder-layers", "1", "--encoder-embe
                "32", "--encoder-ffn-embed-dim", "64", "--decoder-ffn-embed-dim", "64", "--encoder-attention-heads",
                "2", "--decoder-attention-heads", "2"]  # fmt: skip
 
-RUNS = {  # name -> optimizer flags
-    "adam": ["--optimizer", "adam", "--adam-betas", "(0.9, 0.98)"],
-    "adam_sage_foreach": ["--optimizer", "adam_sage", "--adam-betas", "(0.9, 0.98)", "--sage-impl", "foreach"],
-    "adam_sage_triton": ["--optimizer", "adam_sage", "--adam-betas", "(0.9, 0.98)", "--sage-impl", "triton"],
+_ADAM = ["--optimizer", "adam", "--adam-betas", "(0.9, 0.98)"]
+_SAGE = ["--optimizer", "adam_sage", "--adam-betas", "(0.9, 0.98)", "--sage-impl"]
+RUNS = {  # name -> (optimizer flags, precision flags on a GPU: --fp16 hands the optimizer one flat tensor, fp32 every
+    # parameter tensor, the per-tensor host work a launch plan takes away)
+    "adam": (_ADAM, ["--fp16"]),
+    "adam_sage_foreach": ([*_SAGE, "foreach"], ["--fp16"]),
+    "adam_sage_triton": ([*_SAGE, "triton"], ["--fp16"]),
+    "adam_fp32": (_ADAM, []),
+    "adam_sage_triton_fp32": ([*_SAGE, "triton"], []),
 }
 
 
@@ -82,20 +87,21 @@ class TrainResult:
 
 
 def train(name: str, data_bin: Path, work: Path, updates: int, cpu: bool, timeout: float) -> TrainResult:
-    """One ``fairseq-train`` run of transformer_iwslt_de_en (``--fp16`` on a GPU; the tiny model on the CPU)."""
+    """One ``fairseq-train`` run of transformer_iwslt_de_en (on a GPU with the run's precision flags; the tiny model on
+    the CPU)."""
     log = work / f"{name}.log"
     log.unlink(missing_ok=True)
     interval = max(1, min(50, updates // 6))
     args = [str(data_bin), "--user-dir", str(PLUGIN_DIR), "--task", "translation", "--arch", "transformer_iwslt_de_en",
-            "--share-decoder-input-output-embed", *RUNS[name], "--clip-norm", "0.0", "--lr", "5e-4",
+            "--share-decoder-input-output-embed", *RUNS[name][0], "--clip-norm", "0.0", "--lr", "5e-4",
             "--lr-scheduler", "inverse_sqrt", "--warmup-updates", "4000", "--dropout", "0.3", "--weight-decay",
             "0.0001", "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1", "--max-tokens",
             "4096", "--max-update", str(updates), "--seed", "1", "--no-save", "--disable-validation",
             "--log-format", "json", "--log-interval", str(interval), "--log-file", str(log),
             "--num-workers", "0"]  # fmt: skip
-    args += ["--cpu", *SMOKE_MODEL] if cpu else ["--fp16"]
+    args += ["--cpu", *SMOKE_MODEL] if cpu else RUNS[name][1]
     env = _env(cpu)
-    if cpu and name == "adam_sage_triton":
+    if cpu and "triton" in name:
         env["TRITON_INTERPRET"] = "1"
     result = TrainResult(name, updates)
     try:

@@ -2,10 +2,10 @@
 # Build .devbundle/: what the GPU checks need on a bare GPU machine that has its own Python, CUDA torch and Triton but
 # no network and no `make setup` (as the lent H200 of 2026-12-04: Python 3.12, torch 2.11, Triton 3.6).
 #   bash scripts/gpu/bare_machine_bundle.sh [PYVER]        # here, after `make setup`; PYVER: the GPU machine's, 3.12
-# It copies this venv's patched fairseq 0.12.2 (without its compiled modules), fairseq_cli, hydra, omegaconf and antlr4
-# (pure Python), rebuilds fairseq's Cython/C++ modules for PYVER from the fairseq sdist, and downloads bitarray's wheel
-# for PYVER. Downloads go through pip and the package index it is configured with (pip config list); FAIRSEQ_SDIST=FILE
-# uses a fairseq-0.12.2.tar.gz you already have instead. There, from the repository root:
+# It copies this venv's patched fairseq 0.12.2 (without its compiled modules), fairseq_cli, hydra, omegaconf, antlr4 and
+# fairscale (FSDP) (pure Python), rebuilds fairseq's Cython/C++ modules for PYVER from the fairseq sdist, and downloads
+# bitarray's wheel for PYVER. Downloads go through pip and the package index it is configured with (pip config list);
+# FAIRSEQ_SDIST=FILE uses a fairseq-0.12.2.tar.gz you already have instead. There, from the repository root:
 #   source .devbundle/env.sh && python scripts/gpu/check_sage_gpu.py --out runs/gpu_check
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -35,8 +35,9 @@ fi
 
 OUT=.devbundle
 rm -rf "$OUT" && mkdir -p "$OUT/site" "$OUT/whl"
-for name in fairseq fairseq_cli hydra omegaconf antlr4; do cp -r "$SITE/$name" "$OUT/site/"; done
-cp -r "$SITE"/fairseq-0.12.2.dist-info "$SITE"/hydra_core-*.dist-info "$SITE"/omegaconf-*.dist-info "$OUT/site/"
+for name in fairseq fairseq_cli hydra omegaconf antlr4 fairscale; do cp -r "$SITE/$name" "$OUT/site/"; done
+cp -r "$SITE"/fairseq-0.12.2.dist-info "$SITE"/hydra_core-*.dist-info "$SITE"/omegaconf-*.dist-info \
+  "$SITE"/fairscale-*.dist-info "$OUT/site/"
 find "$OUT/site" -name __pycache__ -prune -exec rm -rf {} +
 find "$OUT/site" -name '*.so' -delete  # built for this Python: rebuilt for PYVER below
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env python
-"""The GPU check of SAGE's fused Triton path: step times, parity with foreach, fairseq-train words/s; JSON + Markdown.
+"""The GPU check of SAGE's triton step: step times eager and captured against fused AdamW, parity, syncs, FSDP,
+fairseq-train words/s; JSON + Markdown, rewritten after every part, and the ratio to fused AdamW as the last line.
 
-    python scripts/gpu/check_sage_gpu.py --out runs/gpu_check           # on a CUDA GPU after `make setup`, no download
-    python scripts/gpu/check_sage_gpu.py --out /tmp/gpu_smoke --smoke   # the same plumbing on the CPU (tests)
+    python scripts/gpu/check_sage_gpu.py --out runs/gpu_check --compile   # on a CUDA GPU after `make setup`
+    python scripts/gpu/check_sage_gpu.py --out /tmp/gpu_smoke --smoke      # the same plumbing on the CPU (tests)
 
 Writes OUT/gpu_check.json and OUT/gpu_check.md; the command line and what is measured: sage_toolkit.gpu.check.
 """
