@@ -110,7 +110,7 @@ def test_a_failing_run_is_reported_with_its_name_log_and_error(demo_bin, tmp_pat
     assert exit_.value.code == 1
     err = capsys.readouterr().err
     log = out / "demo_adam" / "seed1" / "train.out"
-    assert err.startswith(f"compare: error: [demo_adam/seed1] training failed (exit status 1); log: {log}"), err
+    assert err.startswith(f"sage-compare: error: [demo_adam/seed1] training failed (exit status 1); log: {log}"), err
     assert "Could not override 'optimization.lrr'" in err and "Key 'lrr' not in 'OptimizationConfig'" in err
     assert "Traceback" not in err, "a message, not the runner's traceback"
     assert "UserWarning" not in err, "the end of the error, not the warnings printed at every start"
