@@ -1,4 +1,4 @@
-"""Dataset preparation for fairseq-sage (see README.md, "Data preparation").
+"""Dataset preparation for fairseq-sage (see docs/data.md).
 
 Entry points (each also a ``data_prep/prepare_*.sh`` wrapper): ``demo`` (the embedded Tatoeba corpus), ``multi30k``,
 ``iwslt14``, ``wmt16``; checks against the real data: ``check_iwslt14_bpe``, ``check_multi30k_tok``. Shared code:

@@ -23,6 +23,7 @@ import shlex
 import warnings
 from typing import Any
 
+from .cli import command_parser
 from .paths import CONFIG_DIR, PLUGIN_DIR
 
 # sections whose type is Any in fairseq's schema: a registry choice (`_name`) plus that component's options
@@ -167,12 +168,31 @@ def render(cfg: Any) -> list[str]:
     return flags
 
 
+PROG = "sage-render-flags"  # the console script; also the prefix of its messages
+EXAMPLES = [
+    "sage-render-flags iwslt14_de_en_sage",
+    "sage-render-flags demo_adam task.data=data-bin/demo optimization.max_update=100 --one-line",
+    "sage-render-flags --list",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    description = (
+        "Print a Hydra config of configs/ as a plain fairseq-train command line: the same experiment, composed as "
+        "fairseq-hydra-train --config-dir configs --config-name CONFIG composes it."
+    )
+    p = command_parser(PROG, description, "%(prog)s CONFIG [OVERRIDE ...] [--one-line] | %(prog)s --list", EXAMPLES)
+    config = p.add_argument_group("the experiment")
+    config.add_argument("config", nargs="?", help="config name in configs/ (see --list)")
+    config.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. task.data=PATH optimization.max_update=10")
+    output = p.add_argument_group("output")
+    output.add_argument("--list", action="store_true", help="list the experiment configs")
+    output.add_argument("--one-line", action="store_true", help="print the command on one line")
+    return p
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("config", nargs="?", help="config name in configs/ (see --list)")
-    p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. task.data=PATH optimization.max_update=10")
-    p.add_argument("--list", action="store_true", help="list the experiment configs")
-    p.add_argument("--one-line", action="store_true", help="print the command on one line")
+    p = build_parser()
     args = p.parse_args(argv)
     if args.list or not args.config:
         print("\n".join(list_configs()))

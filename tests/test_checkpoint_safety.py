@@ -157,14 +157,16 @@ def _command_lines(data_bin, checkpoint, out) -> dict:
              "400", "--max-update", "2", "--cpu", "--save-dir", out / "save", "--restore-file", checkpoint,
              "--no-progress-bar"]  # fmt: skip
     return {
-        "average_checkpoints": (evaluation_commands.average_checkpoints_main,
-                                ["--inputs", checkpoint, "--output", out / "avg.pt"]),  # fmt: skip
-        "evaluate": (evaluation_commands.evaluate_main,
-                     ["--data-bin", data_bin, "--checkpoint", checkpoint, "--cpu", "--out", out / "eval.json"]),
-        "analyze_redundancy": (redundancy_command.main, ["--data-bin", data_bin, "--checkpoints", f"x={checkpoint}",
-                                                         "--out", out / "redundancy", "--cpu", "--no-bleu"]),
-        "analyze_token_loss": (token_loss_command.main, ["--data-bin", data_bin, "--checkpoints", f"x={checkpoint}",
-                                                         "--out", out / "token_loss", "--cpu"]),
+        "sage-average-checkpoints": (evaluation_commands.average_checkpoints_main,
+                                     ["--inputs", checkpoint, "--output", out / "avg.pt"]),
+        "sage-evaluate": (evaluation_commands.evaluate_main,
+                          ["--data-bin", data_bin, "--checkpoint", checkpoint, "--cpu", "--out", out / "eval.json"]),
+        "sage-analyze-redundancy": (redundancy_command.main,
+                                    ["--data-bin", data_bin, "--checkpoints", f"x={checkpoint}",
+                                     "--out", out / "redundancy", "--cpu", "--no-bleu"]),
+        "sage-analyze-token-loss": (token_loss_command.main,
+                                    ["--data-bin", data_bin, "--checkpoints", f"x={checkpoint}",
+                                     "--out", out / "token_loss", "--cpu"]),
         "fairseq-train": ("train", train),
         "fairseq-generate": ("generate", [data_bin, "--path", checkpoint, "--cpu"]),
     }  # fmt: skip
@@ -210,7 +212,9 @@ def test_a_checkpoint_whose_pickle_runs_code_runs_nothing_and_is_refused(name, t
     assert "Traceback" not in output, output[-3000:]
 
 
-@pytest.mark.parametrize("name", ["analyze_redundancy", "analyze_token_loss", "fairseq-train", "fairseq-generate"])
+@pytest.mark.parametrize(
+    "name", ["sage-analyze-redundancy", "sage-analyze-token-loss", "fairseq-train", "fairseq-generate"]
+)
 def test_a_cut_short_checkpoint_where_fairseq_loads_it_is_one_line_naming_it(name, kinds, tiny_data_bin, tmp_path,
                                                                               capfd):  # fmt: skip
     cut = tmp_path / "cut" / "model.pt"  # alone in its folder: nothing to resume from instead

@@ -1,4 +1,4 @@
-"""fairseq-train users read errors and warnings in terms of the flags they typed (README, "Options")."""
+"""fairseq-train users read errors and warnings in terms of the flags they typed (docs/fairseq.md)."""
 
 from __future__ import annotations
 

@@ -94,6 +94,57 @@ def test_log_reader_keeps_one_copy_of_the_lines_fairseq_repeats(tmp_path):
     assert [r["valid_num_updates"] for r in log["valid"]] == [20.0]
 
 
+def _curves(configs, seeds, bleu):
+    """Runs as a comparison records them: validation every 100 updates; seed s of config c has loss 10 - c - s at
+    every point (so a config's mean, min and max are known exactly), and BLEU 10 * s if measured."""
+    return [
+        {"config": config, "seed": seed,
+         "curve": [{"update": u, "valid_loss": float(10 - c - seed), "valid_bleu": float(10 * seed) if bleu else None}
+                   for u in (100, 200, 300)]}
+        for c, config in enumerate(configs) for seed in seeds
+    ]  # fmt: skip
+
+
+def test_learning_curves_show_each_config_once_with_its_seeds_band():
+    """learning_curves.png: one line and one legend entry per config (the mean over its seeds) with the min-max band,
+    not one line per seed (2 configs x 5 seeds made 10 legend rows)."""
+    import matplotlib.pyplot as plt
+
+    from sage_toolkit.runner.report import curve_bands, learning_curves_figure
+
+    configs = ["demo_adam", "demo_sage"]
+    runs = _curves(configs, [1, 2, 3, 4, 5], bleu=True)
+    band = curve_bands(runs, configs, "valid_loss")["demo_sage"]
+    assert band == {"update": [100, 200, 300], "mean": [6.0] * 3, "low": [4.0] * 3, "high": [8.0] * 3, "seeds": 5}
+    fig = learning_curves_figure(runs, configs)
+    try:
+        assert [ax.get_title().split(":")[0] for ax in fig.axes] == ["validation loss", "validation BLEU"]
+        for ax in fig.axes:
+            labels = [text.get_text() for text in ax.get_legend().get_texts()]
+            assert labels == ["demo_adam (5 seeds)", "demo_sage (5 seeds)"]
+            assert len(ax.lines) == 2 and len(ax.collections) == 2  # a mean line and a band per config
+    finally:
+        plt.close(fig)
+
+
+def test_learning_curves_draw_only_what_was_measured():
+    """sage-compare --no-valid-bleu: no validation BLEU, so no BLEU panel (it was drawn empty, axes -0.04..0.04)."""
+    import matplotlib.pyplot as plt
+
+    from sage_toolkit.runner.report import learning_curves_figure
+
+    fig = learning_curves_figure(_curves(["demo_adam", "demo_sage"], [1], bleu=False), ["demo_adam", "demo_sage"])
+    try:
+        assert [ax.get_title() for ax in fig.axes] == ["validation loss"]
+        assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == [
+            "demo_adam (1 seed)",
+            "demo_sage (1 seed)",
+        ]
+        assert not fig.axes[0].collections  # one seed: no band
+    finally:
+        plt.close(fig)
+
+
 def _tiny(demo_bin, out, *extra):
     """One run (demo_adam, seed 1) of 2 updates, greedy test translation: the cheapest full pass of the runner.
     --jobs 2: one thread for the one run (two threads on a busy 2-core machine made generation 6 times slower)."""
@@ -110,7 +161,7 @@ def test_a_failing_run_is_reported_with_its_name_log_and_error(demo_bin, tmp_pat
     assert exit_.value.code == 1
     err = capsys.readouterr().err
     log = out / "demo_adam" / "seed1" / "train.out"
-    assert err.startswith(f"compare: error: [demo_adam/seed1] training failed (exit status 1); log: {log}"), err
+    assert err.startswith(f"sage-compare: error: [demo_adam/seed1] training failed (exit status 1); log: {log}"), err
     assert "Could not override 'optimization.lrr'" in err and "Key 'lrr' not in 'OptimizationConfig'" in err
     assert "Traceback" not in err, "a message, not the runner's traceback"
     assert "UserWarning" not in err, "the end of the error, not the warnings printed at every start"

@@ -44,7 +44,7 @@ def test_multi30k_tokenisation_agrees_with_the_datasets_own_files():
 @pytest.mark.slow
 @pytest.mark.parametrize("seg", ["bpe", "spm"])
 def test_prepare_multi30k_from_the_local_copy_gives_a_data_bin_fairseq_trains_on(tmp_path, capsys, seg):
-    """prepare_multi30k.sh --local-dir ../shared/data/multi30k, first 1,000 training pairs (full size: README)."""
+    """prepare_multi30k.sh --local-dir ../shared/data/multi30k, first 1,000 training pairs (full size: docs/data.md)."""
     dest = tmp_path / seg
     size = ["--bpe-size", "1000"] if seg == "bpe" else ["--spm-size", "1000"]
     argv = ["--local-dir", SHARED_DATA / "multi30k", "--segmentation", seg, *size, "--train-size", "1000",

@@ -131,7 +131,7 @@ def test_prepared_data_bin_end_to_end_through_the_command_line(trained):
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = proc.stdout.strip().splitlines()[-1]
     out = save / "eval.test.json"
-    assert summary.startswith("evaluate: test (20 sentences)") and summary.endswith(f"-> {out}")
+    assert summary.startswith("sage-evaluate: test (20 sentences)") and summary.endswith(f"-> {out}")
     r = json.loads(out.read_text())
     assert JSON_KEYS <= set(r)
     assert r["checkpoints"] == [str((save / "checkpoint_last.pt").resolve())]  # no checkpoint_best.pt
@@ -295,7 +295,7 @@ def test_errors_name_the_path(trained, tmp_path, capsys):
     def fails(*argv) -> str:
         rc = run_main(argv)
         err = capsys.readouterr().err
-        assert rc == 1 and err.startswith("evaluate: error: "), err
+        assert rc == 1 and err.startswith("sage-evaluate: error: "), err
         return err
 
     missing = tmp_path / "nothing"
@@ -333,7 +333,7 @@ def test_an_empty_split_and_a_checkpoint_of_other_dictionaries_are_named(trained
     def fails(data: Path) -> str:
         rc = run_main(["--data-bin", data, "--checkpoint", checkpoint, "--cpu", "--out", tmp_path / "out" / "e.json"])
         err = capsys.readouterr().err
-        assert rc == 1 and err.startswith("evaluate: error: ") and "Traceback" not in err, err
+        assert rc == 1 and err.startswith("sage-evaluate: error: ") and "Traceback" not in err, err
         return err
 
     empty = data_bin_variant(data_bin, tmp_path / "empty", empty_split="test")
@@ -370,7 +370,7 @@ def test_a_result_made_with_other_settings_is_not_replaced(trained, tmp_path, ca
         (["--remove-bpe", "none"], "--remove-bpe: 'subword_nmt' there, None now"),
     ):
         rc, err = run(*extra)
-        assert rc == 1 and err.startswith(f"evaluate: error: {out} holds a result made with other settings"), err
+        assert rc == 1 and err.startswith(f"sage-evaluate: error: {out} holds a result made with other settings"), err
         assert named in err and "give another --out to keep both, or --overwrite to replace it" in err, err
         assert (out.read_text(), out.stat().st_mtime_ns) == (first, written), "nothing may be written"
     assert (average.stat().st_mtime_ns if average.exists() else None) == averaged, "not even the average"
@@ -429,11 +429,11 @@ def test_hypotheses_with_subword_markers_are_scored_with_a_warning(tmp_path, cap
     r, err = evaluate(["das ist gu@@ t", "das ist 1", "\u2581das \u2581ist", "das kl@@"])  # no --remove-bpe
     warning = err.strip().splitlines()
     assert len(warning) == 1 and warning[0].startswith(
-        "evaluate: WARNING: 3 of 4 hypotheses (75.0 %) still contain subword markers ('@@' of BPE in 2, "
+        "sage-evaluate: WARNING: 3 of 4 hypotheses (75.0 %) still contain subword markers ('@@' of BPE in 2, "
     ), err
     assert "--remove-bpe none: pass --remove-bpe subword_nmt" in err
     assert r["subword_markers"] == {"count": 3, "fraction": 0.75, "bpe": 2, "sentencepiece": 1,
-                                    "warning": warning[0].removeprefix("evaluate: WARNING: ")}  # fmt: skip
+                                    "warning": warning[0].removeprefix("sage-evaluate: WARNING: ")}  # fmt: skip
     assert r["bleu_tok"] < 100  # scored as they are (the references are the T- lines)
 
     r, err = evaluate(["\u2581das \u2581ist", "\u2581das \u2581ist \u25811", "das ist 2", "das ist 3"])

@@ -1,4 +1,4 @@
-"""Resuming a fairseq-train checkpoint with changed SAGE options, through the real CLI (README, "Resuming").
+"""Resuming a fairseq-train checkpoint with changed SAGE options, through the real CLI (docs/fairseq.md, "Resuming").
 
 The rules: every option of the optimizer comes from the command line (one log line names each change) and the next
 checkpoint records what ran; a changed ``--sage-params`` is refused with a message naming ``--reset-optimizer`` and

@@ -135,7 +135,7 @@ def interrupted_cleanly(proc, signame: str, code: int) -> str:
     assert rc == code, err[-3000:]
     assert "Traceback" not in err, err[-3000:]
     lines = err.strip().splitlines()
-    prog = Path(proc.args[1]).stem  # compare or study
+    prog = "sage-" + Path(proc.args[1]).stem  # sage-compare or sage-study: the console scripts' names
     assert len(lines) == 1 and lines[0].startswith(f"{prog}: interrupted by {signame}"), err
     return lines[0]
 

@@ -593,11 +593,11 @@ def test_a_failing_grid_is_reported_and_the_study_ends_with_a_message(demo_bin, 
     assert not any("Traceback" in line for line in own), err
     # the grid failure as it happens: its run, its log and the end of its error
     log = out / "sage" / "a" / "seed1" / "train.out"
-    assert f"study: [sage/a/seed1] training failed (exit status 1); log: {log}" in err
+    assert f"sage-study: [sage/a/seed1] training failed (exit status 1); log: {log}" in err
     assert "its end:" in err and "sage_beta3" in log.read_text() and "[sage/a/seed1] FAILED" in captured.out
     # then the end of the study, one line
     assert (
         err.strip().splitlines()[-1]
-        == f"study: error: [sage] every grid setting failed; see {out / 'sage'}/*/train.out"
+        == f"sage-study: error: [sage] every grid setting failed; see {out / 'sage'}/*/train.out"
     )
     assert not (out / "study.json").exists()

@@ -187,9 +187,9 @@ def test_one_checkpoint_under_two_names_and_the_table(measured):
     assert first["checkpoint"] == second["checkpoint"] == str(measured["ckpt"])
     for subset in ("valid", "train"):
         assert first[subset] == second[subset]
-    progress = [line for line in measured["stdout"].splitlines() if line.startswith("analyze_token_loss: ")]
+    progress = [line for line in measured["stdout"].splitlines() if line.startswith("sage-analyze-token-loss: ")]
     assert [line.split(": ")[1] for line in progress[:-1]] == ["first", "second"]  # a line per model, then "wrote"
-    wrote = f"analyze_token_loss: wrote {measured['out'] / 'token_loss.json'}"
+    wrote = f"sage-analyze-token-loss: wrote {measured['out'] / 'token_loss.json'}"
     assert measured["stdout"].endswith(table(result) + "\n" + wrote + "\n")
     assert "| band | tokens | first | second | second - first (share) |" in measured["stdout"]
     assert "+0.000 (+0.0000)" in measured["stdout"]

@@ -295,7 +295,7 @@ def resolve_checkpoints(path: Path, average_last: int | None, average_by: str) -
     return path, [path]
 
 
-def write_average(checkpoint: Path, paths: list[Path], log_prefix: str = "evaluate") -> None:
+def write_average(checkpoint: Path, paths: list[Path], log_prefix: str) -> None:
     """Write the average of ``paths`` to ``checkpoint`` (resolve_checkpoints' name for it) when there are several."""
     if len(paths) > 1:
         print(f"{log_prefix}: averaging {', '.join(p.name for p in paths)} -> {checkpoint}", flush=True)

@@ -2,9 +2,8 @@
 ``scripts/average_checkpoints.py`` (:func:`average_checkpoints_main`): argument parsing, the options objects, one
 library call, the printed summary.
 
-    python scripts/evaluate.py --data-bin DIR --checkpoint PATH_OR_DIR [--average-last N] [--subset test]
-        [--beam 5] [--lenpen 1.0] [--max-tokens 8000] [--batch-size N] [--cpu] [--out JSON]
-    python scripts/average_checkpoints.py --inputs SAVE_DIR --num-epoch-checkpoints 5 --output avg.pt
+    sage-evaluate --data-bin DIR --checkpoint PATH_OR_DIR [options]           (also python scripts/evaluate.py)
+    sage-average-checkpoints --inputs SAVE_DIR --num-epoch-checkpoints 5 --output avg.pt
 """
 
 from __future__ import annotations
@@ -12,8 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from sage_toolkit.cli import command_parser
 from sage_toolkit.errors import run_command
-from sage_toolkit.evaluation import checkpoints, dataset
 from sage_toolkit.evaluation import evaluate as evaluation
 from sage_toolkit.evaluation.checkpoints import AVERAGE_KINDS, AverageOptions, average_to_file
 from sage_toolkit.evaluation.dataset import ScoringOverrides
@@ -21,47 +20,57 @@ from sage_toolkit.evaluation.options import EvalOptions
 from sage_toolkit.evaluation.scoring import BLEU_TOK_KINDS, DETOKENIZERS
 
 EVALUATE_DESCRIPTION = (
-    "Evaluate a fairseq translation checkpoint: fairseq-generate, tokenized BLEU (fairseq's scorer) and sacreBLEU/chrF."
+    "Evaluate a fairseq translation checkpoint: fairseq-generate, tokenized BLEU (fairseq's scorer) and sacreBLEU/chrF "
+    "on the detokenized output, into a JSON file next to the checkpoint. A data_prep folder carries what scoring needs "
+    "(prep.json, ref/); for any other data-bin give --remove-bpe and --ref (docs/toolkit.md)."
 )
-AVERAGE_PROG = "average_checkpoints"
+EVALUATE_EXAMPLES = [
+    "sage-evaluate --data-bin data-bin/iwslt14.tokenized.de-en --checkpoint checkpoints/iwslt14_de_en_sage",
+    "sage-evaluate --data-bin data-bin/wmt16_en_de_bpe32k --checkpoint checkpoints/wmt16_en_de_big_sage "
+    "--average-last 10 --beam 4 --lenpen 0.6",
+    "sage-evaluate --data-bin data-bin/demo --checkpoint runs/demo/demo_sage/seed1 --subset valid --cpu",
+]
+AVERAGE_PROG = "sage-average-checkpoints"
 AVERAGE_DESCRIPTION = (
-    "Average the model parameters of several fairseq checkpoints (checkpoint averaging, as in fairseq's\n"
-    "``scripts/average_checkpoints.py``, which is not installed with the fairseq package)."
+    "Average the model parameters of several fairseq checkpoints of the same model (checkpoint averaging, as in "
+    "fairseq's scripts/average_checkpoints.py, which is not installed with the fairseq package)."
 )
-AVERAGE_USAGE = """Usage::
-
-    python scripts/average_checkpoints.py --inputs SAVE_DIR --num-epoch-checkpoints 5 --output avg.pt
-    python scripts/average_checkpoints.py --inputs SAVE_DIR --num-update-checkpoints 5 --output avg.pt
-    python scripts/average_checkpoints.py --inputs a.pt b.pt c.pt --output avg.pt
-
-"""
+AVERAGE_EXAMPLES = [
+    "sage-average-checkpoints --inputs SAVE_DIR --num-epoch-checkpoints 5 --output avg.pt",
+    "sage-average-checkpoints --inputs SAVE_DIR --num-update-checkpoints 5 --output avg.pt",
+    "sage-average-checkpoints --inputs a.pt b.pt c.pt --output avg.pt",
+]
 
 
-def parse_evaluate_args(argv=None) -> EvalOptions:
-    p = argparse.ArgumentParser(
-        prog=evaluation.PROG, description=EVALUATE_DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n\n".join(evaluation.__doc__.split("\n\n")[1:] + dataset.__doc__.split("\n\n")[1:]),
-    )  # fmt: skip
-    p.add_argument("--data-bin", type=Path, required=True, help="fairseq data-bin (a data_prep folder or any)")
-    p.add_argument("--checkpoint", type=Path, required=True, help="checkpoint file or save dir")
-    p.add_argument("--average-last", type=int, help="average the last N numbered checkpoints of the save dir")
-    p.add_argument("--average-by", choices=AVERAGE_KINDS, default="auto",
-                   help="checkpoints for --average-last (auto: epoch ones if any, else update ones)")  # fmt: skip
-    p.add_argument("--subset", default="test", help="split to translate (default test)")
-    p.add_argument("--beam", type=int, default=5, help="beam size (default 5; WMT'16 recipe: 4)")
-    p.add_argument("--lenpen", type=float, default=1.0, help="length penalty (default 1.0; WMT'16 recipe: 0.6)")
-    p.add_argument("--max-tokens", type=int, default=8000, help="tokens per batch (default 8000)")
-    p.add_argument("--batch-size", type=int, help="sentences per batch (fairseq-generate --batch-size)")
-    p.add_argument("--cpu", action="store_true", help="generate on the CPU")
-    p.add_argument("--out", type=Path, help="JSON output (default <checkpoint dir>/eval.<subset>.json)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing --out result even if it was made with other settings")  # fmt: skip
+def build_evaluate_parser() -> argparse.ArgumentParser:
+    p = command_parser(
+        evaluation.PROG, EVALUATE_DESCRIPTION, "%(prog)s --data-bin DIR --checkpoint PATH [options]", EVALUATE_EXAMPLES
+    )
+    what = p.add_argument_group("what to translate")
+    what.add_argument("--data-bin", type=Path, required=True, help="fairseq data-bin (a data_prep folder or any)")
+    what.add_argument("--checkpoint", type=Path, required=True,
+                      help="checkpoint file, or a save dir (checkpoint_best.pt, else checkpoint_last.pt)")  # fmt: skip
+    what.add_argument("--average-last", type=int, metavar="N",
+                      help="average the last N numbered checkpoints of the save dir")  # fmt: skip
+    what.add_argument("--average-by", choices=AVERAGE_KINDS, default="auto",
+                      help="checkpoints for --average-last (auto: epoch ones if any, else update ones)")  # fmt: skip
+    what.add_argument("--subset", default="test", help="split to translate")
+    decoding = p.add_argument_group("decoding")
+    decoding.add_argument("--beam", type=int, default=5, help="beam size (WMT'16 recipe: 4)")
+    decoding.add_argument("--lenpen", type=float, default=1.0, help="length penalty (WMT'16 recipe: 0.6)")
+    decoding.add_argument("--max-tokens", type=int, default=8000, help="tokens per batch")
+    decoding.add_argument("--batch-size", type=int, help="sentences per batch (fairseq-generate --batch-size)")
+    decoding.add_argument("--cpu", action="store_true", help="generate on the CPU")
+    output = p.add_argument_group("output")
+    output.add_argument("--out", type=Path, help="JSON output (default: <checkpoint dir>/eval.<subset>.json)")
+    output.add_argument("--overwrite", action="store_true",
+                        help="replace an existing --out result even if it was made with other settings")  # fmt: skip
     g = p.add_argument_group("data-bins without prep.json (these also override prep.json)")
     g.add_argument("--source-lang", help="source language (default: prep.json, or the data-bin's file names)")
     g.add_argument("--target-lang", help="target language (default: prep.json, or the data-bin's file names)")
     g.add_argument("--remove-bpe", nargs="?", const="subword_nmt",
-                   help="fairseq-generate --remove-bpe value (subword_nmt, sentencepiece ...; 'none')")  # fmt: skip
+                   help="fairseq-generate --remove-bpe value (subword_nmt, sentencepiece ...; 'none'; "
+                   "default: prep.json's)")  # fmt: skip
     g.add_argument("--ref", type=Path, help="detokenised reference for sacreBLEU (default: ref/<subset>.<tgt>)")
     g.add_argument("--tok-ref", type=Path, help="tokenised reference for tokenized BLEU (default: ref/ or T- lines)")
     g.add_argument("--detok", choices=DETOKENIZERS,
@@ -70,6 +79,11 @@ def parse_evaluate_args(argv=None) -> EvalOptions:
                    help="sacreBLEU/chrF lowercase option (default: prep.json's lowercased)")  # fmt: skip
     g.add_argument("--bleu-tok-kind", choices=BLEU_TOK_KINDS,
                    help="tokenized BLEU variant (default: prep.json's bleu_tok_kind, else tokenized)")  # fmt: skip
+    return p
+
+
+def parse_evaluate_args(argv=None) -> EvalOptions:
+    p = build_evaluate_parser()
     args = p.parse_args(argv)
     for name in ("beam", "max_tokens", "batch_size"):
         value = getattr(args, name)
@@ -96,17 +110,25 @@ def evaluate_main(argv=None) -> int:
     return 0
 
 
+def build_average_parser() -> argparse.ArgumentParser:
+    p = command_parser(
+        AVERAGE_PROG, AVERAGE_DESCRIPTION, "%(prog)s --inputs CHECKPOINTS_OR_DIR --output FILE [options]",
+        AVERAGE_EXAMPLES,
+    )  # fmt: skip
+    io = p.add_argument_group("input and output")
+    io.add_argument("--inputs", nargs="+", required=True, type=Path, help="checkpoint files, or one save dir")
+    io.add_argument("--output", required=True, type=Path, help="the averaged checkpoint (written atomically)")
+    io.add_argument("--drop-optimizer-state", action="store_true", help="write last_optimizer_state=None")
+    which = p.add_argument_group("which checkpoints of a save dir (one of)")
+    g = which.add_mutually_exclusive_group()
+    g.add_argument("--num-epoch-checkpoints", type=int, metavar="N", help="average the last N checkpoint{epoch}.pt")
+    g.add_argument("--num-update-checkpoints", type=int, metavar="N",
+                   help="average the last N checkpoint_{epoch}_{updates}.pt")  # fmt: skip
+    return p
+
+
 def parse_average_args(argv=None) -> AverageOptions:
-    p = argparse.ArgumentParser(prog=AVERAGE_PROG, description=AVERAGE_DESCRIPTION,
-                                epilog=AVERAGE_USAGE + checkpoints.__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    p.add_argument("--inputs", nargs="+", required=True, type=Path, help="checkpoint files, or one save dir")
-    p.add_argument("--output", required=True, type=Path, help="the averaged checkpoint (written atomically)")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--num-epoch-checkpoints", type=int, help="average the last N checkpoint{epoch}.pt of the dir")
-    g.add_argument("--num-update-checkpoints", type=int, help="average the last N checkpoint_{e}_{u}.pt of the dir")
-    p.add_argument("--drop-optimizer-state", action="store_true", help="write last_optimizer_state=None")
-    args = p.parse_args(argv)
+    args = build_average_parser().parse_args(argv)
     return AverageOptions(
         inputs=tuple(args.inputs), output=args.output, num_epoch_checkpoints=args.num_epoch_checkpoints,
         num_update_checkpoints=args.num_update_checkpoints, drop_optimizer_state=args.drop_optimizer_state,

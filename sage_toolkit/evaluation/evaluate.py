@@ -58,7 +58,7 @@ from sage_toolkit.evaluation.scoring import (
     subword_markers,
 )
 
-PROG = "evaluate"
+PROG = "sage-evaluate"  # the console script; also the prefix of its messages
 # key in the JSON (and its "options") -> the option that sets it
 OPTION_FLAGS = {
     "data_bin": "--data-bin", "checkpoints": "--checkpoint (the checkpoint files)", "average_last": "--average-last",

@@ -9,7 +9,7 @@ configs/) one after the other through sage_toolkit.runner.comparison: validation
 ``learning_curves.png``. It then writes ``OUT/gpu_check.json``: the device, the measured seconds per update (training
 wall-clock, validation included, over the updates run) and, from it, the projected GPU-hours of a full run
 (``optimization.max_update`` of the config: 50,000 updates) per optimizer. A short budget is a check of the curves and
-of the cost, not a BLEU result: the full run is README's "Full-size reproduction on a GPU".
+of the cost, not a BLEU result: the full run is in docs/experiments.md, "Full-size reproduction on a GPU".
 
 Needs a CUDA GPU; ``--allow-cpu`` runs the same plumbing on the CPU (with ``common.cpu=true``) for a smoke test on a
 small data-bin and a shrunken model (any Hydra override after the options applies to both runs).
@@ -27,12 +27,13 @@ from sage_toolkit.errors import ToolkitError, run_command
 from sage_toolkit.paths import ROOT
 from sage_toolkit.runner.comparison import CompareOptions, compare
 
+PROG = "check_iwslt14"  # the prefix of its messages, and of the runner's
 CONFIGS = ["iwslt14_de_en_adam", "iwslt14_de_en_sage"]
 FULL_UPDATES = 50_000  # configs/experiment/iwslt14_de_en.yaml, optimization.max_update
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=ROOT / "data-bin" / "iwslt14.tokenized.de-en",
                         help="prepared IWSLT'14 data-bin (default data-bin/iwslt14.tokenized.de-en)")  # fmt: skip
     parser.add_argument("--out", type=Path, required=True, help="output folder")
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> dict:
         options.check()
     except ToolkitError as e:
         parser.error(str(e))
-    results = run_command("compare", lambda: compare(options))
+    results = run_command(PROG, lambda: compare(options, prog=PROG))
 
     runs = []
     for run in results["runs"]:

@@ -58,7 +58,7 @@ from sage_toolkit.redundancy.scoring import BleuScorer, validation_loss
 from sage_toolkit.redundancy.sensitivity import quantiles_by_type, sensitivities
 from sage_toolkit.redundancy.summary import group_summary, layer_type_summaries
 
-PROG = "analyze_redundancy"
+PROG = "sage-analyze-redundancy"  # the console script; also the prefix of its messages
 OUTPUTS = ("redundancy.json", "pruning_curves.png", "sensitivity_by_layer_type.png")
 BY_TYPE_OUTPUT = "pruning_curves_by_layer_type.png"
 

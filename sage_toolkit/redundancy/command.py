@@ -1,7 +1,7 @@
 """The command line of the redundancy analysis, ``scripts/analyze_redundancy.py`` (:func:`main`): argument parsing,
 :class:`~.options.RedundancyOptions`, one library call (:func:`.analysis.run`), the table on stdout.
 
-    python scripts/analyze_redundancy.py --data-bin DIR --checkpoints NAME=PATH [NAME=PATH ...] --out DIR
+    sage-analyze-redundancy --data-bin DIR --checkpoints NAME=PATH [NAME=PATH ...] --out DIR    (or scripts/...)
         [--subset valid] [--batches 8] [--sparsities 0 0.1 0.2 0.3 0.4 0.5 0.6] [--methods sensitivity magnitude]
         [--bleu/--no-bleu] [--beam 1] [--max-tokens 4096] [--cpu]
 """
@@ -11,59 +11,74 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from sage_toolkit.cli import command_parser
 from sage_toolkit.errors import run_command
-from sage_toolkit.redundancy import analysis, pruning, summary
+from sage_toolkit.redundancy import analysis, summary
 from sage_toolkit.redundancy.options import DEFAULT_SPARSITIES, METHODS, RedundancyOptions
 
 DESCRIPTION = (
-    "Redundancy analysis of trained fairseq translation checkpoints: prune by sensitivity or magnitude, "
-    "measure the loss."
+    "Redundancy analysis of trained fairseq translation checkpoints: estimate each weight's sensitivity |theta * grad| "
+    "on training batches, prune (zero) the least sensitive or smallest weights at several sparsities, and measure the "
+    "validation loss and BLEU; redundancy.json and plots in --out."
 )
+EXAMPLES = [
+    "sage-analyze-redundancy --data-bin data-bin/multi30k.de-en.bpe --checkpoints adam=runs/a sage=runs/s --out red",
+    "sage-analyze-redundancy --data-bin DATA --checkpoints adam/seed1=A1 adam/seed2=A2 sage/seed1=S1 sage/seed2=S2 "
+    "--out red --by-layer-type --cpu",
+    "sage-analyze-redundancy --data-bin DATA --checkpoints sage=ckpt.pt --out red --no-bleu --sparsities 0 0.3 0.6",
+]
 
 
-def parse_args(argv=None) -> RedundancyOptions:
-    docs = [analysis.__doc__, pruning.__doc__, summary.__doc__]
-    p = argparse.ArgumentParser(
-        prog=analysis.PROG, description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n\n".join(part for doc in docs for part in doc.split("\n\n")[1:]),
+def build_parser() -> argparse.ArgumentParser:
+    p = command_parser(
+        analysis.PROG, DESCRIPTION, "%(prog)s --data-bin DIR --checkpoints NAME=PATH [...] --out DIR [options]",
+        EXAMPLES,
     )  # fmt: skip
-    p.add_argument("--data-bin", type=Path, required=True, help="fairseq data-bin the checkpoints were trained on")
-    p.add_argument(
+    models = p.add_argument_group("models and output")
+    models.add_argument("--data-bin", type=Path, required=True, help="fairseq data-bin the checkpoints were trained on")
+    models.add_argument(
         "--checkpoints",
         nargs="+",
         required=True,
         metavar="NAME=PATH",
-        help="checkpoints to analyse (a file, or a save dir: checkpoint_best.pt, else checkpoint_last.pt)",
+        help="checkpoints to analyse (a file, or a save dir: checkpoint_best.pt, else checkpoint_last.pt); "
+        "GROUP/NAME=PATH groups seeds into a mean ± std",
     )
-    p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--subset", default="valid", help="split for loss and BLEU (default valid)")
-    p.add_argument(
-        "--sensitivity-subset", default="train", help="split whose batches estimate the sensitivity (default train)"
+    models.add_argument("--out", type=Path, required=True, help="output folder")
+    pruning_options = p.add_argument_group("sensitivity and pruning")
+    pruning_options.add_argument(
+        "--sensitivity-subset", default="train", help="split whose batches estimate the sensitivity"
     )
-    p.add_argument("--batches", type=int, default=8, help="batches for the sensitivity estimate (default 8)")
-    p.add_argument(
+    pruning_options.add_argument("--batches", type=int, default=8, help="batches for the sensitivity estimate")
+    pruning_options.add_argument("--seed", type=int, default=1, help="seed of the sensitivity batches' order")
+    pruning_options.add_argument(
         "--sparsities",
         type=float,
         nargs="+",
         default=list(DEFAULT_SPARSITIES),
-        help="fractions of the entries in scope to zero, each in [0, 1) (default 0 0.1 ... 0.6)",
+        help="fractions of the entries in scope to zero, each in [0, 1)",
     )
-    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="rankings (default both)")
-    p.add_argument("--bleu", action=argparse.BooleanOptionalAction, default=True, help="measure BLEU (default on)")
-    p.add_argument("--beam", type=int, default=1, help="beam size for BLEU (default 1: greedy)")
-    p.add_argument("--max-len-a", type=float, default=0.0, help="generation max length a*src_len+b (default 0)")
-    p.add_argument("--max-len-b", type=int, default=200, help="generation max length a*src_len+b (default 200)")
-    p.add_argument("--max-tokens", type=int, default=4096, help="tokens per batch (default 4096)")
-    p.add_argument("--seed", type=int, default=1, help="seed of the sensitivity batches' order (default 1)")
-    p.add_argument("--cpu", action="store_true", help="run on the CPU even if CUDA is available")
-    p.add_argument(
+    pruning_options.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="rankings")
+    pruning_options.add_argument(
         "--by-layer-type",
         action=argparse.BooleanOptionalAction,
         default=False,
         help="also prune within each layer type alone (embeddings, attention, feed-forward: each ranked among its own "
         "entries), beside the global ranking",
     )
+    measure = p.add_argument_group("measurement")
+    measure.add_argument("--subset", default="valid", help="split for loss and BLEU")
+    measure.add_argument("--bleu", action=argparse.BooleanOptionalAction, default=True, help="measure BLEU")
+    measure.add_argument("--beam", type=int, default=1, help="beam size for BLEU (1: greedy)")
+    measure.add_argument("--max-len-a", type=float, default=0.0, help="generation max length a*src_len+b: a")
+    measure.add_argument("--max-len-b", type=int, default=200, help="generation max length a*src_len+b: b")
+    measure.add_argument("--max-tokens", type=int, default=4096, help="tokens per batch")
+    measure.add_argument("--cpu", action="store_true", help="run on the CPU even if CUDA is available")
+    return p
+
+
+def parse_args(argv=None) -> RedundancyOptions:
+    p = build_parser()
     args = p.parse_args(argv)  # fmt: skip
     for name in ("batches", "beam", "max_tokens"):
         if getattr(args, name) < 1:

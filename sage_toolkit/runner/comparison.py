@@ -24,6 +24,8 @@ from sage_toolkit.runner.report import METRICS, comparison_markdown, plot_learni
 from sage_toolkit.runner.training import Run, RunSettings
 from sage_toolkit.stats import mean_std
 
+PROG = "sage-compare"  # the console script; also the prefix of its messages
+
 
 @dataclass
 class CompareOptions:
@@ -88,7 +90,7 @@ def aggregate(runs: list[dict], configs: list[str]) -> dict:
     return table
 
 
-def compare(options: CompareOptions, prog: str = "compare") -> dict:
+def compare(options: CompareOptions, prog: str = PROG) -> dict:
     """Run the comparison (checked options) inside a runner session named ``prog``; results.json's content.
 
     Prints each run's progress, then the table and the files written."""

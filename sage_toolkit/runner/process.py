@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from sage_toolkit.errors import ToolkitError
+from sage_toolkit.evaluation.evaluate import PROG as EVALUATE_PROG
 from sage_toolkit.runner.console import complain, say
 from sage_toolkit.runner.locks import RUNNER_LOCK, check_not_in_use, locked, note_child
 
@@ -208,7 +209,7 @@ def run_logged(
 ) -> None:
     """Run a command in its own process group (it inherits the lock ``lock_fd``), append its output to ``logfile``,
     and show ``[NAME] STATUS`` for every line that ``status`` turns into one; a child's warnings
-    (``evaluate: WARNING ...``) go to stderr.
+    (``sage-evaluate: WARNING ...``) go to stderr.
 
     Raises RunFailed (with the end of its output) if it fails, Stopped if the runner stopped it."""
     start = logfile.stat().st_size if logfile.exists() else 0
@@ -221,7 +222,7 @@ def run_logged(
         try:
             for line in proc.stdout:
                 out.write(line)
-                if line.startswith("evaluate: WARNING"):
+                if line.startswith(f"{EVALUATE_PROG}: WARNING"):
                     complain(f"[{name}] {line.rstrip()}")
                     continue
                 shown = status(line)

@@ -60,31 +60,66 @@ def comparison_markdown(
     return "\n".join(lines) + "\n"
 
 
-def plot_learning_curves(path: Path, runs: list[dict], configs: list[str]) -> None:
-    """Validation loss and validation BLEU against updates, one line per run, one colour per config."""
+def curve_bands(runs: list[dict], configs: list[str], key: str) -> dict[str, dict]:
+    """Per config with any value of ``key`` in its runs' curves: ``update`` (every update at which a seed measured
+    it), the ``mean`` over the seeds that did, their ``low``/``high`` (min and max) and ``seeds`` (how many runs)."""
+    bands = {}
+    for config in dict.fromkeys(configs):
+        mine = [r for r in runs if r["config"] == config]
+        by_update: dict[int, list[float]] = {}
+        for r in mine:
+            for point in r["curve"]:
+                value = point.get(key)
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    by_update.setdefault(point["update"], []).append(float(value))
+        if by_update:
+            updates = sorted(by_update)
+            values = [by_update[u] for u in updates]
+            bands[config] = {
+                "update": updates, "mean": [sum(v) / len(v) for v in values], "low": [min(v) for v in values],
+                "high": [max(v) for v in values], "seeds": len(mine),
+            }  # fmt: skip
+    return bands
+
+
+# the panels of learning_curves.png: (key in a curve point, axis label, title); a panel is drawn only where measured
+CURVE_PANELS = [
+    ("valid_loss", "validation loss (label-smoothed, base 2)", "validation loss"),
+    ("valid_bleu", "validation BLEU (greedy, sacreBLEU)", "validation BLEU"),
+]
+
+
+def learning_curves_figure(runs: list[dict], configs: list[str]):
+    """The figure of :func:`plot_learning_curves` (the caller closes it)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_loss, ax_bleu) = plt.subplots(1, 2, figsize=(11, 4))
-    colors = dict(zip(configs, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
-    for r in runs:
-        curve = [c for c in r["curve"] if c["valid_loss"] is not None]
-        bleu = [c for c in curve if isinstance(c.get("valid_bleu"), float)]
-        for ax, points, key in ((ax_loss, curve, "valid_loss"), (ax_bleu, bleu, "valid_bleu")):
-            ax.plot(
-                [c["update"] for c in points],
-                [c[key] for c in points],
-                marker="o",
-                color=colors[r["config"]],
-                label=f"{r['config']} (seed {r['seed']})",
-            )
-    ax_loss.set(xlabel="update", ylabel="validation loss (label-smoothed, base 2)", title="validation loss")
-    ax_bleu.set(xlabel="update", ylabel="validation BLEU (greedy, sacreBLEU)", title="validation BLEU")
-    for ax in (ax_loss, ax_bleu):
+    panels = [(key, *labels, curve_bands(runs, configs, key)) for key, *labels in CURVE_PANELS]
+    panels = [panel for panel in panels if panel[-1]] or panels[:1]  # nothing measured yet: an empty loss panel
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    colors = dict(zip(dict.fromkeys(configs), plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
+    several = any(band["seeds"] > 1 for *_, bands in panels for band in bands.values())
+    for ax, (_, ylabel, title, bands) in zip(axes[0], panels, strict=True):
+        for config, band in bands.items():
+            seeds = f"{band['seeds']} seeds" if band["seeds"] > 1 else "1 seed"
+            ax.plot(band["update"], band["mean"], marker="o", ms=3, color=colors[config], label=f"{config} ({seeds})")
+            if band["seeds"] > 1:
+                ax.fill_between(band["update"], band["low"], band["high"], color=colors[config], alpha=0.2, lw=0)
+        ax.set(xlabel="update", ylabel=ylabel, title=title + (": mean over seeds, band min–max" if several else ""))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if bands:
+            ax.legend(fontsize=8)
     fig.tight_layout()
+    return fig
+
+
+def plot_learning_curves(path: Path, runs: list[dict], configs: list[str]) -> None:
+    """Validation loss and validation BLEU against updates: one line per config, the mean over its seeds, with the
+    seeds' min–max band; the BLEU panel only where BLEU was measured (not with ``--no-valid-bleu``)."""
+    import matplotlib.pyplot as plt
+
+    fig = learning_curves_figure(runs, configs)
     savefig_atomic(fig, path, dpi=120)
     plt.close(fig)

@@ -1,6 +1,6 @@
 """A tuned Adam-versus-SAGE study from one spec file: grid on validation, seeds, length penalty, test table, plots.
 
-    python scripts/study.py studies/multi30k_de_en.yaml [--out runs/multi30k_de_en] [--jobs 2]
+    sage-study studies/multi30k_de_en.yaml [--out runs/multi30k_de_en] [--jobs 2]    (also python scripts/study.py)
 
 The spec (YAML; studies/multi30k_de_en.yaml is the one RESULTS.md reports) names the data-bin, a Hydra config per
 optimizer and, per optimizer, a grid of settings (each a list of Hydra overrides). The protocol keeps the test sets
@@ -30,22 +30,36 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from sage_toolkit.cli import command_parser
 from sage_toolkit.errors import ToolkitError, run_command
 from sage_toolkit.study.budget import budget, fit_decay, measured_fall
 from sage_toolkit.study.generalization import excess
 from sage_toolkit.study.grid import describe_edges, edges, winner
-from sage_toolkit.study.protocol import Study, retest, run_only, run_study
+from sage_toolkit.study.protocol import PROG, Study, retest, run_only, run_study
 from sage_toolkit.study.report import list_checkpoints
 from sage_toolkit.study.spec import load_spec
 
+DESCRIPTION = (
+    "A tuned Adam-versus-SAGE study from one spec file: grid on the validation set, the winner with every seed, the "
+    "length penalty on validation, then the test sets; tables with significance tests, plots, study.json. "
+    "Re-running resumes."
+)
+EXAMPLES = [
+    "sage-study studies/multi30k_de_en.yaml --out runs/multi30k_de_en --jobs 2",
+    "sage-study studies/multi30k_de_en_converged_final.yaml --next 2",
+    "sage-study studies/multi30k_de_en.yaml --out runs/multi30k_de_en --list-checkpoints",
+]
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("spec", type=Path, help="study spec (YAML), e.g. studies/multi30k_de_en.yaml")
-    parser.add_argument("--out", type=Path, help="output folder (default: the spec's 'out')")
-    parser.add_argument("--jobs", type=int, help="trainings/evaluations at the same time (default: the spec's)")
-    parser.add_argument("--gpu", dest="cpu", action="store_false", help="translate on the GPU (default: CPU)")
-    mode = parser.add_mutually_exclusive_group()  # one job per call: none of these combines with another
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = command_parser(PROG, DESCRIPTION, "%(prog)s SPEC [--out DIR] [options]", EXAMPLES)
+    study = parser.add_argument_group("the study")
+    study.add_argument("spec", type=Path, help="study spec (YAML), e.g. studies/multi30k_de_en.yaml")
+    study.add_argument("--out", type=Path, help="output folder (default: the spec's 'out')")
+    study.add_argument("--jobs", type=int, help="trainings/evaluations at the same time (default: the spec's)")
+    study.add_argument("--gpu", dest="cpu", action="store_false", help="translate on the GPU (default: CPU)")
+    jobs = parser.add_argument_group("one job instead of the whole study (at most one of these)")
+    mode = jobs.add_mutually_exclusive_group()
     mode.add_argument(
         "--only",
         nargs="+",
@@ -68,7 +82,6 @@ def main(argv: list[str] | None = None) -> dict:
         "budget at which a power-law fit of each predicts a fall of at most --max-fall per 1,000 updates "
         "(sage_toolkit.study.budget); trains nothing",
     )
-    parser.add_argument("--max-fall", type=float, help="--budget's threshold, per 1,000 updates (default 0.01)")
     mode.add_argument(
         "--grid",
         action="store_true",
@@ -87,8 +100,14 @@ def main(argv: list[str] | None = None) -> dict:
     mode.add_argument(
         "--list-checkpoints",
         action="store_true",
-        help="print OPTIMIZER/seedN=PATH of the finished study's final checkpoints (for analyze_redundancy.py)",
+        help="print OPTIMIZER/seedN=PATH of the finished study's final checkpoints (for sage-analyze-redundancy)",
     )
+    jobs.add_argument("--max-fall", type=float, help="--budget's threshold, per 1,000 updates (default 0.01)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.jobs is not None and args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
@@ -127,10 +146,10 @@ def main(argv: list[str] | None = None) -> dict:
     except ToolkitError as e:
         parser.error(str(e))
     if args.only:
-        return run_command("study", lambda: run_only(study, args.only))
+        return run_command(PROG, lambda: run_only(study, args.only))
     if args.retest:
-        return run_command("study", lambda: retest(study))
-    return run_command("study", lambda: run_study(study))
+        return run_command(PROG, lambda: retest(study))
+    return run_command(PROG, lambda: run_study(study))
 
 
 def print_grid(study: Study) -> dict:

@@ -53,6 +53,7 @@ from sage_toolkit.study.record import RunRecord
 from sage_toolkit.study.report import plots, report
 from sage_toolkit.study.spec import StudySpec
 
+PROG = "sage-study"  # the console script; also the prefix of its messages
 SCORE_KEYS = ("bleu_tok", "sacrebleu", "chrf", "bp", "sys_len", "ref_len", "sacrebleu_signature")
 
 
@@ -370,7 +371,7 @@ class Study:
                 if not tolerate_failure:
                     raise
                 say(f"[{run.name}] FAILED: {e.what} exited with status {e.returncode}; recorded in {failed}")
-                complain(f"study: {e}")
+                complain(f"{PROG}: {e}")
                 failure = {"failed": str(e), "sacrebleu": None, "bleu_tok": None, "bp": None}
                 write_atomic(failed, json.dumps(failure))
             else:
@@ -623,7 +624,7 @@ def check_configs(spec: StudySpec) -> None:
                 ) from None
 
 
-def run_study(study: Study, prog: str = "study") -> dict:
+def run_study(study: Study, prog: str = PROG) -> dict:
     """Run the study inside a runner session named ``prog`` and write study.json, study.md and the plots; the
     summary (study.json's content). Prints the progress, then the tables and the files written."""
     out, spec = study.out, study.spec
@@ -726,7 +727,7 @@ def write_token_loss(out: Path, analysis: dict) -> None:
     write_atomic(out / "token_loss.md", group_table(analysis) + "\n" + table(analysis) + "\n")
 
 
-def run_only(study: Study, names: list[str], prog: str = "study") -> list[str]:
+def run_only(study: Study, names: list[str], prog: str = PROG) -> list[str]:
     """Train, finish and validate only the runs ``names`` (see :meth:`Study.execute_only`) inside a runner session;
     writes no study.json. Prints a line per run."""
     check_configs(study.spec)

@@ -41,7 +41,7 @@ from sage_toolkit.redundancy.model import check_data_bin as require_splits
 from sage_toolkit.redundancy.model import load, to_device
 from sage_toolkit.stats import finite, format_difference, format_mean_std
 
-PROG = "analyze_token_loss"
+PROG = "sage-analyze-token-loss"  # the console script; also the prefix of its messages
 OUTPUT = "token_loss.json"
 DEFAULT_EDGES = (10, 100, 1000)
 DEFAULT_SUBSETS = ("valid",)

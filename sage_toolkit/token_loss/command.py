@@ -1,7 +1,7 @@
 """The command line of the token-loss analysis, ``scripts/analyze_token_loss.py`` (:func:`main`): argument parsing,
 :class:`~.analysis.TokenLossOptions`, one library call (:func:`.analysis.run`), the table on stdout.
 
-    python scripts/analyze_token_loss.py --data-bin DIR --checkpoints NAME=PATH [NAME=PATH ...] --out DIR
+    sage-analyze-token-loss --data-bin DIR --checkpoints NAME=PATH [NAME=PATH ...] --out DIR    (or scripts/...)
         [--subsets valid [train ...]] [--edges 10 100 1000] [--max-sentences N] [--max-tokens 4096]
         [--multiplier-batches N] [--seed 1] [--cpu]
 """
@@ -11,23 +11,33 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from sage_toolkit.cli import command_parser
 from sage_toolkit.errors import ToolkitError, run_command
 from sage_toolkit.token_loss import analysis
 from sage_toolkit.token_loss.analysis import DEFAULT_EDGES, DEFAULT_SUBSETS, TokenLossOptions
 
 DESCRIPTION = (
     "The per-token NLL of trained fairseq translation checkpoints, split by how often each token occurs in the "
-    "training data."
+    "training data (and by the rarest source token of its sentence); with --multiplier-batches, the SAGE multiplier "
+    "of the embedding rows in the same bands. token_loss.json in --out, the table on stdout."
 )
+EXAMPLES = [
+    "sage-analyze-token-loss --data-bin data-bin/multi30k.de-en.bpe --checkpoints adam=runs/a sage=runs/s --out tl",
+    "sage-analyze-token-loss --data-bin DATA --checkpoints adam=A.pt sage=S.pt --out tl --subsets valid train "
+    "--max-sentences 3000",
+    "sage-analyze-token-loss --data-bin DATA --checkpoints sage=runs/s/checkpoint_last.pt --out tl "
+    "--multiplier-batches 20",
+]
 
 
-def parse_args(argv=None) -> TokenLossOptions:
-    p = argparse.ArgumentParser(
-        prog=analysis.PROG, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n\n".join(analysis.__doc__.split("\n\n")[1:]),
+def build_parser() -> argparse.ArgumentParser:
+    p = command_parser(
+        analysis.PROG, DESCRIPTION, "%(prog)s --data-bin DIR --checkpoints NAME=PATH [...] --out DIR [options]",
+        EXAMPLES,
     )  # fmt: skip
-    p.add_argument("--data-bin", type=Path, required=True, help="fairseq data-bin the checkpoints were trained on")
-    p.add_argument(
+    models = p.add_argument_group("models and output")
+    models.add_argument("--data-bin", type=Path, required=True, help="fairseq data-bin the checkpoints were trained on")
+    models.add_argument(
         "--checkpoints",
         nargs="+",
         required=True,
@@ -35,28 +45,35 @@ def parse_args(argv=None) -> TokenLossOptions:
         help="checkpoints to measure, the first the baseline of the differences (a file, or a save dir: "
         "checkpoint_best.pt, else checkpoint_last.pt)",
     )
-    p.add_argument("--out", type=Path, required=True, help="output folder (token_loss.json)")
-    p.add_argument(
-        "--subsets", nargs="+", default=list(DEFAULT_SUBSETS), help="splits to score (default valid; e.g. valid train)"
+    models.add_argument("--out", type=Path, required=True, help="output folder (token_loss.json)")
+    scoring = p.add_argument_group("what is scored")
+    scoring.add_argument(
+        "--subsets", nargs="+", default=list(DEFAULT_SUBSETS), help="splits to score, e.g. valid train"
     )
-    p.add_argument(
+    scoring.add_argument(
         "--edges",
         type=int,
         nargs="+",
         default=list(DEFAULT_EDGES),
-        help="band edges on a token's train count, increasing (default 10 100 1000: < 10, 10-99, 100-999, >= 1000)",
+        help="band edges on a token's train count, increasing (10 100 1000: < 10, 10-99, 100-999, >= 1000)",
     )
-    p.add_argument("--max-sentences", type=int, help="score only each split's first N sentences (default all)")
-    p.add_argument("--max-tokens", type=int, default=4096, help="tokens per batch (default 4096)")
-    p.add_argument(
+    scoring.add_argument("--max-sentences", type=int, help="score only each split's first N sentences (default all)")
+    scoring.add_argument("--max-tokens", type=int, default=4096, help="tokens per batch")
+    scoring.add_argument("--cpu", action="store_true", help="run on the CPU even if CUDA is available")
+    multipliers = p.add_argument_group("SAGE's multipliers")
+    multipliers.add_argument(
         "--multiplier-batches",
         type=int,
         default=0,
         help="for checkpoints trained with SAGE: measure the multiplier of the embedding rows on this many train "
-        "batches (default 0: off)",
+        "batches (0: off)",
     )
-    p.add_argument("--seed", type=int, default=1, help="seed of those batches' order and dropout (default 1)")
-    p.add_argument("--cpu", action="store_true", help="run on the CPU even if CUDA is available")
+    multipliers.add_argument("--seed", type=int, default=1, help="seed of those batches' order and dropout")
+    return p
+
+
+def parse_args(argv=None) -> TokenLossOptions:
+    p = build_parser()
     args = p.parse_args(argv)
     if args.max_tokens < 1:
         p.error(f"--max-tokens must be positive, got {args.max_tokens}")

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create .venv with torch 2.13.0 (CPU), fairseq 0.12.2 patched for Python 3.11 / torch >= 2.6, and this project.
-# Idempotent: re-running reuses the venv and only installs what is missing. See README.md, "Install".
+# Idempotent: re-running reuses the venv and only installs what is missing. See docs/contributing.md, "Install".
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
