@@ -23,7 +23,8 @@ from omegaconf import II, OmegaConf
 
 from .optim import AdamaxSAGE, AdamSAGE
 from .optim._functional import IMPLEMENTATIONS, why_unavailable
-from .optim.sage import SelectionChangedError, check_options
+from .optim.options import check_options
+from .optim.saved_state import SelectionChangedError
 from .optim.selection import check_matches, describe_choices, partition, selector
 
 logger = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from torch import nn
 
 from fairseq_plugins.optim import AdamSAGE, _fused_cpu
 from fairseq_plugins.optim._functional import StepOptions
-from fairseq_plugins.optim.sage import SelectionChangedError
+from fairseq_plugins.optim.saved_state import SelectionChangedError
 from tests.fairseq_utils import ROOT
 from tests.optim_infos import cases
 

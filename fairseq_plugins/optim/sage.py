@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-import numbers
 import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -14,6 +12,8 @@ from torch import Tensor
 from . import _functional as F
 from . import _plan
 from .diagnostics import SAGEStatsMixin
+from .options import RANGES, check_options, check_param, check_range, describe_param, plain_numbers
+from .saved_state import SavedStateMixin
 from .selection import check_matches, selector
 
 
@@ -22,161 +22,7 @@ def _capturing() -> bool:
     return torch.cuda.is_initialized() and torch.cuda.is_current_stream_capturing()
 
 
-def _real(value: Any, tensor_ok: bool = False) -> float | None:
-    """The number an option holds: a Python or numpy real (not a bool), or with ``tensor_ok`` a one-element real
-    tensor (torch's optimizers take ``lr`` as one); None for anything else."""
-    if isinstance(value, numbers.Real) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, Tensor) and tensor_ok and value.numel() == 1:
-        if not (value.is_complex() or value.dtype == torch.bool):
-            return float(value)
-    return None
-
-
-def _check_range(name: str, value: Any, low: float, high: float | None = None, *, above: bool = False,
-                 tensor_ok: bool = False, why: str = "") -> None:  # fmt: skip
-    """``value`` is a finite number >= ``low`` (> ``low`` with ``above``) and < ``high``."""
-    number = _real(value, tensor_ok)
-    if number is None:
-        raise ValueError(f"{name} must be a number{' or a one-element tensor' if tensor_ok else ''}, got {value!r}")
-    ok = math.isfinite(number) and (number > low if above else number >= low)
-    if ok and high is not None:
-        ok = number < high
-    if not ok:
-        bound = f"in [{low}, {high})" if high is not None else f"{'>' if above else '>='} {low}"
-        raise ValueError(f"{name} must be {bound}, got {value!r}{why}")
-
-
-def _check_betas(betas: Any, name: str = "betas") -> tuple[float, float]:
-    try:
-        beta1, beta2 = (float(b) for b in betas)
-    except (TypeError, ValueError, RuntimeError):
-        raise ValueError(f"{name} must be a pair of floats, got {betas!r}") from None
-    _check_range(f"{name}[0]", beta1, 0.0, 1.0)
-    _check_range(f"{name}[1]", beta2, 0.0, 1.0)
-    return beta1, beta2
-
-
-# the scalar options every group carries, with their checks (_check_range's keywords); checked at construction, per
-# added group and in a loaded state. eps > 0: it keeps both denominators positive; at 0 an entry whose gradient has
-# always been 0 (a padding embedding row) or whose sensitivity is 0 (a zero-initialised bias) gets 0/0 = NaN.
-_RANGES: dict[str, dict[str, Any]] = {
-    "lr": dict(low=0.0, tensor_ok=True),
-    "eps": dict(low=0.0, above=True, why=" (eps keeps the denominators positive: at 0, an entry whose gradient or "
-                                         "sensitivity is zero gets 0/0 = NaN)"),
-    "weight_decay": dict(low=0.0),
-    "beta3": dict(low=0.0, high=1.0),
-    "sage_strength": dict(low=0.0, tensor_ok=True),
-}  # fmt: skip
-# the options a tensor may hold (as torch's lr): kept as the tensor, read by the step (changing it in place changes the
-# next step); a tensor on the parameters' device is read there by the triton kernel, without a host read
-_TENSOR_OPTIONS = ("lr", "sage_strength")
-# the impls whose step counts and scalars stay on the device: the ones a CUDA graph can capture
-CAPTURABLE_IMPLS = ("auto", "triton")
-
-
-def check_options(options: dict[str, Any], names: dict[str, str] | None = None) -> None:
-    """Validate SAGE options (any subset of the constructor's keywords); errors name ``names[key]`` where given
-    (the fairseq wrapper passes its command-line flags, so a user reads ``--sage-beta3``, not ``beta3``)."""
-    names = names or {}
-    for key, value in options.items():
-        name = names.get(key, key)
-        if key in _RANGES:
-            _check_range(name, value, **_RANGES[key])
-        elif key == "betas":
-            _check_betas(value, name)
-        elif key == "impl" and value not in F.IMPLEMENTATIONS:
-            raise ValueError(f"{name} must be one of {', '.join(F.IMPLEMENTATIONS)}, got {value!r}")
-        elif key == "capturable" and not isinstance(value, bool):
-            raise ValueError(f"{name} must be True or False, got {value!r}")
-    if options.get("capturable") is True and options.get("impl", "auto") not in CAPTURABLE_IMPLS:
-        raise ValueError(
-            f"{names.get('capturable', 'capturable')}=True needs impl 'triton' or 'auto' (the triton kernel on CUDA "
-            f"tensors, whose step never reads a device value on the host); impl={options['impl']!r} reads the step "
-            "counts on the host, which a CUDA graph cannot capture"
-        )
-
-
-def _plain_numbers(options: dict[str, Any]) -> dict[str, Any]:
-    """The checked scalar options as Python floats (numpy scalars would make a saved state need numpy to load); a
-    tensor ``lr`` or strength stays the tensor, as torch's lr (the caller may change it in place)."""
-    out = dict(options)
-    for key in _RANGES:
-        if key in out and not (key in _TENSOR_OPTIONS and isinstance(out[key], Tensor)):
-            out[key] = float(out[key])
-    if "betas" in out:
-        out["betas"] = _check_betas(out["betas"])
-    return out
-
-
-class SelectionChangedError(ValueError):
-    """A saved state was made with another choice of SAGE tensors (``sage_params``) than this optimizer's."""
-
-
-def _describe(name: str | None, where: str) -> str:
-    return f"parameter {name!r} ({where})" if name else f"the parameter at {where}"
-
-
-def _check_param(p: Any, name: str | None, where: str) -> None:
-    """Refuse what SAGE cannot update before any state exists (a later failure inside step() would leave the state
-    half-updated)."""
-    if not isinstance(p, Tensor):
-        raise TypeError(f"SAGE optimizes tensors; {where} is a {type(p).__name__}")
-    if p.is_complex():
-        raise ValueError(
-            f"SAGE does not support complex parameters: {_describe(name, where)} is {p.dtype}. The sensitivity "
-            "|theta * grad| is defined per real entry; optimize torch.view_as_real(p) as a real parameter instead"
-        )
-    if not p.is_floating_point():
-        raise ValueError(f"SAGE optimizes floating-point tensors: {_describe(name, where)} is {p.dtype}")
-
-
-# ---------------------------------------------------------------- saved states of other optimizers
-# Which convert, and into what: docs/optimizer-state.md. A SAGE state's groups carry ``beta3``; a group of
-# torch.optim.Adam/AdamW (and fairseq's adam) carries ``amsgrad``.
-STATE_DOC = "docs/optimizer-state.md"
-_OPTIONS_NEEDED = ("lr", "betas", "eps", "weight_decay")  # every group of a state this package loads has them
-
-# torch's options that choose how torch computes the update, not what it computes: dropped on conversion. SAGE runs
-# its own kernel (``impl``), has its own ``capturable`` (the constructor's, as ``impl``) and steps outside autograd
-# (what ``differentiable`` records); the trajectory of the converted state is the same either way.
-_TORCH_HOW_OPTIONS = ("foreach", "fused", "capturable", "differentiable")
-
-# torch's options that change what is optimized: (option, the value SAGE implements, why another is refused)
-_TORCH_WHAT_OPTIONS = (
-    ("amsgrad", False, "SAGE has no AMSGrad variant: its max_exp_avg_sq would be dropped and the steps would change"),
-    ("maximize", False, "SAGE minimizes: to maximize, negate the loss"),
-)
-
-
-def _convert_torch_adam_group(owner: str, g: int, saved: dict[str, Any]) -> None:
-    """A torch.optim.Adam/AdamW group as an AdamSAGE group, in place (``saved`` is the loader's copy); ValueError
-    naming the option where the saved optimizer computed something AdamSAGE does not."""
-    where = f"{owner}.load_state_dict: the saved state (a torch.optim.Adam/AdamW one, param_groups[{g}])"
-    for key, implemented, why in _TORCH_WHAT_OPTIONS:
-        if saved.get(key, implemented) != implemented:
-            raise ValueError(f"{where} was made with {key}={saved[key]!r}; {why}. {F.START_AFRESH}")
-    decoupled = saved.get("decoupled_weight_decay")
-    decay = saved.get("weight_decay", 0.0)
-    if decoupled is not True and _real(decay, tensor_ok=True) != 0.0:
-        if decoupled is None:
-            raise ValueError(
-                f"{where} has weight_decay={decay!r} and does not say whether it is decoupled (AdamW's, as "
-                "AdamSAGE's) or an L2 term added to the gradient (Adam's): torch releases before "
-                "decoupled_weight_decay existed do not record it. If the state is torch.optim.AdamW's (or fairseq's "
-                f"adam), set decoupled_weight_decay=True in each of its param_groups and load it again; else "
-                f"{F.START_AFRESH}"
-            )
-        raise ValueError(
-            f"{where} has weight_decay={decay!r} with decoupled_weight_decay=False (torch.optim.Adam: an L2 term "
-            "added to the gradient); AdamSAGE's weight decay is decoupled (AdamW's), so the run would optimize "
-            f"another objective. Convert a torch.optim.AdamW state, or {F.START_AFRESH}"
-        )
-    for key in (*(k for k, _, _ in _TORCH_WHAT_OPTIONS), "decoupled_weight_decay", *_TORCH_HOW_OPTIONS):
-        saved.pop(key, None)
-
-
-class _SAGEBase(SAGEStatsMixin, torch.optim.Optimizer):
+class _SAGEBase(SavedStateMixin, SAGEStatsMixin, torch.optim.Optimizer):
     """Shared machinery: option checks, tensor selection (``sage`` flag per group), state and dispatch."""
 
     _second_moment: str  # name of the second state tensor ("exp_avg_sq" or "exp_inf")
@@ -200,7 +46,7 @@ class _SAGEBase(SAGEStatsMixin, torch.optim.Optimizer):
         self._all_names: list[str] = []
         self._warned_no_grad = False
         defaults = dict(
-            _plain_numbers(options),
+            plain_numbers(options),
             bias_correction=bool(bias_correction),
             sage=True,
             sage_params=sage_params,
@@ -237,14 +83,14 @@ class _SAGEBase(SAGEStatsMixin, torch.optim.Optimizer):
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group; with a ``sage_params`` selection, split it into a SAGE part and a plain part by name."""
         check_options({k: v for k, v in {**self.defaults, **param_group}.items()
-                       if k in (*_RANGES, "betas", "impl", "capturable")})  # fmt: skip
+                       if k in (*RANGES, "betas", "impl", "capturable")})  # fmt: skip
         self._plans = None  # a plan is per group index: rebuilt for every group
-        param_group = _plain_numbers(param_group)
+        param_group = plain_numbers(param_group)
         params = param_group["params"]
         params = [params] if isinstance(params, Tensor) else list(params)
         for i, item in enumerate(params):
             name, p = item if isinstance(item, tuple) and len(item) == 2 else (None, item)
-            _check_param(p, name, f"group {len(self.param_groups)}, index {i}")
+            check_param(p, name, f"group {len(self.param_groups)}, index {i}")
         if "sage" in param_group or self._selects is None:
             super().add_param_group({**param_group, "params": params})
             return
@@ -260,151 +106,6 @@ class _SAGEBase(SAGEStatsMixin, torch.optim.Optimizer):
             if part:
                 super().add_param_group({**param_group, "params": part, "sage": flag})
 
-    def __getstate__(self) -> dict[str, Any]:
-        """torch's (defaults, state, groups), plus what a copy needs of the rest: the once-only warning's flag and the
-        tensors' names from ``name_parameters``, by position (a copy's tensors are new objects)."""
-        state = super().__getstate__()
-        state["_warned_no_grad"] = self._warned_no_grad
-        by_id = getattr(self, "_names_by_id", None)
-        if by_id:
-            state["_names_by_position"] = [[by_id.get(id(p)) for p in g["params"]] for g in self.param_groups]
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        """Unpickling and copying (``state`` from ``__getstate__``), and torch's load_state_dict (state and groups
-        only): what ``__init__`` derived from the options is rebuilt where missing, never overwritten."""
-        names = state.pop("_names_by_position", None)
-        super().__setstate__(state)
-        for group in self.param_groups:  # states saved before these options existed
-            group.setdefault("sage_strength", 1.0)
-            group.setdefault("sage", True)
-            group.setdefault("impl", "auto")
-            group.setdefault("capturable", False)
-        self._plans = None  # copies, pickles and loaded states build their own (the tensors are others)
-        if "_selects" not in self.__dict__:
-            self._sage_params = self.defaults.setdefault("sage_params", "all")
-            self._selects = selector(self._sage_params)  # a function: pickles do not carry it
-            self._all_names = [n for g in self.param_groups for n in g.get("param_names", ())]
-        self.__dict__.setdefault("_warned_no_grad", False)
-        if names is not None:
-            self._names_by_id = {
-                id(p): n
-                for group, group_names in zip(self.param_groups, names, strict=True)
-                for p, n in zip(group["params"], group_names, strict=True)
-                if n is not None
-            }
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """torch's load (the saved options are restored), after checks that nothing in the saved state can misfit:
-        the choice of SAGE tensors must be the one the state was saved with (``SelectionChangedError``), every saved
-        tensor must have its parameter's shape, and a state of another optimizer loads only where it converts
-        (``STATE_DOC``: a torch.optim.Adam/AdamW state into ``AdamSAGE``; ``ValueError`` naming the key or option
-        otherwise). Nothing is changed when a check fails, and the caller's dict is not modified (as in torch, its
-        tensors become the state where their dtype and device fit). One exception to torch: ``impl`` stays this
-        optimizer's (it names this machine's kernel, not part of the training). Loaded state tensors are in the
-        compute dtype (torch would cast them to fp16/bf16 parameters, and fp16 flushes the second moment to zero),
-        step counters are float32 0-dim tensors on the CPU (a triton step moves them to the parameters' device, as
-        torch's fused and capturable optimizers keep them). ``capturable`` also stays this optimizer's."""
-        saved_groups = [dict(g) for g in state_dict.get("param_groups", [])]
-        saved_state = state_dict.get("state", {})
-        self._check_selection(saved_groups)
-        self._convert_saved_groups(saved_groups)
-        self._check_saved_state(saved_groups, saved_state)
-        for saved, group in zip(saved_groups, self.param_groups, strict=True):
-            for key in ("sage_strength", "sage", "bias_correction", "beta3", "sage_params"):
-                saved.setdefault(key, group[key])
-            saved["impl"], saved["capturable"] = group["impl"], group["capturable"]
-        super().load_state_dict({**state_dict, "param_groups": saved_groups})
-        for saved, group in zip(saved_groups, self.param_groups, strict=True):
-            for saved_id, p in zip(saved["params"], group["params"], strict=True):
-                state = self.state.get(p)
-                if not state:
-                    continue
-                dtype = F.compute_dtype(p.dtype)
-                for key in ("exp_avg", self._second_moment, "exp_avg_sens"):
-                    if key in state:  # from the saved tensor, not from torch's cast to the parameter's dtype
-                        state[key] = saved_state[saved_id][key].to(device=p.device, dtype=dtype)
-                state["step"] = torch.tensor(float(state["step"]), dtype=torch.float32)  # an int in older states
-                if group["sage"] and "exp_avg_sens" not in state:  # from a plain-Adam state: start the EMA
-                    state["exp_avg_sens"] = torch.zeros_like(p, dtype=dtype)
-
-    def _convert_saved_groups(self, saved_groups: list[dict[str, Any]]) -> None:
-        """Each saved group as a group of this optimizer, in place (the loader's copies): a SAGE group as it is, a
-        torch.optim.Adam/AdamW one converted where this class converts it; anything else is refused. Then the
-        options every group needs are there and in range."""
-        owner = type(self).__name__
-        for g, saved in enumerate(saved_groups):
-            if "beta3" not in saved:
-                if not (self._converts_torch_adam and "amsgrad" in saved):
-                    takes = "only torch.optim.Adam/AdamW states" if self._converts_torch_adam else "no other one"
-                    options = ", ".join(sorted(str(k) for k in saved if k != "params"))
-                    raise ValueError(
-                        f"{owner}.load_state_dict: the saved state is another optimizer's, not a SAGE state (its "
-                        f"param_groups[{g}] has no beta3; its options: {options}). {owner} converts {takes} "
-                        f"({STATE_DOC}): {F.START_AFRESH}"
-                    )
-                _convert_torch_adam_group(owner, g, saved)
-            where = f"{owner}.load_state_dict: the saved param_groups[{g}]"
-            missing = [key for key in _OPTIONS_NEEDED if key not in saved]
-            if missing:
-                raise ValueError(f"{where} has no {', '.join(missing)}: not a state this optimizer loads ({STATE_DOC})")
-            try:
-                check_options({k: v for k, v in saved.items() if k in (*_RANGES, "betas")})
-            except ValueError as exc:
-                raise ValueError(f"{where} does not fit: {exc}. {F.START_AFRESH}") from None
-
-    def _check_saved_state(self, saved_groups: list[dict[str, Any]], saved_state: dict[Any, Any]) -> None:
-        """Every saved per-tensor state holds this optimizer's keys (a state saved by another optimizer lacks or adds
-        some), a numeric step, and tensors of its parameter's shape."""
-        owner = type(self).__name__
-        needed = {"step", "exp_avg", self._second_moment}
-        kept = sorted(needed | {"exp_avg_sens"})
-        for g, (saved, group) in enumerate(zip(saved_groups, self.param_groups, strict=True)):
-            for i, (saved_id, (name, p)) in enumerate(zip(saved["params"], self._named(group), strict=True)):
-                entry = saved_state.get(saved_id, {})
-                if not entry:
-                    continue
-                where = f"{owner}.load_state_dict: the saved state of {_describe(name, f'group {g}, index {i}')}"
-                unknown = sorted(set(map(str, entry)) - set(kept))
-                missing = sorted(needed - set(entry))
-                if unknown or missing:
-                    found = [f"has {', '.join(unknown)}"] if unknown else []
-                    found += [f"lacks {', '.join(missing)}"] if missing else []
-                    raise ValueError(
-                        f"{where} {' and '.join(found)}: it was saved by another optimizer ({owner} keeps "
-                        f"{', '.join(kept)} per tensor; {STATE_DOC}). {F.START_AFRESH}"
-                    )
-                for key, value in entry.items():
-                    if key == "step" and _real(value, tensor_ok=True) is None:
-                        raise ValueError(f"{where}: its step is {value!r}, not a number. {F.RESET_REMEDY}")
-                    if not isinstance(value, Tensor) or key == "step":
-                        continue
-                    if value.shape != p.shape:
-                        raise ValueError(
-                            f"{where} does not fit: its {key} has shape {tuple(value.shape)}, the parameter needs "
-                            f"shape {tuple(p.shape)}. The state was saved for another model or another parameter "
-                            f"order: {F.RESET_REMEDY}"
-                        )
-
-    def _check_selection(self, saved_groups: list[dict[str, Any]]) -> None:
-        groups = self.param_groups
-        saved_choice = [g.get("sage_params") for g in saved_groups]
-        mine = [g["sage_params"] for g in groups]
-        layout = [(len(g["params"]), g["sage"]) for g in groups]
-        saved_layout = [(len(g["params"]), g.get("sage")) for g in saved_groups]  # no "sage": a torch Adam state
-        fits = len(saved_layout) == len(layout) and all(
-            n == m and flag in (None, want) and choice in (None, current)
-            for (n, flag), (m, want), choice, current in zip(saved_layout, layout, saved_choice, mine, strict=True)
-        )
-        if not fits:
-            choice = next((c for c in saved_choice if c is not None), None)
-            was = f"sage_params={choice!r}" if choice is not None else "another selection or model"
-            raise SelectionChangedError(
-                f"the saved optimizer state was made with {was}: groups (tensors, SAGE) {saved_layout}; this optimizer "
-                f"has sage_params={mine[0]!r}: {layout}. A changed selection cannot be resumed: keep the selection "
-                f"(to stop SAGE mid-run, keep it and set sage_strength 0), or {F.START_AFRESH}"
-            )
-
     @property
     def sage_strength(self) -> float | Tensor:
         """The SAGE strength alpha of the first group: 0 = plain base update, 1 = full SAGE."""
@@ -413,7 +114,7 @@ class _SAGEBase(SAGEStatsMixin, torch.optim.Optimizer):
     def set_sage_strength(self, alpha: float | Tensor) -> None:
         """Set alpha in every group (the applied multiplier is 1 + alpha * (r - 1)); a scheduler calls this. A
         one-element tensor is kept as the tensor, as torch keeps a tensor lr (its value is checked here, once)."""
-        _check_range("sage_strength", alpha, **_RANGES["sage_strength"])
+        check_range("sage_strength", alpha, **RANGES["sage_strength"])
         value = alpha if isinstance(alpha, Tensor) else float(alpha)
         for group in self.param_groups:
             group["sage_strength"] = value
@@ -439,8 +140,8 @@ class _SAGEBase(SAGEStatsMixin, torch.optim.Optimizer):
                     name = self._named(group)[i][0]
                     raise RuntimeError(
                         f"{type(self).__name__} does not support sparse gradients: "
-                        f"{_describe(name, f'group {g}, index {i}')} has a {p.grad.layout} gradient. Make it dense "
-                        "(nn.Embedding(sparse=False)), or give that tensor to an optimizer for sparse gradients"
+                        f"{describe_param(name, f'group {g}, index {i}')} has a {p.grad.layout} gradient. Make it "
+                        "dense (nn.Embedding(sparse=False)), or give that tensor to an optimizer for sparse gradients"
                     )
 
     @torch.no_grad()
@@ -610,15 +311,10 @@ class AdamSAGE(_SAGEBase):
     Weight decay :math:`\lambda` is decoupled (AdamW) and not scaled by the multiplier; :math:`\epsilon` sits where
     fairseq's ``adam`` puts it. Tensors not selected by ``sage_params`` take the same update with :math:`\rho_t = 1`.
 
-    **No frozen entries.** The paper's multiplier is :math:`U_t / (\hat I_t + \epsilon^2)`. An entry that is exactly
-    zero has :math:`I = 0` forever, so that multiplier is 0 and the entry never moves; fairseq initialises attention
-    output biases and LayerNorm biases to zero, and NMT trains from scratch. Adding :math:`\epsilon^2` to the
-    numerator as well makes the multiplier tend to 1 (the plain base step) where the smoothed sensitivity is far below
-    :math:`\epsilon^2`: an entry with no sensitivity information takes Adam's step instead of none, and gets SAGE once
-    it has moved. Elsewhere the change is below :math:`\epsilon^2 / \hat I_t` (about 1e-8 relative for typical
-    fairseq sensitivities with eps=1e-8), and the multiplier keeps its bound ``max(1, beta3 / (1 - beta3))`` without
-    bias correction. With bias correction, :math:`r_1 = \epsilon^2/(I_1+\epsilon^2)`: on the first step nonzero entries
-    (practically) do not move and zero entries take the base step.
+    **No frozen entries.** The paper's multiplier is :math:`U_t / (\hat I_t + \epsilon^2)`, which is 0 forever for an
+    entry that is exactly zero (fairseq's zero-initialised biases); with :math:`\epsilon^2` in the numerator too, such
+    an entry takes the base step until it has moved. Elsewhere the change is below :math:`\epsilon^2 / \hat I_t`; the
+    reasoning and the first step's behaviour: docs/pytorch.md ("The update, and one deliberate change").
 
     Args:
         params: tensors, named parameters (``model.named_parameters()``, needed for a ``sage_params`` selection) or
