@@ -191,29 +191,56 @@ def _sync(device):
 
 
 def bench_model(model, names, rounds, warmup, device, seed=0, log=print):
+    """Time and measure every variant of ``names`` on ``model``'s shapes (see the module docstring); log the table
+    and the targets, return them."""
     shapes = MODELS[model]
+    params = random_parameters(shapes, seed, device)
+    numel = sum(p.numel() for p in params)
+    largest = max(p.numel() * p.element_size() for p in params)
+    log(f"\n== {MODEL_NAMES[model]}: {len(params)} tensors, {numel / 1e6:.1f}M parameters, fp32, {device} ==")
+    variants = make_variants(params, device, names)
+    first_step_s = warm_up(variants, warmup, device)
+    times = interleaved_times(variants, rounds, seed, device)
+    memory = transient_memory(variants, device)
+    results = figures(variants, times, memory, first_step_s)
+    log_table(results, log)
+    summary = targets(results, largest / 2**20, log)
+    del variants, params
+    return dict(
+        model=MODEL_NAMES[model], tensors=len(shapes), numel=numel, largest_tensor_mb=largest / 2**20,
+        rounds=rounds, results=results, targets=summary,
+    )  # fmt: skip
+
+
+def random_parameters(shapes, seed, device) -> list:
+    """The model's parameters, each with a gradient, drawn from ``seed``: every variant steps these same tensors."""
     gen = torch.Generator().manual_seed(seed)
     params = []
     for _, shape in shapes:
         p = (torch.randn(shape, generator=gen) * 0.02).to(device).requires_grad_()
         p.grad = (torch.randn(shape, generator=gen) * 1e-3).to(device)
         params.append(p)
-    numel = sum(p.numel() for p in params)
-    largest = max(p.numel() * p.element_size() for p in params)
-    log(f"\n== {MODEL_NAMES[model]}: {len(params)} tensors, {numel / 1e6:.1f}M parameters, fp32, {device} ==")
-    variants = make_variants(params, device, names)
+    return params
 
-    compile_s = {}
+
+def warm_up(variants, warmup, device) -> dict:
+    """``warmup`` steps of each variant (the first builds the state; compiled variants compile in it); returns the
+    first step's seconds per variant."""
+    first_step_s = {}
     print("  warm-up", file=sys.stderr, flush=True)
-    for name, opt in variants.items():  # warm-up (first steps build state; compiled variants compile here)
+    for name, opt in variants.items():
         t0 = time.perf_counter()
         opt.step()
         _sync(device)
-        compile_s[name] = time.perf_counter() - t0
+        first_step_s[name] = time.perf_counter() - t0
         for _ in range(warmup - 1):
             opt.step()
     _sync(device)
+    return first_step_s
 
+
+def interleaved_times(variants, rounds, seed, device) -> dict[str, list[float]]:
+    """Seconds per step of each variant: every round times one step of each, in a fresh random order."""
     times = {n: [] for n in variants}
     rng = random.Random(seed)
     order = list(variants)
@@ -227,7 +254,11 @@ def bench_model(model, names, rounds, warmup, device, seed=0, log=print):
             variants[name].step()
             _sync(device)
             times[name].append(time.perf_counter() - t0)
+    return times
 
+
+def transient_memory(variants, device) -> dict[str, int]:
+    """The bytes one step of each variant allocates beyond what was held before it, at the peak."""
     memory = {}
     print("  memory", file=sys.stderr, flush=True)
     for name, opt in variants.items():
@@ -240,7 +271,11 @@ def bench_model(model, names, rounds, warmup, device, seed=0, log=print):
             memory[name] = torch.cuda.max_memory_allocated() - base
         else:
             memory[name] = transient_peak_bytes(opt.step)
+    return memory
 
+
+def figures(variants, times, memory, first_step_s) -> dict[str, dict]:
+    """Per variant: the median step and its range in ms, the ratios to fused AdamW, state and transient MB."""
     results = {}
     ref = statistics.median(times["adamw_fused"]) if "adamw_fused" in times else None
     for name in variants:
@@ -252,7 +287,7 @@ def bench_model(model, names, rounds, warmup, device, seed=0, log=print):
             ms_max=1e3 * max(times[name]),
             state_mb=state_bytes(variants[name]) / 2**20,
             transient_mb=memory[name] / 2**20,
-            first_step_s=compile_s[name],
+            first_step_s=first_step_s[name],
             # the median over the rounds of this variant's time over fused AdamW's in the same round: on a machine
             # whose speed drifts (shared cores), a paired ratio moves less than the ratio of the medians
             paired_ratio_to_adamw_fused=statistics.median(
@@ -261,6 +296,11 @@ def bench_model(model, names, rounds, warmup, device, seed=0, log=print):
             if "adamw_fused" in times
             else None,
         )
+    return results
+
+
+def log_table(results, log) -> None:
+    """The figures as a table, fastest first."""
     log(
         f"{'variant':20s} {'ms/step':>9s} {'(min-max)':>17s} {'x fused AdamW':>14s} {'paired':>7s} {'state MB':>9s} "
         f"{'transient MB':>13s}"
@@ -273,12 +313,15 @@ def bench_model(model, names, rounds, warmup, device, seed=0, log=print):
             f"{r['transient_mb']:13.1f}")  # fmt: skip
     if "sage_compiled_flat" in results:
         log(f"sage_compiled_flat first step (compile included): {results['sage_compiled_flat']['first_step_s']:.1f} s")
-    summary = targets(results, largest / 2**20, log)
-    del variants, params
-    return dict(
-        model=MODEL_NAMES[model], tensors=len(shapes), numel=numel, largest_tensor_mb=largest / 2**20,
-        rounds=rounds, results=results, targets=summary,
-    )  # fmt: skip
+
+
+def bench_models(info: dict, models, names, rounds, warmup, device) -> dict:
+    """The machine line, then :func:`bench_model` for each model: what the benchmarks' JSON holds."""
+    print(" ".join(f"{k}={v}" for k, v in info.items()))
+    out = dict(machine=info, command=" ".join(["python", *sys.argv]), models=[])
+    for model in models:
+        out["models"].append(bench_model(model, names, rounds, warmup, device))
+    return out
 
 
 def targets(results, largest_mb, log):
@@ -354,11 +397,7 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     names = args.variants + (["sage_compiled_flat"] if args.compile else [])
-    info = machine()
-    print(" ".join(f"{k}={v}" for k, v in info.items()))
-    out = dict(machine=info, command=" ".join(["python", *sys.argv]), models=[])
-    for model in args.models:
-        out["models"].append(bench_model(model, names, args.rounds, args.warmup, torch.device("cpu")))
+    out = bench_models(machine(), args.models, names, args.rounds, args.warmup, torch.device("cpu"))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=2)

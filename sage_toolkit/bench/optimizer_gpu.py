@@ -48,10 +48,7 @@ def main(argv=None):
     info = bench.machine()
     info["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     info["cuda"] = torch.version.cuda
-    print(" ".join(f"{k}={v}" for k, v in info.items()))
-    out = dict(machine=info, command=" ".join(["python", *sys.argv]), models=[])
-    for model in args.models:
-        out["models"].append(bench.bench_model(model, names, args.rounds, args.warmup, device))
+    out = bench.bench_models(info, args.models, names, args.rounds, args.warmup, device)
     with open(args.json, "w") as f:
         json.dump(out, f, indent=2)
     print(f"wrote {args.json}")
