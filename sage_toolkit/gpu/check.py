@@ -222,6 +222,14 @@ def markdown(report: dict) -> str:
     m = report["machine"]
     lines = [f"GPU check on {m['device']} (torch {m['torch']}, CUDA {m['cuda']}, Triton {m['triton']}, fairscale "
              f"{m.get('fairscale')}), {report.get('seconds')} s; parts done: {', '.join(report['done'])}."]  # fmt: skip
+    lines += _steps_table(report) + _parity_table(report)
+    lines += ["", f"Kernel variants compiled: {report.get('kernel_variants_compiled')}."]
+    lines += _sync_table(report.get("sync")) + _fsdp_table(report.get("fsdp")) + _train_table(report["train"])
+    lines += ["", report.get("closing") or closing_line(report)]
+    return "\n".join(lines) + "\n"
+
+
+def _steps_table(report: dict) -> list[str]:
     rows = []
     for r in report["steps"] + report.get("compiled", []):
         cells = [r["model"], r["dtype"], r["variant"]]
@@ -232,10 +240,13 @@ def markdown(report: dict) -> str:
             rows.append(cells + [_num(r["sync_ms"], 3), _num(r["ratio_to_adamw_fused"]), _num(r["pipelined_ms"], 3),
                                  _num(r["pipelined_ratio"]), _num(r["host_us"], 0), _num(r["kernel_us"], 0),
                                  _num(r["state_mb"], 0), _num(r["transient_mb"], 0)])  # fmt: skip
-    lines += _table("Optimizer step: synchronised ms and its ratio to fused AdamW, pipelined ms per step and ratio, "
-                    "host us per step call, device (kernel) us per step, MB of state, MB transient peak:",
-                    ["model", "dtype", "optimizer", "sync ms", "ratio", "pipelined ms", "ratio", "host us",
-                     "kernel us", "state MB", "transient MB"], rows)  # fmt: skip
+    return _table("Optimizer step: synchronised ms and its ratio to fused AdamW, pipelined ms per step and ratio, "
+                  "host us per step call, device (kernel) us per step, MB of state, MB transient peak:",
+                  ["model", "dtype", "optimizer", "sync ms", "ratio", "pipelined ms", "ratio", "host us",
+                   "kernel us", "state MB", "transient MB"], rows)  # fmt: skip
+
+
+def _parity_table(report: dict) -> list[str]:
     rows = []
     for p in report["parity"]:
         if "error" in p:
@@ -244,51 +255,56 @@ def markdown(report: dict) -> str:
             rows.append([p["model"], p["dtype"], p["steps"], f"{p['max_triton_vs_lists']:.2e}",
                          f"{p['max_triton_vs_float64']:.2e}", f"{p['max_lists_vs_float64']:.2e}",
                          f"{p['max_graph_vs_eager']:.2e}" if "max_graph_vs_eager" in p else "n/a"])  # fmt: skip
-    lines += _table("Parity: largest difference of any parameter or state tensor, relative to its largest magnitude:",
-                    ["model", "dtype", "steps", "plan vs list path", "plan vs float64", "list path vs float64",
-                     "captured vs eager plan"], rows)  # fmt: skip
-    lines += ["", f"Kernel variants compiled: {report.get('kernel_variants_compiled')}."]
-    sync = report.get("sync")
-    if sync is not None:
-        if "skipped" in sync or "error" in sync:
-            lines += ["", f"Sync check (set_sync_debug_mode('error')): {sync.get('skipped') or sync.get('error')}."]
+    return _table("Parity: largest difference of any parameter or state tensor, relative to its largest magnitude:",
+                  ["model", "dtype", "steps", "plan vs list path", "plan vs float64", "list path vs float64",
+                   "captured vs eager plan"], rows)  # fmt: skip
+
+
+def _sync_table(sync: dict | None) -> list[str]:
+    if sync is None:
+        return []
+    if "skipped" in sync or "error" in sync:
+        return ["", f"Sync check (set_sync_debug_mode('error')): {sync.get('skipped') or sync.get('error')}."]
+    rows = [[case, "yes" if v["synchronised"] else "no", v["error"] or ""] for case, v in sync.items()]
+    return _table(
+        "Host-device synchronisations in 5 steps after the first (torch.cuda.set_sync_debug_mode('error')):",
+        ["case", "synchronised", "error"],
+        rows,
+    )
+
+
+def _fsdp_table(fsdp_result: dict | None) -> list[str]:
+    if fsdp_result is None:
+        return []
+    if "skipped" in fsdp_result or "error" in fsdp_result:
+        return ["", f"FSDP: {fsdp_result.get('skipped') or fsdp_result.get('error')}."]
+    rows = [
+        [
+            run,
+            "ok" if v.get("ok") else "failed",
+            v.get("last_update"),
+            _num(v.get("last_loss"), 3),
+            v.get("resumed_from") or "",
+            (v.get("error") or "")[:120],
+        ]
+        for run, v in fsdp_result.items()
+    ]
+    return _table("fairseq-train --ddp-backend fully_sharded, tiny model, adam_sage (one process):",
+                  ["run", "result", "last update", "loss", "resumed from", "error"], rows)  # fmt: skip
+
+
+def _train_table(train: list[dict]) -> list[str]:
+    if not train:
+        return []
+    rows = []
+    for t in train:
+        if t["error"]:
+            rows.append([t["run"], t["updates"], f"error: {t['error'][:80]}", "", ""])
         else:
-            rows = [[case, "yes" if v["synchronised"] else "no", v["error"] or ""] for case, v in sync.items()]
-            lines += _table(
-                "Host-device synchronisations in 5 steps after the first (torch.cuda.set_sync_debug_mode('error')):",
-                ["case", "synchronised", "error"],
-                rows,
-            )
-    fsdp_result = report.get("fsdp")
-    if fsdp_result is not None:
-        if "skipped" in fsdp_result or "error" in fsdp_result:
-            lines += ["", f"FSDP: {fsdp_result.get('skipped') or fsdp_result.get('error')}."]
-        else:
-            rows = [
-                [
-                    run,
-                    "ok" if v.get("ok") else "failed",
-                    v.get("last_update"),
-                    _num(v.get("last_loss"), 3),
-                    v.get("resumed_from") or "",
-                    (v.get("error") or "")[:120],
-                ]
-                for run, v in fsdp_result.items()
-            ]
-            lines += _table("fairseq-train --ddp-backend fully_sharded, tiny model, adam_sage (one process):",
-                            ["run", "result", "last update", "loss", "resumed from", "error"], rows)  # fmt: skip
-    if report["train"]:
-        rows = []
-        for t in report["train"]:
-            if t["error"]:
-                rows.append([t["run"], t["updates"], f"error: {t['error'][:80]}", "", ""])
-            else:
-                rows.append([t["run"], t["updates"], _num(t["words_per_second"], 0), _num(t["updates_per_second"]),
-                             _num(t["peak_memory_mb"], 0)])  # fmt: skip
-        title = "fairseq-train transformer_iwslt_de_en, fp32, synthetic corpus (medians of the logged intervals after "
-        lines += _table(title + "the first):", ["run", "updates", "words/s", "updates/s", "peak MB"], rows)
-    lines += ["", report.get("closing") or closing_line(report)]
-    return "\n".join(lines) + "\n"
+            rows.append([t["run"], t["updates"], _num(t["words_per_second"], 0), _num(t["updates_per_second"]),
+                         _num(t["peak_memory_mb"], 0)])  # fmt: skip
+    title = "fairseq-train transformer_iwslt_de_en, fp32, synthetic corpus (medians of the logged intervals after "
+    return _table(title + "the first):", ["run", "updates", "words/s", "updates/s", "peak MB"], rows)
 
 
 def main(argv: list[str] | None = None) -> dict:

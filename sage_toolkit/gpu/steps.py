@@ -182,10 +182,20 @@ def time_steps(model: str, dtype: torch.dtype, variants: list[str], rounds: int,
         g.copy_(torch.randn(g.shape, generator=gen, device=device).mul_(1e-3))
     name_of = str(dtype).removeprefix("torch.")
     results = {name: StepResult(model, name_of, sum(p.numel() for p in init), len(init), name) for name in variants}
+    runs = _start_runs(results, init, grads, device)
+    order, rng = list(runs), random.Random(0)
+    _timed_rounds(runs, results, order, rng, grads, gen, warmup + rounds, warmup, device)
+    _pipelined_rounds(runs, order, rng, pipeline, pipeline_repeats, device)
+    _medians(runs, results, device, profiled)
+    return [results[name] for name in variants]
+
+
+def _start_runs(results: dict[str, StepResult], init: list[Tensor], grads: list[Tensor], device) -> dict[str, _Run]:
+    """Each variant on its own copy of ``init`` with the shared ``grads``, after its first (untimed) step."""
     runs: dict[str, _Run] = {}
-    for name in variants:
+    for name, result in results.items():
         if VARIANTS[name].needs_cuda and device.type != "cuda":
-            results[name].skipped = "needs CUDA"
+            result.skipped = "needs CUDA"
             continue
         params = [p.clone().requires_grad_() for p in init]
         for p, g in zip(params, grads, strict=True):
@@ -195,12 +205,18 @@ def time_steps(model: str, dtype: torch.dtype, variants: list[str], rounds: int,
             opt, step = VARIANTS[name].make(params, device)
             step()  # builds the state, compiles kernels, outside the timed rounds
             _sync(device)
-            results[name].first_step_s = time.perf_counter() - start
+            result.first_step_s = time.perf_counter() - start
             runs[name] = _Run(opt, step)
         except Exception as exc:  # reported in the table, the other variants still run
-            results[name].error = f"{type(exc).__name__}: {exc}"[:300]
-    order, rng = list(runs), random.Random(0)
-    for r in range(warmup + rounds):
+            result.error = f"{type(exc).__name__}: {exc}"[:300]
+    return runs
+
+
+def _timed_rounds(runs: dict[str, _Run], results: dict[str, StepResult], order: list[str], rng: random.Random,
+                  grads: list[Tensor], gen, total: int, warmup: int, device) -> None:  # fmt: skip
+    """``total`` rounds of one synchronised step per variant in a fresh random order, new gradients each round; the
+    rounds after ``warmup`` record host and synchronised times and the transient memory peak."""
+    for r in range(total):
         for g in grads:
             g.normal_(0.0, 1e-3, generator=gen)
         rng.shuffle(order)
@@ -221,7 +237,12 @@ def time_steps(model: str, dtype: torch.dtype, variants: list[str], rounds: int,
                 if device.type == "cuda":
                     peak = (torch.cuda.max_memory_allocated(device) - before) / 2**20
                     results[name].transient_mb = max(results[name].transient_mb or 0.0, peak)
-    for _ in range(pipeline_repeats):
+
+
+def _pipelined_rounds(runs: dict[str, _Run], order: list[str], rng: random.Random, pipeline: int, repeats: int,
+                      device) -> None:  # fmt: skip
+    """The ms per step of ``pipeline`` steps issued back to back (one synchronisation at the end)."""
+    for _ in range(repeats):
         rng.shuffle(order)
         for name in order:
             run = runs[name]
@@ -231,6 +252,10 @@ def time_steps(model: str, dtype: torch.dtype, variants: list[str], rounds: int,
                 run.step()
             _sync(device)
             run.pipelined.append((time.perf_counter() - start) * 1e3 / pipeline)
+
+
+def _medians(runs: dict[str, _Run], results: dict[str, StepResult], device, profiled: int) -> None:
+    """Each run's medians, state, kernel time (CUDA) and ratios to the reference variant, into ``results``."""
     for name, run in runs.items():
         result = results[name]
         result.sync_ms = statistics.median(run.sync) if run.sync else None
@@ -248,7 +273,6 @@ def time_steps(model: str, dtype: torch.dtype, variants: list[str], rounds: int,
             result.ratio_to_adamw_fused = result.sync_ms / reference.sync_ms
         if reference and reference.pipelined_ms and result.pipelined_ms:
             result.pipelined_ratio = result.pipelined_ms / reference.pipelined_ms
-    return [results[name] for name in variants]
 
 
 # ---------------------------------------------------------------- parity
