@@ -129,19 +129,7 @@ def two_level_bootstrap(
     import numpy as np
 
     pairs = len(baseline_by_seed)
-    if pairs == 0 or pairs != len(system_by_seed):
-        raise ToolkitError(
-            f"two-level bootstrap: {pairs} baseline and {len(system_by_seed)} system seeds: they must be the same "
-            "non-zero number (seed pairs)"
-        )
-    for i, (base, sys_) in enumerate(zip(baseline_by_seed, system_by_seed, strict=True)):
-        if not (len(base) == len(sys_) == len(references)) or not references:
-            raise ToolkitError(
-                f"two-level bootstrap: seed pair {i + 1} has {len(base)} baseline, {len(sys_)} system hypotheses and "
-                f"{len(references)} references: they must be the same non-zero number (the same test sentences)"
-            )
-    if n_samples < 1:
-        raise ToolkitError(f"two-level bootstrap: n_samples must be >= 1, got {n_samples}")
+    _check_seed_pairs(baseline_by_seed, system_by_seed, references, n_samples)
     sentences = len(references)
     rng = np.random.default_rng(rng_seed)
     drawn_pairs = rng.integers(0, pairs, size=(n_samples, pairs))  # resample b's j-th seed pair
@@ -156,13 +144,7 @@ def two_level_bootstrap(
             for by_seed in (baseline_by_seed, system_by_seed)
         ]  # fmt: skip
         observed = np.array([[_score(metric, s.sum(axis=0)) for s in by_pair] for by_pair in stats])  # run x pair
-        resampled = np.empty((2, n_samples, pairs))  # run x resample x drawn pair: corpus scores
-        for j, counts in enumerate(sentence_counts):
-            for pair in range(pairs):
-                chosen = drawn_pairs[:, j] == pair
-                for run in (0, 1):
-                    sums = counts[chosen] @ stats[run][pair]
-                    resampled[run, chosen, j] = [_score(metric, row) for row in sums]
+        resampled = _resampled_scores(metric, stats, drawn_pairs, sentence_counts)
         difference = float((observed[1] - observed[0]).mean())
         base_sig = str(metric.get_signature())
         results[metric_name] = PairedResult(
@@ -174,6 +156,40 @@ def two_level_bootstrap(
             signature=f"two-level-bs:{n_samples}|pairs:{pairs}|seed:{rng_seed}|{base_sig}",
         )
     return results
+
+
+def _check_seed_pairs(baseline_by_seed, system_by_seed, references, n_samples: int) -> None:
+    """The two-level bootstrap's inputs: as many baseline as system seeds, each with one hypothesis a reference."""
+    pairs = len(baseline_by_seed)
+    if pairs == 0 or pairs != len(system_by_seed):
+        raise ToolkitError(
+            f"two-level bootstrap: {pairs} baseline and {len(system_by_seed)} system seeds: they must be the same "
+            "non-zero number (seed pairs)"
+        )
+    for i, (base, sys_) in enumerate(zip(baseline_by_seed, system_by_seed, strict=True)):
+        if not (len(base) == len(sys_) == len(references)) or not references:
+            raise ToolkitError(
+                f"two-level bootstrap: seed pair {i + 1} has {len(base)} baseline, {len(sys_)} system hypotheses and "
+                f"{len(references)} references: they must be the same non-zero number (the same test sentences)"
+            )
+    if n_samples < 1:
+        raise ToolkitError(f"two-level bootstrap: n_samples must be >= 1, got {n_samples}")
+
+
+def _resampled_scores(metric, stats: list, drawn_pairs, sentence_counts: list):
+    """run x resample x drawn pair: the corpus score of each resample's j-th drawn seed pair, its sentences drawn
+    with ``sentence_counts[j]``."""
+    import numpy as np
+
+    n_samples, pairs = drawn_pairs.shape
+    resampled = np.empty((2, n_samples, pairs))
+    for j, counts in enumerate(sentence_counts):
+        for pair in range(pairs):
+            chosen = drawn_pairs[:, j] == pair
+            for run in (0, 1):
+                sums = counts[chosen] @ stats[run][pair]
+                resampled[run, chosen, j] = [_score(metric, row) for row in sums]
+    return resampled
 
 
 def bootstrap_p_value(resampled_differences, observed_difference: float) -> float:
