@@ -74,3 +74,33 @@ def command_parser(prog: str, description: str, usage: str, examples: list[str])
     )
     parser.add_argument("--version", action="version", version=version_line(prog), help="print the versions and exit")
     return parser
+
+
+def require_positive(parser: argparse.ArgumentParser, args: argparse.Namespace, *names: str) -> None:
+    """A usage error naming the first option of ``names`` (attribute names) given below 1; None (not given) passes."""
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} must be positive, got {value}")
+
+
+def checkpoint_analysis_parser(
+    prog: str, description: str, examples: list[str], *, checkpoints_help: str, out_help: str
+) -> argparse.ArgumentParser:
+    """The parser of a command that analyses trained checkpoints (``sage-analyze-redundancy``,
+    ``sage-analyze-token-loss``): its group "models and output" (``--data-bin``, ``--checkpoints NAME=PATH ...``,
+    ``--out``); add the analysis' own groups, with :func:`add_device_options` in one of them."""
+    parser = command_parser(
+        prog, description, "%(prog)s --data-bin DIR --checkpoints NAME=PATH [...] --out DIR [options]", examples
+    )
+    models = parser.add_argument_group("models and output")
+    models.add_argument("--data-bin", type=Path, required=True, help="fairseq data-bin the checkpoints were trained on")
+    models.add_argument("--checkpoints", nargs="+", required=True, metavar="NAME=PATH", help=checkpoints_help)
+    models.add_argument("--out", type=Path, required=True, help=out_help)
+    return parser
+
+
+def add_device_options(group: argparse._ArgumentGroup) -> None:
+    """``--max-tokens`` and ``--cpu`` of the checkpoint analyses."""
+    group.add_argument("--max-tokens", type=int, default=4096, help="tokens per batch")
+    group.add_argument("--cpu", action="store_true", help="run on the CPU even if CUDA is available")

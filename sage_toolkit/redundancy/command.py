@@ -1,17 +1,11 @@
-"""The command line of the redundancy analysis, ``scripts/analyze_redundancy.py`` (:func:`main`): argument parsing,
-:class:`~.options.RedundancyOptions`, one library call (:func:`.analysis.run`), the table on stdout.
-
-    sage-analyze-redundancy --data-bin DIR --checkpoints NAME=PATH [NAME=PATH ...] --out DIR    (or scripts/...)
-        [--subset valid] [--batches 8] [--sparsities 0 0.1 0.2 0.3 0.4 0.5 0.6] [--methods sensitivity magnitude]
-        [--bleu/--no-bleu] [--beam 1] [--max-tokens 4096] [--cpu]
-"""
+"""The command line of ``sage-analyze-redundancy`` (also ``scripts/analyze_redundancy.py``): the parser, the options
+(:class:`~.options.RedundancyOptions`), one library call (:func:`.analysis.run`), the table on stdout."""
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from sage_toolkit.cli import command_parser
+from sage_toolkit.cli import add_device_options, checkpoint_analysis_parser, require_positive
 from sage_toolkit.errors import run_command
 from sage_toolkit.redundancy import analysis, summary
 from sage_toolkit.redundancy.options import DEFAULT_SPARSITIES, METHODS, RedundancyOptions
@@ -30,21 +24,11 @@ EXAMPLES = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = command_parser(
-        analysis.PROG, DESCRIPTION, "%(prog)s --data-bin DIR --checkpoints NAME=PATH [...] --out DIR [options]",
-        EXAMPLES,
-    )  # fmt: skip
-    models = p.add_argument_group("models and output")
-    models.add_argument("--data-bin", type=Path, required=True, help="fairseq data-bin the checkpoints were trained on")
-    models.add_argument(
-        "--checkpoints",
-        nargs="+",
-        required=True,
-        metavar="NAME=PATH",
-        help="checkpoints to analyse (a file, or a save dir: checkpoint_best.pt, else checkpoint_last.pt); "
+    p = checkpoint_analysis_parser(
+        analysis.PROG, DESCRIPTION, EXAMPLES, out_help="output folder",
+        checkpoints_help="checkpoints to analyse (a file, or a save dir: checkpoint_best.pt, else checkpoint_last.pt); "
         "GROUP/NAME=PATH groups seeds into a mean ± std",
-    )
-    models.add_argument("--out", type=Path, required=True, help="output folder")
+    )  # fmt: skip
     pruning_options = p.add_argument_group("sensitivity and pruning")
     pruning_options.add_argument(
         "--sensitivity-subset", default="train", help="split whose batches estimate the sensitivity"
@@ -72,17 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
     measure.add_argument("--beam", type=int, default=1, help="beam size for BLEU (1: greedy)")
     measure.add_argument("--max-len-a", type=float, default=0.0, help="generation max length a*src_len+b: a")
     measure.add_argument("--max-len-b", type=int, default=200, help="generation max length a*src_len+b: b")
-    measure.add_argument("--max-tokens", type=int, default=4096, help="tokens per batch")
-    measure.add_argument("--cpu", action="store_true", help="run on the CPU even if CUDA is available")
+    add_device_options(measure)
     return p
 
 
 def parse_args(argv=None) -> RedundancyOptions:
     p = build_parser()
     args = p.parse_args(argv)  # fmt: skip
-    for name in ("batches", "beam", "max_tokens"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    require_positive(p, args, "batches", "beam", "max_tokens")
     for s in args.sparsities:
         if not 0.0 <= s < 1.0:
             p.error(f"--sparsities: each must be in [0, 1), got {s:g}")

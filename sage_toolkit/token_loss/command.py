@@ -1,17 +1,11 @@
-"""The command line of the token-loss analysis, ``scripts/analyze_token_loss.py`` (:func:`main`): argument parsing,
-:class:`~.analysis.TokenLossOptions`, one library call (:func:`.analysis.run`), the table on stdout.
-
-    sage-analyze-token-loss --data-bin DIR --checkpoints NAME=PATH [NAME=PATH ...] --out DIR    (or scripts/...)
-        [--subsets valid [train ...]] [--edges 10 100 1000] [--max-sentences N] [--max-tokens 4096]
-        [--multiplier-batches N] [--seed 1] [--cpu]
-"""
+"""The command line of ``sage-analyze-token-loss`` (also ``scripts/analyze_token_loss.py``): the parser, the options
+(:class:`~.analysis.TokenLossOptions`), one library call (:func:`.analysis.run`), the table on stdout."""
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from sage_toolkit.cli import command_parser
+from sage_toolkit.cli import add_device_options, checkpoint_analysis_parser, require_positive
 from sage_toolkit.errors import ToolkitError, run_command
 from sage_toolkit.token_loss import analysis
 from sage_toolkit.token_loss.analysis import DEFAULT_EDGES, DEFAULT_SUBSETS, TokenLossOptions
@@ -31,21 +25,11 @@ EXAMPLES = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = command_parser(
-        analysis.PROG, DESCRIPTION, "%(prog)s --data-bin DIR --checkpoints NAME=PATH [...] --out DIR [options]",
-        EXAMPLES,
-    )  # fmt: skip
-    models = p.add_argument_group("models and output")
-    models.add_argument("--data-bin", type=Path, required=True, help="fairseq data-bin the checkpoints were trained on")
-    models.add_argument(
-        "--checkpoints",
-        nargs="+",
-        required=True,
-        metavar="NAME=PATH",
-        help="checkpoints to measure, the first the baseline of the differences (a file, or a save dir: "
+    p = checkpoint_analysis_parser(
+        analysis.PROG, DESCRIPTION, EXAMPLES, out_help="output folder (token_loss.json)",
+        checkpoints_help="checkpoints to measure, the first the baseline of the differences (a file, or a save dir: "
         "checkpoint_best.pt, else checkpoint_last.pt)",
-    )
-    models.add_argument("--out", type=Path, required=True, help="output folder (token_loss.json)")
+    )  # fmt: skip
     scoring = p.add_argument_group("what is scored")
     scoring.add_argument(
         "--subsets", nargs="+", default=list(DEFAULT_SUBSETS), help="splits to score, e.g. valid train"
@@ -58,8 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="band edges on a token's train count, increasing (10 100 1000: < 10, 10-99, 100-999, >= 1000)",
     )
     scoring.add_argument("--max-sentences", type=int, help="score only each split's first N sentences (default all)")
-    scoring.add_argument("--max-tokens", type=int, default=4096, help="tokens per batch")
-    scoring.add_argument("--cpu", action="store_true", help="run on the CPU even if CUDA is available")
+    add_device_options(scoring)
     multipliers = p.add_argument_group("SAGE's multipliers")
     multipliers.add_argument(
         "--multiplier-batches",
@@ -75,10 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv=None) -> TokenLossOptions:
     p = build_parser()
     args = p.parse_args(argv)
-    if args.max_tokens < 1:
-        p.error(f"--max-tokens must be positive, got {args.max_tokens}")
-    if args.max_sentences is not None and args.max_sentences < 1:
-        p.error(f"--max-sentences must be positive, got {args.max_sentences}")
+    require_positive(p, args, "max_tokens", "max_sentences")
     try:
         analysis.check_edges(tuple(args.edges))
     except ToolkitError as e:
