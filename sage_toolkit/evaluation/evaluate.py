@@ -1,38 +1,19 @@
-"""Evaluate a fairseq translation checkpoint: fairseq-generate, tokenized BLEU (fairseq's scorer) and sacreBLEU/chrF,
-recorded in a JSON file.
+"""Evaluate a fairseq translation checkpoint (``sage-evaluate``): fairseq-generate, tokenized BLEU (fairseq's scorer),
+sacreBLEU and chrF, recorded in a JSON file. What a user sees of it: docs/toolkit.md ("sage-evaluate").
 
-Steps of :func:`evaluate`:
+:func:`evaluate` runs these steps, each a function here:
 
-1. Checkpoint (:mod:`.checkpoints`): a file, or a save dir's ``checkpoint_best.pt`` (else ``checkpoint_last.pt``);
-   with ``average_last`` the last N numbered checkpoints averaged into ``<save dir>/checkpoint.avgN.pt``.
-2. ``fairseq-generate`` (:mod:`.generation`) with the data-bin's ``--remove-bpe`` value; its full output is kept.
-   Refused before it starts, in one line naming the file: a subset without sentences (an empty ``.bin``) and a
-   checkpoint whose embedding tables do not fit the data-bin's dictionaries (:mod:`.dataset`), where fairseq would
-   stop with "cannot mmap an empty file" or a size-mismatch traceback.
-3. Tokenized BLEU with fairseq's own scorer (:mod:`.scoring`) on the H- lines against the tokenised reference (a BPE
-   preparation's ``ref/{subset}.tok.{tgt}``; else the T- lines), compound-split where the data-bin's
-   ``bleu_tok_kind`` says so (WMT'16). IWSLT'14/Multi30k BPE preparations are lowercased and Moses-tokenised, so this
-   is the usual lowercased tokenized BLEU. For sentencepiece preparations there is no tokenised reference: the H-/T-
-   lines are detokenised text split at spaces (fairseq-generate's own BLEU); report sacreBLEU for them.
-4. sacreBLEU (BLEU and chrF, default settings, 13a tokenisation) on the detokenised hypotheses against the data-bin's
-   detokenised reference (``ref/{subset}.{tgt}``): BPE output is Moses-detokenised, sentencepiece output is already
-   detokenised by ``--remove-bpe sentencepiece``. Lowercased preparations (``prep.json`` ``lowercased``: IWSLT'14 and
-   Multi30k with BPE, whose references are lowercased) are scored with sacreBLEU's lowercase option (``case:lc`` in
-   the signatures, ``sacrebleu_lowercase: true`` in the JSON).
-5. A JSON file (default ``<checkpoint dir>/eval.<subset>.json``; written atomically) and, next to it,
-   ``<stem>.generate.txt`` (fairseq-generate's output), ``<stem>.hyp.<tgt>`` (detokenised hypotheses, source order),
-   ``<stem>.tok.hyp.<tgt>``/``<stem>.tok.ref.<tgt>`` (what the tokenized BLEU scored) and, when the sacreBLEU
-   reference comes from T- lines, ``<stem>.ref.<tgt>``. An existing JSON made with other settings (checkpoint files,
-   ``--average-last``, beam, length penalty, subset, references, ``--remove-bpe`` ...; its ``options``) is not
-   replaced: the run stops with an error that names the differences, before anything is written; give another
-   ``--out``, or ``--overwrite``. The same settings again (e.g. after more training) replace it.
-
-Hypotheses that still contain subword markers (``@@`` of BPE, ``▁`` of sentencepiece: a missing or wrong
-``--remove-bpe``) are scored as they are, with a warning on stderr that gives their fraction and the remedy; the JSON
-records it (``subword_markers``).
-
-How the data-bin's facts are found (``prep.json``, old ``prep.json`` files, any fairseq data-bin, the overriding
-options): :mod:`.dataset`.
+1. :func:`check_inputs`: everything that is refused before a file is written, each in one line naming the file or
+   option (a subset without sentences, a checkpoint made for other dictionaries, a result of other settings in the
+   way: :func:`check_overwrite`); averaging is :mod:`.checkpoints`, the data-bin's facts :mod:`.dataset`.
+2. :func:`generate`: fairseq-generate with the data-bin's ``--remove-bpe`` (:mod:`.generation`), its output kept.
+3. :func:`tokenized_bleu`: fairseq's scorer against the tokenised reference (``ref/{subset}.tok.{tgt}``, else the T-
+   lines), compound-split where ``bleu_tok_kind`` says so. Sentencepiece preparations have no tokenised reference:
+   their detokenised text is split at spaces (fairseq-generate's own BLEU), so report sacreBLEU for them.
+4. :func:`detokenized_scores`: sacreBLEU and chrF (13a, lowercased for lowercased preparations) on the detokenised
+   hypotheses against ``ref/{subset}.{tgt}``, else the detokenised T- lines.
+5. The JSON, written atomically, beside the files of :func:`output_files`. Hypotheses that still hold subword markers
+   (a missing ``--remove-bpe``) are scored as they are, with a warning and ``subword_markers`` in the JSON.
 """
 
 from __future__ import annotations
@@ -143,92 +124,19 @@ def evaluate(options: EvalOptions) -> dict:
     settings is in the way."""
     start = time.time()
     options = options.absolute()
-    if not options.data_bin.is_dir():
-        raise ToolkitError(f"--data-bin {options.data_bin} is not a folder")
-    setup = resolve_setup(options.data_bin, options.subset, options.overrides)
-    check_data_bin(options.data_bin, setup, options.subset)
-    checkpoint, used = resolve_checkpoints(options.checkpoint, options.average_last, options.average_by)
-    ckpt_dir = options.checkpoint if options.checkpoint.is_dir() else options.checkpoint.parent
-    out = options.out if options.out is not None else ckpt_dir / f"eval.{options.subset}.json"
-    recorded_options = result_options(options, setup, used)
-    if not options.overwrite:
-        check_overwrite(out, recorded_options)
-    check_checkpoint_fits(used[0], options.data_bin, setup)  # (the averaged ones have the same shapes)
+    setup, checkpoint, used, out, recorded_options = check_inputs(options)
     write_average(checkpoint, used, PROG)
-    stem = out.with_suffix("") if out.suffix == ".json" else out
-    files = {
-        "generate": Path(f"{stem}.generate.txt"),
-        "hyp": Path(f"{stem}.hyp.{setup.tgt}"),
-        "tok_hyp": Path(f"{stem}.tok.hyp.{setup.tgt}"),
-        "tok_ref": Path(f"{stem}.tok.ref.{setup.tgt}"),
-    }
+    files = output_files(out, setup.tgt)
     out.parent.mkdir(parents=True, exist_ok=True)
-
-    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as results_dir:
-        cmd = generation.generate_command(options, setup, checkpoint, Path(results_dir))
-        print(f"{PROG}: " + " ".join(cmd), flush=True)
-        generation.run_generate(cmd, Path(results_dir), options.subset, files["generate"])
+    cmd = generate(options, setup, checkpoint, out, files["generate"])
     hyps_tok, targets, generate_bleu = generation.parse_generate(files["generate"])
-    n = len(hyps_tok)
     markers = subword_markers(hyps_tok, setup.remove_bpe)
     if markers.get("warning"):
         print(f"{PROG}: WARNING: {markers['warning']}", file=sys.stderr, flush=True)
-
-    # tokenized BLEU (fairseq's scorer)
-    if setup.tok_ref is not None:
-        refs_tok, tok_ref_source = read_text_lines(setup.tok_ref), str(setup.tok_ref)
-        if len(refs_tok) != n:
-            raise ToolkitError(
-                f"the tokenised reference {setup.tok_ref} has {len(refs_tok)} lines, {options.subset} has {n}"
-            )
-    else:
-        refs_tok, tok_ref_source = targets, "T- lines of fairseq-generate"
-    sys_tok = list(hyps_tok)
-    if setup.bleu_tok_kind == "compound_split":
-        sys_tok, refs_tok = [compound_split(x) for x in sys_tok], [compound_split(x) for x in refs_tok]
-    write_lines(files["tok_hyp"], sys_tok)
-    write_lines(files["tok_ref"], refs_tok)
-    tok = fairseq_bleu(read_text_lines(files["tok_hyp"]), read_text_lines(files["tok_ref"]))
-
-    # sacreBLEU / chrF on detokenised text
-    write_lines(files["hyp"], detokenize(hyps_tok, setup.detok, setup.tgt))
-    if setup.ref is not None:
-        ref_path, ref_source = Path(setup.ref), str(setup.ref)
-    else:
-        files["ref"] = ref_path = Path(f"{stem}.ref.{setup.tgt}")
-        write_lines(ref_path, detokenize(targets, setup.detok, setup.tgt))
-        ref_source = f"T- lines of fairseq-generate, detokenised ({setup.detok}): {ref_path}"
-    hyps, refs = read_text_lines(files["hyp"]), read_text_lines(ref_path)
-    if len(refs) != n:
-        raise ToolkitError(f"the reference {ref_path} has {len(refs)} lines, but {options.subset} has {n} sentences")
-    sb = sacrebleu_scores(hyps, refs, setup.lowercase)
-
     result = {
-        "subset": options.subset,
-        "n_sentences": n,
-        "data_bin": str(options.data_bin.resolve()),
-        "dataset": setup.dataset,
-        "source_lang": setup.src,
-        "target_lang": setup.tgt,
-        "checkpoints": [str(p.resolve()) for p in used],
-        "checkpoint": str(checkpoint.resolve()),
-        "average_last": options.average_last,
-        "beam": options.beam,
-        "lenpen": options.lenpen,
-        "max_tokens": options.max_tokens,
-        "batch_size": options.batch_size,
-        "remove_bpe": setup.remove_bpe,
-        "bleu_tok": tok["score"],
-        "bleu_tok_kind": setup.bleu_tok_kind,
-        "bleu_tok_string": tok["string"],
-        "bleu_tok_bp": tok["bp"],
-        "bleu_tok_sys_len": tok["sys_len"],
-        "bleu_tok_ref_len": tok["ref_len"],
-        "bleu_tok_reference": tok_ref_source,
-        **sb,
-        "sacrebleu_lowercase": setup.lowercase,
-        "sacrebleu_reference": ref_source,
-        "detokenizer": setup.detok,
+        **run_settings(options, setup, checkpoint, used, len(hyps_tok)),
+        **tokenized_bleu(setup, options.subset, hyps_tok, targets, files),
+        **detokenized_scores(setup, options.subset, hyps_tok, targets, files),
         "note": _note(setup),
         "fairseq_generate_bleu": generate_bleu,
         "hypotheses": str(files["hyp"].resolve()),
@@ -241,11 +149,119 @@ def evaluate(options: EvalOptions) -> dict:
         "elapsed_s": round(time.time() - start, 1),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    if "ref" in files:
+    if setup.ref is None:  # the reference was written from the T- lines
         result["references"] = str(files["ref"].resolve())
     write_atomic(out, json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     result["json"] = str(out)
     return result
+
+
+def check_inputs(options: EvalOptions) -> tuple[Setup, Path, list[Path], Path, dict]:
+    """Everything that can be refused before a file is written: (the data-bin's setup, the checkpoint to translate
+    with, the checkpoint files it is made of, the JSON's path, the options the result records)."""
+    if not options.data_bin.is_dir():
+        raise ToolkitError(f"--data-bin {options.data_bin} is not a folder")
+    setup = resolve_setup(options.data_bin, options.subset, options.overrides)
+    check_data_bin(options.data_bin, setup, options.subset)
+    checkpoint, used = resolve_checkpoints(options.checkpoint, options.average_last, options.average_by)
+    ckpt_dir = options.checkpoint if options.checkpoint.is_dir() else options.checkpoint.parent
+    out = options.out if options.out is not None else ckpt_dir / f"eval.{options.subset}.json"
+    recorded_options = result_options(options, setup, used)
+    if not options.overwrite:
+        check_overwrite(out, recorded_options)
+    check_checkpoint_fits(used[0], options.data_bin, setup)  # (the averaged ones have the same shapes)
+    return setup, checkpoint, used, out, recorded_options
+
+
+def output_files(out: Path, tgt: str) -> dict[str, Path]:
+    """The files written next to the JSON (``ref`` only when the reference comes from the T- lines)."""
+    stem = out.with_suffix("") if out.suffix == ".json" else out
+    return {
+        "generate": Path(f"{stem}.generate.txt"),
+        "hyp": Path(f"{stem}.hyp.{tgt}"),
+        "tok_hyp": Path(f"{stem}.tok.hyp.{tgt}"),
+        "tok_ref": Path(f"{stem}.tok.ref.{tgt}"),
+        "ref": Path(f"{stem}.ref.{tgt}"),
+    }
+
+
+def generate(options: EvalOptions, setup: Setup, checkpoint: Path, out: Path, output: Path) -> list[str]:
+    """Run fairseq-generate into a scratch folder beside ``out``, keep its output in ``output``; returns the
+    command."""
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as results_dir:
+        cmd = generation.generate_command(options, setup, checkpoint, Path(results_dir))
+        print(f"{PROG}: " + " ".join(cmd), flush=True)
+        generation.run_generate(cmd, Path(results_dir), options.subset, output)
+    return cmd
+
+
+def run_settings(options: EvalOptions, setup: Setup, checkpoint: Path, used: list[Path], n_sentences: int) -> dict:
+    """The result's first keys: what was translated, with what and how."""
+    return {
+        "subset": options.subset,
+        "n_sentences": n_sentences,
+        "data_bin": str(options.data_bin.resolve()),
+        "dataset": setup.dataset,
+        "source_lang": setup.src,
+        "target_lang": setup.tgt,
+        "checkpoints": [str(p.resolve()) for p in used],
+        "checkpoint": str(checkpoint.resolve()),
+        "average_last": options.average_last,
+        "beam": options.beam,
+        "lenpen": options.lenpen,
+        "max_tokens": options.max_tokens,
+        "batch_size": options.batch_size,
+        "remove_bpe": setup.remove_bpe,
+    }
+
+
+def tokenized_bleu(setup: Setup, subset: str, hyps_tok: list[str], targets: list[str], files: dict) -> dict:
+    """Step 3: fairseq's scorer on the tokenised hypotheses and reference (written to ``tok_hyp``/``tok_ref``)."""
+    if setup.tok_ref is not None:
+        refs_tok, tok_ref_source = read_text_lines(setup.tok_ref), str(setup.tok_ref)
+        if len(refs_tok) != len(hyps_tok):
+            raise ToolkitError(
+                f"the tokenised reference {setup.tok_ref} has {len(refs_tok)} lines, {subset} has {len(hyps_tok)}"
+            )
+    else:
+        refs_tok, tok_ref_source = targets, "T- lines of fairseq-generate"
+    sys_tok = list(hyps_tok)
+    if setup.bleu_tok_kind == "compound_split":
+        sys_tok, refs_tok = [compound_split(x) for x in sys_tok], [compound_split(x) for x in refs_tok]
+    write_lines(files["tok_hyp"], sys_tok)
+    write_lines(files["tok_ref"], refs_tok)
+    tok = fairseq_bleu(read_text_lines(files["tok_hyp"]), read_text_lines(files["tok_ref"]))
+    return {
+        "bleu_tok": tok["score"],
+        "bleu_tok_kind": setup.bleu_tok_kind,
+        "bleu_tok_string": tok["string"],
+        "bleu_tok_bp": tok["bp"],
+        "bleu_tok_sys_len": tok["sys_len"],
+        "bleu_tok_ref_len": tok["ref_len"],
+        "bleu_tok_reference": tok_ref_source,
+    }
+
+
+def detokenized_scores(setup: Setup, subset: str, hyps_tok: list[str], targets: list[str], files: dict) -> dict:
+    """Step 4: sacreBLEU and chrF on the detokenised hypotheses (written to ``hyp``) against the data-bin's reference,
+    else the detokenised T- lines (written to ``ref``)."""
+    write_lines(files["hyp"], detokenize(hyps_tok, setup.detok, setup.tgt))
+    if setup.ref is not None:
+        ref_path, ref_source = Path(setup.ref), str(setup.ref)
+    else:
+        ref_path = write_lines(files["ref"], detokenize(targets, setup.detok, setup.tgt))
+        ref_source = f"T- lines of fairseq-generate, detokenised ({setup.detok}): {ref_path}"
+    hyps, refs = read_text_lines(files["hyp"]), read_text_lines(ref_path)
+    if len(refs) != len(hyps_tok):
+        raise ToolkitError(
+            f"the reference {ref_path} has {len(refs)} lines, but {subset} has {len(hyps_tok)} sentences"
+        )
+    return {
+        **sacrebleu_scores(hyps, refs, setup.lowercase),
+        "sacrebleu_lowercase": setup.lowercase,
+        "sacrebleu_reference": ref_source,
+        "detokenizer": setup.detok,
+    }
 
 
 def summary_line(result: dict) -> str:
