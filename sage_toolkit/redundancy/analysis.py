@@ -1,40 +1,27 @@
-"""Redundancy analysis of trained fairseq translation checkpoints: prune by sensitivity or magnitude, measure the loss.
+"""Redundancy analysis of trained checkpoints (``sage-analyze-redundancy``): prune by sensitivity or magnitude,
+measure the loss. SAGE claims to leave fewer redundant parameters, so a model trained with it should lose more when
+its least important weights go; docs/toolkit.md and RESULTS.md say what was found. For every checkpoint,
+:func:`analyze_model` runs these steps:
 
-SAGE (Liang et al., ICLR 2022) claims to leave fewer redundant parameters: a model trained with it should lose more
-when its least important weights are removed. :func:`run` makes that visible. For every checkpoint:
+1. load it in-process (:mod:`.model`), with the criterion of its own configuration;
+2. :func:`pruning_scope`: every weight matrix that the forward pass reads, with its sensitivity, the mean of
+   ``|theta * grad|`` over ``batches`` batches of ``sensitivity_subset`` (:mod:`.sensitivity`). fairseq 0.12's
+   encoder layers also hold BetterTransformer copies of their weights that get no gradient: they are left out and
+   listed as ``excluded_unused_tensors``;
+3. :class:`Sweeps`: at each sparsity and method, zero the lowest-ranked entries (one-shot: the unpruned model's
+   ranking), measure the loss and, unless ``bleu`` is off, sacreBLEU (:mod:`.scoring`), restore the weights;
+4. with ``by_layer_type``, step 3 within each layer type alone (a small model's embeddings dominate a global ranking).
 
-1. Load it in-process (:mod:`.model`) and build its criterion from the checkpoint's own configuration.
-2. Sensitivity (:mod:`.sensitivity`): the mean over ``batches`` batches of the ``sensitivity_subset`` split of
-   ``|theta * grad|``, entry by entry.
-3. Pruning scope and ranking (:mod:`.pruning`): every weight matrix, ranked globally; fairseq 0.12's encoder layers
-   hold BetterTransformer copies of their weights (``in_proj_weight``, ``out_proj_weight``, ``fc1_weight``,
-   ``fc2_weight``) that the ordinary forward never reads: they receive no gradient and are listed as
-   ``excluded_unused_tensors`` in the JSON.
-4. For each sparsity s in ``sparsities`` (each in [0, 1)) and each method: zero the lowest-ranked entries (one-shot:
-   the ranking comes from the unpruned model, no retraining or re-ranking), measure (:mod:`.scoring`: loss, NLL and,
-   unless ``bleu`` is off, sacreBLEU over the whole ``subset``), then restore the weights. The checkpoint file is only
-   read.
-
-5. With ``by_layer_type``, step 4 again within each layer type (embeddings, attention, feed-forward) alone: the
-   type's entries ranked among themselves and only they pruned, to each sparsity of the type's own entries. A small
-   model's embeddings hold most of its weights and dominate the global ranking; this shows each type's redundancy.
-
-Cost: the sensitivity is ``batches`` forward/backward passes; every (method, sparsity) point, and the unpruned model,
-is one pass over the subset for the loss and, with BLEU, one decoding of it. A heavily pruned model may translate
-every sentence to the length limit (``max_len_a``/``max_len_b``, fairseq-generate's defaults 0 and 200): on a CPU
-prefer no BLEU or a lower limit; on a GPU a Multi30k/IWSLT'14 validation set is quick.
-
-Outputs in ``out``: ``redundancy.json`` (settings, the scope, per model: the unpruned metrics, per method and
-sparsity: loss, nll_loss, BLEU, the measured fraction of zeros in the scope, the overlap of the two methods' pruned
-sets; quantiles of log10 sensitivity per layer type; ``groups``: :mod:`.summary`; with ``by_layer_type``:
-``results_by_layer_type`` per model and ``groups_by_layer_type``) and the figures of :mod:`.plots`
-(``pruning_curves_by_layer_type.png`` with ``by_layer_type``).
+Each measured point is one pass over ``subset`` and, with BLEU, one decoding of it; a heavily pruned model may decode
+to the length limit, so on a CPU prefer no BLEU. The checkpoint files are only read. :func:`run` writes
+``redundancy.json`` and the figures of :mod:`.plots` into ``out``.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from sage_toolkit.atomic import write_atomic
@@ -92,39 +79,105 @@ def check_data_bin(options: RedundancyOptions) -> None:
     require_splits(options.data_bin, splits)
 
 
-def analyze_model(
-    name: str, checkpoint: Path, options: RedundancyOptions, use_cuda: bool, bleu_scorer_cache: dict
-) -> tuple[dict, dict]:
-    """(the JSON record of one model, its log10 sensitivities per layer type for the plot)."""
-    import torch
+@dataclass
+class Scope:
+    """The weight matrices that are ranked and pruned (those the forward pass reads), with their sensitivities, and
+    the names of those left out because the forward pass never reads them."""
 
+    names: list[str]
+    params: list
+    sens: list
+    unused: list[str]
+
+    @property
+    def types(self) -> list[str]:
+        return [layer_type(n) for n in self.names]
+
+    @property
+    def entries(self) -> int:
+        return sum(p.numel() for p in self.params)
+
+
+def pruning_scope(model, criterion, task, options: RedundancyOptions, use_cuda: bool) -> Scope:
+    """Steps 2 and 3 of the module docstring: the sensitivities, and the scope they leave."""
     o = options
-    start = time.time()
-    model, task, cfg, criterion = load(checkpoint, o.data_bin, use_cuda)
-    for split in dict.fromkeys((o.subset, o.sensitivity_subset)):  # the BLEU scorer reads the subset's size
-        if split not in task.datasets:
-            task.load_dataset(split, combine=False, epoch=1)
     candidates = pruned_parameters(model)
     sens, used = sensitivities(
         model, criterion, task, [p for _, p in candidates], subset=o.sensitivity_subset, batches_wanted=o.batches,
         max_tokens=o.max_tokens, seed=o.seed, use_cuda=use_cuda,
     )  # fmt: skip
-    unused = [n for (n, _), u in zip(candidates, used, strict=True) if not u]
     scope = [c for c, u in zip(candidates, used, strict=True) if u]
-    sens = [s for s, u in zip(sens, used, strict=True) if u]
-    names = [n for n, _ in scope]
-    params = [p for _, p in scope]
-    total = sum(p.numel() for p in params)
-    note = f"; not used in the forward pass, left out: {', '.join(unused)}" if unused else ""
-    print(f"{PROG}: {name}: {checkpoint}: {len(params)} tensors, {total} entries in scope{note}", flush=True)
-    orders = {}
-    for method in o.methods:
-        orders[method] = ranking(sens if method == "sensitivity" else [p.detach().abs() for p in params])
-    originals = [p.detach().clone() for p in params]
+    return Scope(
+        names=[n for n, _ in scope],
+        params=[p for _, p in scope],
+        sens=[s for s, u in zip(sens, used, strict=True) if u],
+        unused=[n for (n, _), u in zip(candidates, used, strict=True) if not u],
+    )
 
-    scorer = None
+
+class Sweeps:
+    """Step 4: prune part of the scope in a ranking's order to every sparsity, measure, restore the weights."""
+
+    def __init__(self, name: str, scope: Scope, measure, sparsities: tuple[float, ...]):
+        self.name, self.scope, self.measure, self.sparsities = name, scope, measure, sparsities
+        self.originals = [p.detach().clone() for p in scope.params]
+        self.unpruned = measure()
+        types = scope.types
+        self.members = {
+            kind: [p for p, t in zip(scope.params, types, strict=True) if t == kind] for kind in dict.fromkeys(types)
+        }
+
+    def restore(self) -> None:
+        import torch
+
+        with torch.no_grad():
+            for p, original in zip(self.scope.params, self.originals, strict=True):
+                p.copy_(original)
+
+    def sweep(self, label: str, pruned: list, order) -> list[dict]:
+        """Prune ``pruned`` (a subset of the scope) to every sparsity of its own entries in ``order``, measure. A
+        global sweep also records how much of each layer type its one ranking zeroed: a type whose weights are
+        smaller or less sensitive than the others' loses more than the sparsity says."""
+        rows, count = [], sum(p.numel() for p in pruned)
+        for s in self.sparsities:
+            k = num_pruned(s, count)
+            prune_(pruned, order, k)
+            row = {"sparsity": s, "n_pruned": k, "zero_fraction": zero_fraction(pruned)}
+            if pruned is self.scope.params:
+                row["zero_fraction_by_layer_type"] = {kind: zero_fraction(ps) for kind, ps in self.members.items()}
+            row.update(self.measure())
+            row["loss_increase"] = row["loss"] - self.unpruned["loss"]
+            if "bleu" in row:
+                row["bleu_drop"] = self.unpruned["bleu"] - row["bleu"]
+            rows.append(row)
+            self.restore()
+            print(f"{PROG}: {self.name} {label} {s:.2f}: loss {row['loss']:.4f}"
+                  + (f" BLEU {row['bleu']:.2f}" if "bleu" in row else ""), flush=True)  # fmt: skip
+        return rows
+
+    def by_layer_type(self, methods: tuple[str, ...]) -> dict[str, dict[str, list]]:
+        """Step 5: each layer type's entries ranked among themselves and pruned alone."""
+        types, by_type = self.scope.types, {}
+        for kind in (t for t in LAYER_TYPES if t in types):
+            chosen = [i for i, t in enumerate(types) if t == kind]
+            pruned = [self.scope.params[i] for i in chosen]
+            scores = {"sensitivity": [self.scope.sens[i] for i in chosen], "magnitude": magnitudes(pruned)}
+            by_type[kind] = {
+                method: self.sweep(f"{kind} {method}", pruned, ranking(scores[method])) for method in methods
+            }
+        return by_type
+
+
+def magnitudes(params: list) -> list:
+    return [p.detach().abs() for p in params]
+
+
+def measurer(model, criterion, task, options: RedundancyOptions, use_cuda: bool, bleu_scorer_cache: dict):
+    """A function that measures the model as it is now: loss and NLL on the subset, and BLEU unless it is off (the
+    data-bin's settings and references read once, into ``bleu_scorer_cache``)."""
+    o, scorer = options, None
     if o.bleu:
-        if "scorer" not in bleu_scorer_cache:  # the data-bin's settings and references, read once
+        if "scorer" not in bleu_scorer_cache:
             bleu_scorer_cache["scorer"] = BleuScorer(task, o)
         scorer = bleu_scorer_cache["scorer"]
 
@@ -135,64 +188,53 @@ def analyze_model(
             m.update(scorer(model, task, use_cuda))
         return m
 
-    def restore() -> None:
-        with torch.no_grad():
-            for p, original in zip(params, originals, strict=True):
-                p.copy_(original)
+    return measure
 
-    unpruned = measure()
 
-    types = [layer_type(n) for n in names]
-    members = {kind: [p for p, t in zip(params, types, strict=True) if t == kind] for kind in dict.fromkeys(types)}
-
-    def sweep(label: str, pruned: list, order) -> list[dict]:
-        """Prune ``pruned`` (a subset of ``params``) to every sparsity of its own entries in ``order``, measure. A
-        global sweep also records how much of each layer type its one ranking zeroed: a type whose weights are
-        smaller or less sensitive than the others' loses more than the sparsity says."""
-        rows, count = [], sum(p.numel() for p in pruned)
-        for s in o.sparsities:
-            k = num_pruned(s, count)
-            prune_(pruned, order, k)
-            row = {"sparsity": s, "n_pruned": k, "zero_fraction": zero_fraction(pruned)}
-            if pruned is params:
-                row["zero_fraction_by_layer_type"] = {kind: zero_fraction(ps) for kind, ps in members.items()}
-            row.update(measure())
-            row["loss_increase"] = row["loss"] - unpruned["loss"]
-            if "bleu" in row:
-                row["bleu_drop"] = unpruned["bleu"] - row["bleu"]
-            rows.append(row)
-            restore()
-            print(f"{PROG}: {name} {label} {s:.2f}: loss {row['loss']:.4f}"
-                  + (f" BLEU {row['bleu']:.2f}" if "bleu" in row else ""), flush=True)  # fmt: skip
-        return rows
-
-    results = {method: sweep(method, params, orders[method]) for method in o.methods}
-    by_type: dict[str, dict[str, list]] = {}
-    if o.by_layer_type:
-        for kind in (t for t in LAYER_TYPES if t in types):
-            chosen = [i for i, t in enumerate(types) if t == kind]
-            pruned = [params[i] for i in chosen]
-            scores = {"sensitivity": [sens[i] for i in chosen], "magnitude": [p.detach().abs() for p in pruned]}
-            by_type[kind] = {method: sweep(f"{kind} {method}", pruned, ranking(scores[method])) for method in o.methods}
+def overlaps(orders: dict, sparsities: tuple[float, ...], total: int) -> dict[str, float]:
+    """The overlap of the two methods' pruned sets at each sparsity (when both were run)."""
     overlap = {}
     if set(METHODS) <= set(orders):
-        for s in o.sparsities:
+        for s in sparsities:
             k = num_pruned(s, total)
             if k:
                 overlap[f"{s:g}"] = overlap_fraction(orders["sensitivity"], orders["magnitude"], k)
-    summary, values = quantiles_by_type(names, sens)
-    tensors = [{"name": n, "shape": list(p.shape), "layer_type": layer_type(n)} for n, p in scope]
+    return overlap
+
+
+def analyze_model(
+    name: str, checkpoint: Path, options: RedundancyOptions, use_cuda: bool, bleu_scorer_cache: dict
+) -> tuple[dict, dict]:
+    """(the JSON record of one model, its log10 sensitivities per layer type for the plot)."""
+    o = options
+    start = time.time()
+    model, task, cfg, criterion = load(checkpoint, o.data_bin, use_cuda)
+    for split in dict.fromkeys((o.subset, o.sensitivity_subset)):  # the BLEU scorer reads the subset's size
+        if split not in task.datasets:
+            task.load_dataset(split, combine=False, epoch=1)
+    scope = pruning_scope(model, criterion, task, o, use_cuda)
+    note = f"; not used in the forward pass, left out: {', '.join(scope.unused)}" if scope.unused else ""
+    print(f"{PROG}: {name}: {checkpoint}: {len(scope.params)} tensors, {scope.entries} entries in scope{note}",
+          flush=True)  # fmt: skip
+    orders = {m: ranking(scope.sens if m == "sensitivity" else magnitudes(scope.params)) for m in o.methods}
+    sweeps = Sweeps(name, scope, measurer(model, criterion, task, o, use_cuda, bleu_scorer_cache), o.sparsities)
+    results = {method: sweeps.sweep(method, scope.params, orders[method]) for method in o.methods}
+    by_type = sweeps.by_layer_type(o.methods) if o.by_layer_type else {}
+    summary, values = quantiles_by_type(scope.names, scope.sens)
     record = {
         "checkpoint": str(checkpoint.resolve()),
         "criterion": cfg.criterion._name if hasattr(cfg.criterion, "_name") else str(cfg.criterion),
-        "entries_in_scope": total,
+        "entries_in_scope": scope.entries,
         "entries_by_layer_type": {k: v["entries"] for k, v in summary.items()},
-        "tensors": tensors,
-        "excluded_unused_tensors": unused,
-        "unpruned": unpruned,
+        "tensors": [
+            {"name": n, "shape": list(p.shape), "layer_type": layer_type(n)}
+            for n, p in zip(scope.names, scope.params, strict=True)
+        ],  # fmt: skip
+        "excluded_unused_tensors": scope.unused,
+        "unpruned": sweeps.unpruned,
         "results": results,
         **({"results_by_layer_type": by_type} if o.by_layer_type else {}),
-        "pruned_set_overlap_sensitivity_vs_magnitude": overlap,
+        "pruned_set_overlap_sensitivity_vs_magnitude": overlaps(orders, o.sparsities, scope.entries),
         "log10_sensitivity_by_layer_type": summary,
         "sensitivity_batches": o.batches,
         "elapsed_s": round(time.time() - start, 1),
