@@ -1,29 +1,16 @@
-"""Where a model's loss sits: the per-token NLL of trained checkpoints, split by each token's count in training.
+"""Where a model's loss sits (``sage-analyze-token-loss``): the per-token NLL of trained checkpoints, split by each
+token's count in training. SAGE gives rare events larger steps (a rare token's embedding row has a gradient on few
+batches), so it may fit rare tokens better in training and worse on unseen text; docs/toolkit.md and RESULTS.md say
+what was found. For every checkpoint and every ``subsets`` split, :func:`run`:
 
-Two models can reach the same validation loss by different routes, and an optimizer that gives rare events larger
-steps (SAGE's multiplier is the relative variation of a weight's sensitivity, largest for a weight whose gradient is
-zero on most batches and large on a few: a rare token's embedding row) may fit rare tokens better on the training
-data and worse on unseen data. :func:`run` measures that. For every checkpoint and every ``subsets`` split:
+1. scores every target token of the split's first ``max_sentences`` sentences, eval mode, teacher forcing:
+   NLL = -log2 p(token), no label smoothing (the mean over a split is fairseq's ``nll_loss``, up to summation order);
+2. puts each target token into the band of its count in the binarised ``train`` split (``edges`` e1 < e2 < ...:
+   count < e1, e1 <= count < e2, ..., count >= e_last), and again into the band of its sentence's rarest source token;
+3. with ``multiplier_batches``, measures SAGE's multiplier on the embedding rows (:mod:`.multipliers`).
 
-1. The model in eval mode (no dropout) scores every target token of the split's first ``max_sentences`` sentences
-   (in the data-bin's order; all of them by default) with teacher forcing: NLL = -log2 p(token), no label smoothing.
-2. Each target token falls into a frequency band by its count in the data-bin's binarised ``train`` split (the
-   target side, EOS included): band edges ``edges`` = [e1, e2, ...] give bands count < e1, e1 <= count < e2, ...,
-   count >= e_last. Per band: the tokens and their mean NLL.
-3. The same per source band: every target token of a sentence falls into the band of the sentence's rarest source
-   token (its count in the source side of ``train``), which shows the encoder's side (a source embedding row gets a
-   gradient only from the batches that hold its token).
-4. With ``multiplier_batches`` > 0, for a checkpoint trained with SAGE: the multiplier its embedding rows get on that
-   many train batches, by band and by whether the row's token is in the batch (:mod:`.multipliers`).
-
-The mean over all tokens of a split is fairseq's ``nll_loss`` (base 2) for that split, up to float summation order.
-``table`` prints, per split and band kind, each model's mean NLL per band, its difference from the first model and
-each band's share of the whole difference (difference x the band's fraction of the tokens: the shares add up to the
-difference of the means). The checkpoint files are only read.
-
-Output in ``out``: ``token_loss.json`` (settings; ``train_counts``: tokens of the train split per side; per model
-and split: ``all``, ``target_bands``, ``source_bands``, each band {band, tokens, nll}; with ``multiplier_batches``,
-``multipliers`` per model).
+:func:`table` gives each band's share of the models' difference (the shares add up to the difference of the means).
+The checkpoint files are only read; the output is ``token_loss.json`` in ``out``.
 """
 
 from __future__ import annotations
