@@ -56,6 +56,7 @@ from sage_toolkit.evaluation.scoring import (
     read_text_lines,
     sacrebleu_scores,
     subword_markers,
+    translation_scores,
 )
 
 PROG = "sage-evaluate"  # the console script; also the prefix of its messages
@@ -218,16 +219,7 @@ def evaluate(options: EvalOptions) -> dict:
         "max_tokens": options.max_tokens,
         "batch_size": options.batch_size,
         "remove_bpe": setup.remove_bpe,
-        "bleu_tok": tok["score"],
-        "bleu_tok_kind": setup.bleu_tok_kind,
-        "bleu_tok_string": tok["string"],
-        "bleu_tok_bp": tok["bp"],
-        "bleu_tok_sys_len": tok["sys_len"],
-        "bleu_tok_ref_len": tok["ref_len"],
-        "bleu_tok_reference": tok_ref_source,
-        **sb,
-        "sacrebleu_lowercase": setup.lowercase,
-        "sacrebleu_reference": ref_source,
+        **translation_scores(tok, sb, setup.bleu_tok_kind, tok_ref_source, setup.lowercase, ref_source).to_json(),
         "detokenizer": setup.detok,
         "note": _note(setup),
         "fairseq_generate_bleu": generate_bleu,

@@ -44,6 +44,7 @@ from pathlib import Path
 from sage_toolkit.atomic import write_atomic
 from sage_toolkit.errors import ToolkitError
 from sage_toolkit.evaluation.dataset import infer_langs, read_prep
+from sage_toolkit.evaluation.result import recorded
 from sage_toolkit.paths import ROOT
 from sage_toolkit.runner.console import complain, say
 from sage_toolkit.runner.process import SUPERVISOR, RunFailed, runner_session, worker_pool
@@ -54,7 +55,6 @@ from sage_toolkit.study.report import plots, report
 from sage_toolkit.study.spec import StudySpec
 
 PROG = "sage-study"  # the console script; also the prefix of its messages
-SCORE_KEYS = ("bleu_tok", "sacrebleu", "chrf", "bp", "sys_len", "ref_len", "sacrebleu_signature")
 
 
 class Study:
@@ -602,7 +602,8 @@ def data_bin(path: str, key: str) -> Path:
 
 
 def _scores(result: dict) -> dict:
-    return {k: result.get(k) for k in SCORE_KEYS}
+    """The metrics study.json keeps of an evaluation (:mod:`sage_toolkit.evaluation.result`)."""
+    return recorded(result, "study")
 
 
 def check_configs(spec: StudySpec) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from sage_toolkit.atomic import savefig_atomic
 from sage_toolkit.errors import ToolkitError
+from sage_toolkit.evaluation import result
 from sage_toolkit.runner.report import plot_learning_curves
 from sage_toolkit.stats import format_difference, format_mean_std
 from sage_toolkit.study.generalization import converging_points, excess
@@ -30,6 +31,17 @@ def _difference(a: list, b: list, digits: int) -> str:
     return "nan" if _has_nan(a) or _has_nan(b) else format_difference(a, b, digits)
 
 
+def _score_heads(spec: StudySpec) -> str:
+    """The test tables' column heads: every test subset's scores (:func:`sage_toolkit.evaluation.result.columns`)."""
+    columns = result.columns("study")
+    return "".join(f" {spec.shown(subset)} {label} |" for subset in spec.test_subsets for _, label, _ in columns)
+
+
+def _score_cells(scores: dict, table: str = "other_data") -> str:
+    """One evaluation's cells of ``table``'s score columns (without the outer bars)."""
+    return " | ".join(f"{scores[key]:.{digits}f}" for key, _, digits in result.columns(table))
+
+
 def _model(spec: StudySpec) -> str:
     return f"average of the last {spec.average_last} checkpoints" if spec.average_last else "last checkpoint"
 
@@ -39,7 +51,7 @@ def report(spec: StudySpec, results: dict, significance: dict | None = None, bas
     of the two optimizers' means; with averaging, the last checkpoint's table too), the per-seed table, the paired
     bootstrap (``significance``, study.json's), a fine-tuning study's base model and extra tests (``base``,
     study.json's) and the sacreBLEU signatures."""
-    names = list(results)
+    names, scores = list(results), result.columns("study")
     lines = [f"# {spec.description}", ""]
     if spec.average_last:
         lines += [f"Model evaluated: the {_model(spec)} of each run (the last checkpoint beside it, below).", ""]
@@ -83,11 +95,8 @@ def report(spec: StudySpec, results: dict, significance: dict | None = None, bas
         tables += [("last checkpoint, tuned length penalty", "tuned", "test_last")]
     for label, which, key in tables:
         lines += ["", f"## Test, {label} (mean ± std over {len(spec.seeds)} seeds)", ""]
-        head = "| optimizer | lenpen | final valid loss |"
-        for subset in spec.test_subsets:
-            shown = spec.shown(subset)
-            head += f" {shown} tok. BLEU | {shown} sacreBLEU | {shown} chrF | {shown} BP |"
-        lines += [head, "|" + "---|" * (3 + 4 * len(spec.test_subsets))]
+        head = "| optimizer | lenpen | final valid loss |" + _score_heads(spec)
+        lines += [head, "|" + "---|" * (3 + len(scores) * len(spec.test_subsets))]
         columns = {}  # name -> the per-seed values of every column, for the difference row
         for name in names:
             lp = f"{results[name]['lenpen']:g}" if which == "tuned" else "1"
@@ -95,10 +104,7 @@ def report(spec: StudySpec, results: dict, significance: dict | None = None, bas
             values = [([s["final_valid_loss"] for s in seeds], 3)]
             for subset in spec.test_subsets:
                 cells = [s[key][subset][lp] for s in seeds]
-                values += [
-                    ([c[score] for c in cells], digits)
-                    for score, digits in (("bleu_tok", 2), ("sacrebleu", 2), ("chrf", 2), ("bp", 3))
-                ]
+                values += [([c[score] for c in cells], digits) for score, _, digits in scores]
             columns[name] = values
             lines.append(f"| {name} | {lp} | " + " | ".join(_mean_std(v, d) for v, d in values) + " |")
         first, others = names[0], [n for n in names[1:] if len(results[n]["seeds"]) > 1]
@@ -112,18 +118,14 @@ def report(spec: StudySpec, results: dict, significance: dict | None = None, bas
                 + ": difference of the means ± its standard error, sqrt(s1²/n1 + s2²/n2) (seeds unpaired).",
             ]
     lines += ["", "## Per seed (tuned length penalty)", ""]
-    head = "| optimizer | seed | final valid loss | valid sacreBLEU |"
-    for subset in spec.test_subsets:
-        shown = spec.shown(subset)
-        head += f" {shown} tok. BLEU | {shown} sacreBLEU | {shown} chrF | {shown} BP |"
-    lines += [head + " train time (s) |", "|" + "---|" * (5 + 4 * len(spec.test_subsets))]
+    head = "| optimizer | seed | final valid loss | valid sacreBLEU |" + _score_heads(spec)
+    lines += [head + " train time (s) |", "|" + "---|" * (5 + len(scores) * len(spec.test_subsets))]
     for name in names:
         lp = f"{results[name]['lenpen']:g}"
         for s in results[name]["seeds"]:
             row = f"| {name} | {s['seed']} | {s['final_valid_loss']:.3f} | {s['valid'][lp]['sacrebleu']:.2f} |"
             for subset in spec.test_subsets:
-                c = s["test"][subset][lp]
-                row += f" {c['bleu_tok']:.2f} | {c['sacrebleu']:.2f} | {c['chrf']:.2f} | {c['bp']:.3f} |"
+                row += "".join(f" {s['test'][subset][lp][score]:.{digits}f} |" for score, _, digits in scores)
             lines.append(row + f" {s['train_wall_s'] or float('nan'):.0f} |")
     if significance:
         lines += _significance(spec, significance)
@@ -157,25 +159,22 @@ def _fine_tuning(spec: StudySpec, results: dict, base: dict | None) -> list[str]
         lines += [f"`{base['checkpoint']}`, sha256 `{base['sha256']}`.", ""]
         subsets = [("valid", base["valid"])] + [(spec.shown(s), base["test"][s]) for s in spec.test_subsets]
         subsets += [(name, base["extra_tests"][name]) for name in spec.extra_tests]
-        lines += ["| set | sacreBLEU | chrF | BP |", "|---|---|---|---|"]
-        lines += [f"| {name} | {c['sacrebleu']:.2f} | {c['chrf']:.2f} | {c['bp']:.3f} |" for name, c in subsets]
+        labels = [label for _, label, _ in result.columns("other_data")]
+        lines += ["| set | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
+        lines += [f"| {name} | {_score_cells(c)} |" for name, c in subsets]
     if not spec.extra_tests:
         return lines
     tests = list(spec.extra_tests)
     lines += ["", f"## Extra tests (lenpen 1, mean ± std over the seeds; {_model(spec)})", ""]
-    lines += ["| model | " + " | ".join(f"{t} sacreBLEU | {t} chrF | {t} BP" for t in tests) + " |"]
-    lines += ["|---|" + "---|---|---|" * len(tests)]
+    scores = result.columns("other_data")
+    lines += ["| model | " + " | ".join(f"{t} {label}" for t in tests for _, label, _ in scores) + " |"]
+    lines += ["|---|" + "---|" * len(scores) * len(tests)]
     if base is not None:
-        cells = [base["extra_tests"][t] for t in tests]
-        lines.append(
-            "| base | " + " | ".join(f"{c['sacrebleu']:.2f} | {c['chrf']:.2f} | {c['bp']:.3f}" for c in cells) + " |"
-        )
+        lines.append("| base | " + " | ".join(_score_cells(base["extra_tests"][t]) for t in tests) + " |")
     columns = {}
     for name, r in results.items():
         columns[name] = [
-            ([s["extra_tests"][t][score] for s in r["seeds"]], digits)
-            for t in tests
-            for score, digits in (("sacrebleu", 2), ("chrf", 2), ("bp", 3))
+            ([s["extra_tests"][t][score] for s in r["seeds"]], digits) for t in tests for score, _, digits in scores
         ]
         lines.append(f"| {name} | " + " | ".join(_mean_std(v, d) for v, d in columns[name]) + " |")
     first = next(iter(results))
