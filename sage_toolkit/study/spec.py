@@ -12,7 +12,7 @@ committed, so that the study resumes on another machine without retraining (see 
 ``redundancy`` [none]: options of the redundancy analysis (``scripts/analyze_redundancy.py``; keys: those of
 :data:`REDUNDANCY_OPTIONS`) run on each run's final model as soon as it is trained (a run's checkpoints may be gone
 when the seeds are known); the study merges the analyses of the seed runs into ``redundancy/`` (see
-:mod:`.protocol`),
+:mod:`.analyses`),
 ``token_loss`` [none]: options of the token-loss analysis (``scripts/analyze_token_loss.py``; keys: those of
 :data:`TOKEN_LOSS_OPTIONS`) run the same way on each run's final model and, for its ``multiplier_batches``, its last
 checkpoint (the one with the optimizer state); merged into ``token_loss/``,
