@@ -167,19 +167,24 @@ def _check_extra_tests(tests: dict, taken: list[str], source: Path) -> None:
 
 @dataclass
 class SpecFile:
-    """The keys of a spec file (see the module's documentation; what each does: docs/experiments.md)."""
+    """The keys of a spec file, their types and defaults (none: required); the studies they make:
+    docs/experiments.md, the command: docs/toolkit.md."""
 
     data: str = key()  # the data-bin, relative to the repository root unless absolute
+    # every optimizer's winning setting is trained with each seed
     seeds: list[int] = key(must=(_distinct, "must be a non-empty list of distinct integers: {value!r}"))
+    # NAME: {config: a config in configs/, grid: {SETTING: [Hydra override, ...]}}, grids of one size
     optimizers: dict[str, OptimizerSpec] = key(check=_check_optimizers)
     out: str | None = key(None)  # the default of --out
-    jobs: int = key(1, must=_integer_at_least(1), recorded=True)
-    beam: int = key(5, must=_integer_at_least(1), recorded=True)
+    jobs: int = key(1, must=_integer_at_least(1), recorded=True)  # trainings/evaluations at a time (--jobs)
+    beam: int = key(5, must=_integer_at_least(1), recorded=True)  # of every evaluation
+    # the length penalties swept on validation (1.0 among them: the grid's)
     lenpens: list[float] = key(
         must=(_distinct, "must be a non-empty list of distinct numbers: {value!r}"),
         recorded=True,
         factory=lambda: [1.0],
     )
+    # the test sets, translated only after every decision
     test_subsets: list[str] = key(
         must=(_distinct, "must be a non-empty list of distinct strings: {value!r}"), recorded=True,
         factory=lambda: ["test"],
@@ -189,7 +194,7 @@ class SpecFile:
     validate_every: int = key(0, must=_integer_at_least(0), recorded=True)  # also validate every N updates
     valid_bleu: bool = key(True, recorded=True)  # validate with greedy BLEU as well as the loss
     tune_seed: int | None = key(None, recorded=True)  # the grid's seed (default: the first of seeds)
-    description: str = key("Adam vs SAGE")
+    description: str = key("Adam vs SAGE")  # study.md's title
     # evaluate the average of each run's last N checkpoints (the model of every decision), the last one beside it
     average_last: int = key(
         0, must=(lambda v: v == 0 or v >= 2, "must be 0 (off) or a number of checkpoints >= 2, got {value!r}")
