@@ -12,8 +12,9 @@ import pytest
 from sage_toolkit.errors import ToolkitError
 from sage_toolkit.stats import format_difference
 from sage_toolkit.study import command as study  # the command: its main(argv) as `python scripts/study.py` runs it
+from sage_toolkit.study.plots import plot_multipliers, plots
 from sage_toolkit.study.protocol import Study, check_configs
-from sage_toolkit.study.report import lenpen_edges, plot_multipliers, plots, report
+from sage_toolkit.study.report import lenpen_edges, report
 from sage_toolkit.study.spec import load_spec, parse_spec
 from tests.fairseq_utils import ROOT
 

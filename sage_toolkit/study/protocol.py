@@ -30,8 +30,9 @@ from sage_toolkit.runner.process import SUPERVISOR, RunFailed, runner_session, w
 from sage_toolkit.runner.training import Run
 from sage_toolkit.study import analyses
 from sage_toolkit.study.grid import winner
+from sage_toolkit.study.plots import plots
 from sage_toolkit.study.record import RunRecord
-from sage_toolkit.study.report import plots, report
+from sage_toolkit.study.report import report
 from sage_toolkit.study.spec import StudySpec
 from sage_toolkit.study.store import StudyRuns
 
