@@ -11,7 +11,7 @@
 5. Significance (:func:`.analyses.significance`): every optimizer against the first, paired and two-level bootstrap.
 
 Where runs and results are kept, and the record that lets a study resume on another machine: :mod:`.store`,
-:mod:`.record`; the merged analyses: :mod:`.analyses`; study.md and the plots: :mod:`.report`. Signals, locks and
+:mod:`.record`; the merged analyses: :mod:`.analyses`; study.md: :mod:`.report`, :mod:`.plots`. Signals, locks and
 failures behave as in a comparison (:mod:`sage_toolkit.runner`); a grid run that fails is kept in its failed.json.
 """
 
