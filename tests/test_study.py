@@ -12,8 +12,9 @@ import pytest
 from sage_toolkit.errors import ToolkitError
 from sage_toolkit.stats import format_difference
 from sage_toolkit.study import command as study  # the command: its main(argv) as `python scripts/study.py` runs it
+from sage_toolkit.study.plots import plot_multipliers, plots
 from sage_toolkit.study.protocol import Study, check_configs
-from sage_toolkit.study.report import lenpen_edges, plot_multipliers, plots, report
+from sage_toolkit.study.report import lenpen_edges, report
 from sage_toolkit.study.spec import load_spec, parse_spec
 from tests.fairseq_utils import ROOT
 
@@ -156,6 +157,57 @@ def test_spec_errors_name_the_key(tmp_path, change, message):
     with pytest.raises(ToolkitError) as err:
         load_spec(spec_file)
     assert message in str(err.value) and str(spec_file) in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        # a value of the wrong type is refused, not converted (OmegaConf would read "yes" as true, 5 as "5")
+        ({"valid_bleu": "yes"}, "valid_bleu must be a bool, got 'yes'"),
+        ({"valid_bleu": 1}, "valid_bleu must be a bool, got 1"),
+        ({"description": 5}, "description must be a str, got 5"),
+        ({"subset_names": {"test": 5}}, "subset_names must be a dict[str, str], got {'test': 5}"),
+        ({"overrides": "optimization.max_update=5"}, "overrides must be a list[str], got 'optimization.max_update=5'"),
+        ({"subset_names": {"test": [1]}}, "subset_names must be a dict[str, str], got {'test': [1]}"),
+        ({"optimizers": {"adam": {"config": "demo_adam", "grid": {"a": ["x=1"]}, "lr": 1}}}, "optimizers.adam.lr: Key"),
+        ({"tune_seed": "1"}, "tune_seed must be a int, got '1'"),
+    ],
+)
+def test_the_structured_spec_refuses_a_wrong_type_naming_file_and_key(tmp_path, change, message):
+    """The spec is an OmegaConf structured config of its dataclass: the type of every key is checked, and the error
+    names the file and the key."""
+    spec_file = write_spec(tmp_path / "spec.yaml", tmp_path, **change)
+    with pytest.raises(ToolkitError) as err:
+        load_spec(spec_file)
+    assert message in str(err.value) and str(err.value).startswith(f"study spec {spec_file}: ")
+
+
+@pytest.mark.parametrize("required", ["data", "seeds", "optimizers"])
+def test_the_structured_spec_names_a_missing_required_key(tmp_path, required):
+    spec_file = write_spec(tmp_path / "spec.yaml", tmp_path)
+    spec = json.loads(spec_file.read_text())
+    del spec[required]
+    spec_file.write_text(json.dumps(spec))
+    with pytest.raises(ToolkitError, match=f"study spec {spec_file}: '{required}' is missing"):
+        load_spec(spec_file)
+
+
+def test_the_spec_defaults_are_the_dataclass_and_study_json_records_todays(tmp_path):
+    """A spec with the required keys only: the defaults come from the dataclass, and study.json's record of the spec
+    (as_read) adds the defaults of the keys it always recorded, in their order, and no other."""
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(json.dumps({"data": "d", "seeds": [3, 4], "optimizers": {"adam": {"config": "demo_adam",
+                                     "grid": {"a": ["optimization.lr=[0.001]"]}}}}))  # fmt: skip
+    spec = load_spec(spec_file)
+    assert (spec.jobs, spec.beam, spec.lenpens, spec.test_subsets, spec.tune_seed, spec.average_last) == (
+        1, 5, [1.0], ["test"], 3, 0
+    )  # fmt: skip
+    assert (spec.description, spec.record, spec.base, spec.extra_tests, spec.valid_bleu) == (
+        "Adam vs SAGE", None, None, {}, True
+    )  # fmt: skip
+    assert list(spec.as_read) == ["data", "seeds", "optimizers", "jobs", "beam", "lenpens", "test_subsets",
+                                  "subset_names", "overrides", "validate_every", "valid_bleu", "tune_seed"]  # fmt: skip
+    assert spec.as_read["tune_seed"] == 3 and spec.optimizers["adam"].grid == {"a": ["optimization.lr=[0.001]"]}
 
 
 def test_missing_spec_and_data_are_named(tmp_path, capsys):

@@ -13,7 +13,8 @@ from sage_toolkit.fairseq_log import read_log
 from sage_toolkit.runner.training import validation_curve
 from sage_toolkit.study import command as study
 from sage_toolkit.study.generalization import converging_points, excess, reference_valid_loss
-from sage_toolkit.study.report import generalization, plot_generalization, report
+from sage_toolkit.study.plots import plot_generalization
+from sage_toolkit.study.report import generalization, report
 from sage_toolkit.study.spec import parse_spec
 from tests.fairseq_utils import ROOT
 from tests.test_study_budget import converged_spec

@@ -37,6 +37,7 @@ from sage_toolkit.evaluation.scoring import (
     read_text_lines,
     sacrebleu_scores,
     subword_markers,
+    translation_scores,
 )
 
 PROG = "sage-evaluate"  # the console script; also the prefix of its messages
@@ -133,10 +134,12 @@ def evaluate(options: EvalOptions) -> dict:
     markers = subword_markers(hyps_tok, setup.remove_bpe)
     if markers.get("warning"):
         print(f"{PROG}: WARNING: {markers['warning']}", file=sys.stderr, flush=True)
+    tok, tok_ref_source = tokenized_bleu(setup, options.subset, hyps_tok, targets, files)
+    sb, ref_source = detokenized_scores(setup, options.subset, hyps_tok, targets, files)
     result = {
         **run_settings(options, setup, checkpoint, used, len(hyps_tok)),
-        **tokenized_bleu(setup, options.subset, hyps_tok, targets, files),
-        **detokenized_scores(setup, options.subset, hyps_tok, targets, files),
+        **translation_scores(tok, sb, setup.bleu_tok_kind, tok_ref_source, setup.lowercase, ref_source).to_json(),
+        "detokenizer": setup.detok,
         "note": _note(setup),
         "fairseq_generate_bleu": generate_bleu,
         "hypotheses": str(files["hyp"].resolve()),
@@ -215,8 +218,11 @@ def run_settings(options: EvalOptions, setup: Setup, checkpoint: Path, used: lis
     }
 
 
-def tokenized_bleu(setup: Setup, subset: str, hyps_tok: list[str], targets: list[str], files: dict) -> dict:
-    """Step 3: fairseq's scorer on the tokenised hypotheses and reference (written to ``tok_hyp``/``tok_ref``)."""
+def tokenized_bleu(
+    setup: Setup, subset: str, hyps_tok: list[str], targets: list[str], files: dict
+) -> tuple[dict, str]:
+    """Step 3: fairseq's scorer on the tokenised hypotheses and reference (written to ``tok_hyp``/``tok_ref``), and
+    where that reference came from."""
     if setup.tok_ref is not None:
         refs_tok, tok_ref_source = read_text_lines(setup.tok_ref), str(setup.tok_ref)
         if len(refs_tok) != len(hyps_tok):
@@ -230,21 +236,14 @@ def tokenized_bleu(setup: Setup, subset: str, hyps_tok: list[str], targets: list
         sys_tok, refs_tok = [compound_split(x) for x in sys_tok], [compound_split(x) for x in refs_tok]
     write_lines(files["tok_hyp"], sys_tok)
     write_lines(files["tok_ref"], refs_tok)
-    tok = fairseq_bleu(read_text_lines(files["tok_hyp"]), read_text_lines(files["tok_ref"]))
-    return {
-        "bleu_tok": tok["score"],
-        "bleu_tok_kind": setup.bleu_tok_kind,
-        "bleu_tok_string": tok["string"],
-        "bleu_tok_bp": tok["bp"],
-        "bleu_tok_sys_len": tok["sys_len"],
-        "bleu_tok_ref_len": tok["ref_len"],
-        "bleu_tok_reference": tok_ref_source,
-    }
+    return fairseq_bleu(read_text_lines(files["tok_hyp"]), read_text_lines(files["tok_ref"])), tok_ref_source
 
 
-def detokenized_scores(setup: Setup, subset: str, hyps_tok: list[str], targets: list[str], files: dict) -> dict:
+def detokenized_scores(
+    setup: Setup, subset: str, hyps_tok: list[str], targets: list[str], files: dict
+) -> tuple[dict, str]:
     """Step 4: sacreBLEU and chrF on the detokenised hypotheses (written to ``hyp``) against the data-bin's reference,
-    else the detokenised T- lines (written to ``ref``)."""
+    else the detokenised T- lines (written to ``ref``); and where that reference came from."""
     write_lines(files["hyp"], detokenize(hyps_tok, setup.detok, setup.tgt))
     if setup.ref is not None:
         ref_path, ref_source = Path(setup.ref), str(setup.ref)
@@ -256,12 +255,7 @@ def detokenized_scores(setup: Setup, subset: str, hyps_tok: list[str], targets: 
         raise ToolkitError(
             f"the reference {ref_path} has {len(refs)} lines, but {subset} has {len(hyps_tok)} sentences"
         )
-    return {
-        **sacrebleu_scores(hyps, refs, setup.lowercase),
-        "sacrebleu_lowercase": setup.lowercase,
-        "sacrebleu_reference": ref_source,
-        "detokenizer": setup.detok,
-    }
+    return sacrebleu_scores(hyps, refs, setup.lowercase), ref_source
 
 
 def summary_line(result: dict) -> str:

@@ -16,6 +16,7 @@ import re
 from pathlib import Path
 
 from sage_toolkit.errors import ToolkitError
+from sage_toolkit.evaluation.result import Scores
 
 BLEU_TOK_KINDS = ("tokenized", "compound_split")
 DETOKENIZERS = ("moses", "none")
@@ -69,6 +70,18 @@ def sacrebleu_scores(hyps: list[str], refs: list[str], lowercase: bool) -> dict:
         "bp": b.bp, "sys_len": b.sys_len, "ref_len": b.ref_len, "precisions": list(b.precisions),
         "chrf": c.score, "chrf_signature": chrf_sig,
     }  # fmt: skip
+
+
+def translation_scores(
+    tok: dict, sb: dict, bleu_tok_kind: str, bleu_tok_reference: str, lowercase: bool, sacrebleu_reference: str
+) -> Scores:
+    """The evaluation's :class:`Scores`: :func:`fairseq_bleu`'s (``tok``, scored against ``bleu_tok_reference``
+    after ``bleu_tok_kind`` tokenisation) and :func:`sacrebleu_scores`'s (``sb``, whose keys are the fields')."""
+    return Scores(
+        bleu_tok=tok["score"], bleu_tok_kind=bleu_tok_kind, bleu_tok_string=tok["string"], bleu_tok_bp=tok["bp"],
+        bleu_tok_sys_len=tok["sys_len"], bleu_tok_ref_len=tok["ref_len"], bleu_tok_reference=bleu_tok_reference,
+        **sb, sacrebleu_lowercase=lowercase, sacrebleu_reference=sacrebleu_reference,
+    )  # fmt: skip
 
 
 def detokenize(lines: list[str], how: str, lang: str) -> list[str]:

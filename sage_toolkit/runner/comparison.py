@@ -20,7 +20,7 @@ from sage_toolkit.evaluation.dataset import read_prep
 from sage_toolkit.paths import CONFIG_DIR
 from sage_toolkit.runner.console import say
 from sage_toolkit.runner.process import runner_session, worker_pool
-from sage_toolkit.runner.report import METRICS, comparison_markdown, plot_learning_curves
+from sage_toolkit.runner.report import comparison_markdown, metrics, plot_learning_curves
 from sage_toolkit.runner.training import Run, RunSettings
 from sage_toolkit.stats import mean_std
 
@@ -79,13 +79,14 @@ class CompareOptions:
 
 
 def aggregate(runs: list[dict], configs: list[str]) -> dict:
-    """results.json's table: per config its seeds and the mean and standard deviation of every METRICS key."""
+    """results.json's table: per config its seeds and the mean and standard deviation of every
+    :func:`~sage_toolkit.runner.report.metrics` key."""
     table = {}
     for config in configs:
         mine = [r for r in runs if r["config"] == config]
         table[config] = {"seeds": [r["seed"] for r in mine]}
-        for key, _, _ in METRICS:
-            mean, std = mean_std([r[key] for r in mine])
+        for key, _, _ in metrics():
+            mean, std = mean_std([r.get(key) for r in mine])
             table[config][key] = {"mean": mean, "std": std}
     return table
 

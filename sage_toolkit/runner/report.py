@@ -5,18 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 
 from sage_toolkit.atomic import savefig_atomic
+from sage_toolkit.evaluation import result
 from sage_toolkit.stats import format_mean_std
 
-# (key in a run's summary, column label, digits): the comparison's columns, mean ± std over seeds
-METRICS = [
-    ("bleu_tok", "tok. BLEU", 2),
-    ("sacrebleu", "sacreBLEU", 2),
-    ("chrf", "chrF", 2),
-    ("bp", "BP", 3),
+# (key in a run's summary, column label, digits) of the training's columns in results.md's summary and per-run rows
+TRAINING_METRICS = [
     ("best_valid_loss", "best valid loss", 3),
     ("train_wall_s", "train time (s)", 0),
     ("words_per_s", "words/s", 0),
 ]
+RUN_COLUMNS = TRAINING_METRICS[:1]
+
+
+def metrics() -> list[tuple[str, str, int]]:
+    """The comparison's columns, (key in a run's summary, label, digits): the test scores, then the training's."""
+    return [*result.columns("comparison"), *TRAINING_METRICS]
 
 
 def _learning_rates(runs: list[dict]) -> str:
@@ -27,15 +30,16 @@ def _learning_rates(runs: list[dict]) -> str:
 def comparison_markdown(
     configs: list[str], runs: list[dict], data: Path, beam: int, lenpen: float, note: str = ""
 ) -> str:
-    """results.md: one row per config (its learning rate, mean ± std over its seeds of every METRICS column), the
-    ``note`` (what the reader must know to read the table, e.g. how the learning rates were chosen), the sacreBLEU
-    signatures, then one row per run."""
+    """results.md: one row per config (its learning rate, mean ± std over its seeds of every :func:`metrics`
+    column), the ``note`` (what the reader must know to read the table, e.g. how the learning rates were chosen), the
+    sacreBLEU signatures, then one row per run."""
     configs = list(dict.fromkeys(configs))  # a config named twice is one row (as in the results table)
-    head = "| config | seeds | lr | " + " | ".join(label for _, label, _ in METRICS) + " |"
-    lines = [f"# {' vs '.join(configs)} on {data}", "", head, "|" + "---|" * (len(METRICS) + 3)]
+    columns = metrics()
+    head = "| config | seeds | lr | " + " | ".join(label for _, label, _ in columns) + " |"
+    lines = [f"# {' vs '.join(configs)} on {data}", "", head, "|" + "---|" * (len(columns) + 3)]
     for config in configs:
         mine = [r for r in runs if r["config"] == config]
-        cells = [format_mean_std([r[key] for r in mine], digits) for key, _, digits in METRICS]
+        cells = [format_mean_std([r.get(key) for r in mine], digits) for key, _, digits in columns]
         lines.append(f"| {config} | {len(mine)} | {_learning_rates(mine)} | " + " | ".join(cells) + " |")
     lines += [
         "",
@@ -47,16 +51,12 @@ def comparison_markdown(
         lines += [note, ""]
     signatures = sorted({r["sacrebleu_signature"] for r in runs if r.get("sacrebleu_signature")})
     lines += [f"sacreBLEU signature: `{s}`" for s in signatures]
-    lines += [
-        "",
-        "| config | seed | tok. BLEU | sacreBLEU | BP | best valid loss | updates |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    columns = [*result.columns("comparison_runs"), *RUN_COLUMNS]
+    lines += ["", "| config | seed | " + " | ".join(label for _, label, _ in columns) + " | updates |"]
+    lines.append("|" + "---|" * (len(columns) + 3))
     for r in runs:
-        lines.append(
-            f"| {r['config']} | {r['seed']} | {r['bleu_tok']:.2f} | {r['sacrebleu']:.2f} | "
-            f"{(r['bp'] or float('nan')):.3f} | {(r['best_valid_loss'] or float('nan')):.3f} | {r['updates']} |"
-        )
+        cells = [format(float("nan") if r.get(key) is None else r[key], f".{digits}f") for key, _, digits in columns]
+        lines.append(f"| {r['config']} | {r['seed']} | " + " | ".join(cells) + f" | {r['updates']} |")
     return "\n".join(lines) + "\n"
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from sage_toolkit.atomic import write_atomic
 from sage_toolkit.errors import ToolkitError
+from sage_toolkit.evaluation import result as result_metrics
 from sage_toolkit.evaluation.dataset import read_prep
 from sage_toolkit.fairseq_log import parse_record, read_log, sage_statistics
 from sage_toolkit.paths import CONFIG_DIR, ROOT
@@ -322,16 +323,12 @@ class Run:
             )  # fmt: skip
 
     def summary(self) -> dict:
-        """The test scores (from the eval file) and :meth:`training_summary`."""
+        """The test scores (from the eval file, those results.json keeps) and :meth:`training_summary`."""
         result = json.loads(self.eval_file.read_text())
         return {
             "config": self.config,
             "seed": self.seed,
-            "bleu_tok": result["bleu_tok"],
-            "sacrebleu": result["sacrebleu"],
-            "chrf": result.get("chrf"),
-            "bp": result.get("bp"),
-            "sacrebleu_signature": result.get("sacrebleu_signature"),
+            **result_metrics.recorded(result, "runs"),
             "lr": self.learning_rate(),
             **self.training_summary(),
         }

@@ -1,7 +1,10 @@
-"""The tuned Adam-versus-SAGE study of ``scripts/study.py``: grid on validation, seeds, length penalty, test.
+"""The tuned Adam-versus-SAGE study of ``sage-study``: grid on validation, seeds, length penalty, test, significance.
 
 - :mod:`.spec`: the study spec (YAML) as a typed :class:`~.spec.StudySpec`, checked, with its error messages.
-- :mod:`.protocol`: :class:`~.protocol.Study`, the protocol over :class:`sage_toolkit.runner.training.Run`, and
-  :func:`~.protocol.run_study`, which runs it and writes study.json, study.md and the plots.
-- :mod:`.report`: study.md's tables, the plots, the finished study's checkpoints.
+- :mod:`.protocol`: :class:`~.protocol.Study`, the protocol's steps top to bottom, and :func:`~.protocol.run_study`,
+  which runs it and writes study.json, study.md and the plots.
+- :mod:`.store`: where the runs and their evaluations and analyses are (run folders, the record of :mod:`.record`).
+- :mod:`.analyses`: the significance tests and the merged per-run analyses.
+- :mod:`.report`: study.md's tables and the finished study's checkpoints; :mod:`.plots`: its plots.
+- :mod:`.command`: the command line (``--only``, ``--next``, ``--grid``, ``--budget``, ``--retest`` ...).
 """

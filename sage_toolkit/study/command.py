@@ -1,28 +1,7 @@
-"""A tuned Adam-versus-SAGE study from one spec file: grid on validation, seeds, length penalty, test table, plots.
-
-    sage-study studies/multi30k_de_en.yaml [--out runs/multi30k_de_en] [--jobs 2]    (also python scripts/study.py)
-
-The spec (YAML; studies/multi30k_de_en.yaml is the one RESULTS.md reports) names the data-bin, a Hydra config per
-optimizer and, per optimizer, a grid of settings (each a list of Hydra overrides). The protocol keeps the test sets
-out of every decision: the grid is scored on the validation set (tune seed, length penalty 1.0), the winner is trained
-with every seed, the length penalty is chosen on the validation set, and only then is the test set translated.
-
-Outputs in OUT: one folder per run (``OPTIMIZER/SETTING/seedN``), ``study.json`` (everything measured), ``study.md``
-(the tables) and ``learning_curves.png``, ``grid_curves.png``, ``lenpen.png``. Re-running resumes: finished trainings
-and evaluations are read, not redone. Like scripts/compare.py: SIGINT/SIGTERM stop every child (exit 128 + the signal,
-one line on stderr); the output folder and every run folder are locked while written; a run that fails outside the
-grid stops the study (exit 1), a grid run that fails is recorded in its failed.json and loses the grid.
-
-``--only RUN ...`` trains and records pieces of a long study (``--next N``: the next N runs its record lacks, the
-same command at every sitting); ``--budget RUN ...`` prints how fast those runs' validation loss still falls and the
-budget at which it would fall by at most ``--max-fall`` per 1,000 updates (:mod:`sage_toolkit.study.budget`);
-``--grid`` prints each grid as far as it is done, its winner so far and whether the winner is at an edge of the grid,
-where the protocol extends the grid before the seeds (:mod:`sage_toolkit.study.grid`); ``--retest`` recomputes a
-finished study's paired tests from its runs' hypotheses into its study.json and study.md (a study.json written before
-a test was added gets it).
-
-The protocol step by step, the spec's keys and the outputs: sage_toolkit.study (protocol, spec, report), over
-sage_toolkit.runner.
+"""``sage-study SPEC``: a tuned Adam-versus-SAGE study from one spec file (grid on validation, seeds, length penalty,
+test, significance; :mod:`.protocol`), and its one-job modes: ``--only``/``--next`` (pieces of a long study),
+``--grid``, ``--budget``, ``--retest``, ``--list-checkpoints``. The command and its outputs: docs/toolkit.md; the
+studies: docs/experiments.md.
 """
 
 from __future__ import annotations
@@ -109,39 +88,22 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> dict:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.jobs is not None and args.jobs < 1:
-        parser.error(f"--jobs must be >= 1, got {args.jobs}")
-    if args.max_fall is not None and not args.budget:
-        parser.error("--max-fall is --budget's threshold: give it with --budget")
-    reading = next((f"--{m}" for m in ("budget", "grid", "retest", "list_checkpoints") if getattr(args, m)), None)
-    given = [flag for flag, value in (("--jobs", args.jobs is not None), ("--gpu", not args.cpu)) if value]
-    if reading and given:  # these only read what is recorded: an option for trainings would be ignored
-        parser.error(f"{given[0]}: {reading.replace('_', '-')} trains and translates nothing")
-    max_fall = 0.01 if args.max_fall is None else args.max_fall
+    max_fall = check_arguments(parser, args)
     try:  # a bad spec, data-bin or --out is a usage error: exit status 2
         spec = load_spec(args.spec)
         out = (args.out or Path(spec.out or parser.error("--out: the spec has no 'out'"))).absolute()
         if args.list_checkpoints:
-            checkpoints = list_checkpoints(out)
-            print(" ".join(f"{name}={path}" for name, path in checkpoints.items()))
-            return checkpoints
+            return print_checkpoints(out)
         study = Study(spec, out, args.jobs or spec.jobs, args.cpu)
         if args.next is not None:
-            if args.next < 1:
-                raise ToolkitError(f"--next must be >= 1, got {args.next}")
-            args.only = study.unrecorded(args.next)
+            args.only = next_runs(study, args.next)
             if not args.only:
-                print(f"every run --next can name is recorded in {spec.record}: run the study without it")
                 return {}
-            print("next: " + " ".join(args.only))
-        if args.only:
-            for name in args.only:  # the names are checked before anything starts
-                study.run_named(name)
+        for name in args.only or []:  # the names are checked before anything starts
+            study.run_named(name)
         if args.grid:
             return print_grid(study)
         if args.budget:
-            if not max_fall > 0:
-                raise ToolkitError(f"--max-fall must be > 0, got {max_fall}")
             return print_budget(study, args.budget, max_fall)
     except ToolkitError as e:
         parser.error(str(e))
@@ -150,6 +112,38 @@ def main(argv: list[str] | None = None) -> dict:
     if args.retest:
         return run_command(PROG, lambda: retest(study))
     return run_command(PROG, lambda: run_study(study))
+
+
+def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> float:
+    """The checks of the options among themselves (parser.error, exit status 2); --budget's threshold."""
+    if args.jobs is not None and args.jobs < 1:
+        parser.error(f"--jobs must be >= 1, got {args.jobs}")
+    if args.max_fall is not None and not args.budget:
+        parser.error("--max-fall is --budget's threshold: give it with --budget")
+    reading = next((f"--{m}" for m in ("budget", "grid", "retest", "list_checkpoints") if getattr(args, m)), None)
+    given = [flag for flag, value in (("--jobs", args.jobs is not None), ("--gpu", not args.cpu)) if value]
+    if reading and given:  # these only read what is recorded: an option for trainings would be ignored
+        parser.error(f"{given[0]}: {reading.replace('_', '-')} trains and translates nothing")
+    return 0.01 if args.max_fall is None else args.max_fall
+
+
+def print_checkpoints(out: Path) -> dict:
+    """--list-checkpoints: the finished study's final checkpoints, NAME=PATH on one line."""
+    checkpoints = list_checkpoints(out)
+    print(" ".join(f"{name}={path}" for name, path in checkpoints.items()))
+    return checkpoints
+
+
+def next_runs(study: Study, count: int) -> list[str]:
+    """--next: the names of the next ``count`` runs the record lacks, printed (none: a line saying so)."""
+    if count < 1:
+        raise ToolkitError(f"--next must be >= 1, got {count}")
+    names = study.unrecorded(count)
+    if not names:
+        print(f"every run --next can name is recorded in {study.spec.record}: run the study without it")
+    else:
+        print("next: " + " ".join(names))
+    return names
 
 
 def print_grid(study: Study) -> dict:
@@ -201,6 +195,8 @@ def print_grid(study: Study) -> dict:
 def print_budget(study: Study, names: list[str], max_fall: float) -> dict:
     """The --budget table: per run its last update, the measured fall over the last 1,000 updates, the power-law fit
     and its predicted fall there; then the budget for all of them. ToolkitError for a run not trained yet."""
+    if not max_fall > 0:
+        raise ToolkitError(f"--max-fall must be > 0, got {max_fall}")
     rows, fits = [], []
     for name in names:
         run = study.run_named(name)

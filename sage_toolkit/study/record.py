@@ -16,7 +16,7 @@ on another machine without retraining the runs it has (checkpoints are never com
 
 Because checkpoints may be gone when the protocol asks for a number (the test sets at a length penalty chosen after
 every seed has run), a run is evaluated on everything the protocol can ask of it before it is recorded (see
-:meth:`sage_toolkit.study.protocol.Study.finish`).
+:meth:`sage_toolkit.study.store.StudyRuns.finish`).
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""What a study shows: study.md's tables, its plots, and the final checkpoints of a finished study."""
+"""What a study shows: study.md's tables (from study.json alone, so that a committed study.md regenerates byte for byte)
+and the final checkpoints of a finished study; the plots: :mod:`.plots`. The protocol behind the tables:
+:mod:`.protocol`, docs/experiments.md."""
 
 from __future__ import annotations
 
@@ -6,11 +8,10 @@ import json
 import math
 from pathlib import Path
 
-from sage_toolkit.atomic import savefig_atomic
 from sage_toolkit.errors import ToolkitError
-from sage_toolkit.runner.report import plot_learning_curves
+from sage_toolkit.evaluation import result
 from sage_toolkit.stats import format_difference, format_mean_std
-from sage_toolkit.study.generalization import converging_points, excess
+from sage_toolkit.study.generalization import excess
 from sage_toolkit.study.grid import describe_edges, edges
 from sage_toolkit.study.spec import StudySpec
 
@@ -30,6 +31,17 @@ def _difference(a: list, b: list, digits: int) -> str:
     return "nan" if _has_nan(a) or _has_nan(b) else format_difference(a, b, digits)
 
 
+def _score_heads(spec: StudySpec) -> str:
+    """The test tables' column heads: every test subset's scores (:func:`sage_toolkit.evaluation.result.columns`)."""
+    columns = result.columns("study")
+    return "".join(f" {spec.shown(subset)} {label} |" for subset in spec.test_subsets for _, label, _ in columns)
+
+
+def _score_cells(scores: dict, table: str = "other_data") -> str:
+    """One evaluation's cells of ``table``'s score columns (without the outer bars)."""
+    return " | ".join(f"{scores[key]:.{digits}f}" for key, _, digits in result.columns(table))
+
+
 def _model(spec: StudySpec) -> str:
     return f"average of the last {spec.average_last} checkpoints" if spec.average_last else "last checkpoint"
 
@@ -38,20 +50,38 @@ def report(spec: StudySpec, results: dict, significance: dict | None = None, bas
     """study.md: the grid, the length-penalty sweep, the test tables (tuned length penalty and 1.0, with the difference
     of the two optimizers' means; with averaging, the last checkpoint's table too), the per-seed table, the paired
     bootstrap (``significance``, study.json's), a fine-tuning study's base model and extra tests (``base``,
-    study.json's) and the sacreBLEU signatures."""
-    names = list(results)
+    study.json's), the generalisation and multiplier tables and the sacreBLEU signatures."""
     lines = [f"# {spec.description}", ""]
     if spec.average_last:
         lines += [f"Model evaluated: the {_model(spec)} of each run (the last checkpoint beside it, below).", ""]
-    lines += [f"## Grid (seed {spec.tune_seed}, validation, beam {spec.beam}, lenpen 1)", ""]
+    lines += _grid(spec, results)
+    lines += _lenpen_sweep(spec, results)
+    tables = [("tuned length penalty", "tuned", "test"), ("length penalty 1.0", "1", "test")]
+    if spec.average_last:
+        tables += [("last checkpoint, tuned length penalty", "tuned", "test_last")]
+    for label, which, key in tables:
+        lines += _test_table(spec, results, label, which, key)
+    lines += _per_seed(spec, results)
+    if significance:
+        lines += _significance(spec, significance)
+    lines += _fine_tuning(spec, results, base)
+    lines += _generalization(results)
+    lines += _multipliers(results)
+    lines += _signatures(results)
+    return "\n".join(lines) + "\n"
+
+
+def _grid(spec: StudySpec, results: dict) -> list[str]:
+    """The grid table (validation, tune seed, lenpen 1) and the winners at an edge of their grid."""
+    lines = [f"## Grid (seed {spec.tune_seed}, validation, beam {spec.beam}, lenpen 1)", ""]
     lines += ["| optimizer | setting | overrides | valid sacreBLEU | valid tok. BLEU | BP | final valid loss |"]
     lines += ["|---|---|---|---|---|---|---|"]
-    for name in names:
-        for setting, g in results[name]["grid"].items():
+    for name, r in results.items():
+        for setting, g in r["grid"].items():
             if g["failed"]:
                 lines.append(f"| {name} | {setting} | `{' '.join(g['overrides'])}` | failed | | | |")
                 continue
-            mark = " **(best)**" if setting == results[name]["best_setting"] else ""
+            mark = " **(best)**" if setting == r["best_setting"] else ""
             lines.append(
                 f"| {name} | {setting}{mark} | `{' '.join(g['overrides'])}` | {g['valid_sacrebleu']:.2f} | "
                 f"{g['valid_bleu_tok']:.2f} | {g['valid_bp']:.3f} | {g['final_valid_loss']:.3f} |"
@@ -63,86 +93,86 @@ def report(spec: StudySpec, results: dict, significance: dict | None = None, bas
             at_edge.append(f"{name}'s winner {r['best_setting']} ({describe_edges(grid, r['best_setting'])})")
     if at_edge:
         lines += ["", "At an edge of its grid (a better setting may lie beyond it): " + "; ".join(at_edge) + "."]
-    lines += ["", "## Length penalty (mean validation sacreBLEU over the seeds)", ""]
+    return lines
+
+
+def _lenpen_sweep(spec: StudySpec, results: dict) -> list[str]:
+    """The length-penalty table (mean validation sacreBLEU over the seeds) and the choices at an end of the sweep."""
+    lines = ["", "## Length penalty (mean validation sacreBLEU over the seeds)", ""]
     lenpens = [f"{lp:g}" for lp in spec.lenpens]
     lines += ["| optimizer | " + " | ".join(f"lenpen {lp}" for lp in lenpens) + " | chosen |"]
     lines += ["|---|" + "---|" * (len(lenpens) + 1)]
-    for name in names:
-        by = results[name]["valid_sacrebleu_by_lenpen"]
-        lines.append(
-            f"| {name} | " + " | ".join(f"{by[lp]:.2f}" for lp in lenpens) + f" | {results[name]['lenpen']:g} |"
-        )
-    at_edge = lenpen_edges(spec.lenpens, {name: results[name]["lenpen"] for name in names})
+    for name, r in results.items():
+        by = r["valid_sacrebleu_by_lenpen"]
+        lines.append(f"| {name} | " + " | ".join(f"{by[lp]:.2f}" for lp in lenpens) + f" | {r['lenpen']:g} |")
+    at_edge = lenpen_edges(spec.lenpens, {name: r["lenpen"] for name, r in results.items()})
     if at_edge:  # as with the grid: the sweep did not bracket the best penalty
         lines += [
             "",
             "Chosen at an edge of the sweep (a better length penalty may lie beyond it): " + "; ".join(at_edge) + ".",
         ]
-    tables = [("tuned length penalty", "tuned", "test"), ("length penalty 1.0", "1", "test")]
-    if spec.average_last:
-        tables += [("last checkpoint, tuned length penalty", "tuned", "test_last")]
-    for label, which, key in tables:
-        lines += ["", f"## Test, {label} (mean ± std over {len(spec.seeds)} seeds)", ""]
-        head = "| optimizer | lenpen | final valid loss |"
-        for subset in spec.test_subsets:
-            shown = spec.shown(subset)
-            head += f" {shown} tok. BLEU | {shown} sacreBLEU | {shown} chrF | {shown} BP |"
-        lines += [head, "|" + "---|" * (3 + 4 * len(spec.test_subsets))]
-        columns = {}  # name -> the per-seed values of every column, for the difference row
-        for name in names:
-            lp = f"{results[name]['lenpen']:g}" if which == "tuned" else "1"
-            seeds = results[name]["seeds"]
-            values = [([s["final_valid_loss"] for s in seeds], 3)]
-            for subset in spec.test_subsets:
-                cells = [s[key][subset][lp] for s in seeds]
-                values += [
-                    ([c[score] for c in cells], digits)
-                    for score, digits in (("bleu_tok", 2), ("sacrebleu", 2), ("chrf", 2), ("bp", 3))
-                ]
-            columns[name] = values
-            lines.append(f"| {name} | {lp} | " + " | ".join(_mean_std(v, d) for v, d in values) + " |")
-        first, others = names[0], [n for n in names[1:] if len(results[n]["seeds"]) > 1]
-        if len(results[first]["seeds"]) > 1 and others:
-            for other in others:
-                cells = [_difference(a, b, d) for (a, d), (b, _) in zip(columns[first], columns[other], strict=True)]
-                lines.append(f"| {other} − {first} | | " + " | ".join(cells) + " |")
-            lines += [
-                "",
-                ("Last row" if len(others) == 1 else "Rows X − " + first)
-                + ": difference of the means ± its standard error, sqrt(s1²/n1 + s2²/n2) (seeds unpaired).",
-            ]
-    lines += ["", "## Per seed (tuned length penalty)", ""]
-    head = "| optimizer | seed | final valid loss | valid sacreBLEU |"
-    for subset in spec.test_subsets:
-        shown = spec.shown(subset)
-        head += f" {shown} tok. BLEU | {shown} sacreBLEU | {shown} chrF | {shown} BP |"
-    lines += [head + " train time (s) |", "|" + "---|" * (5 + 4 * len(spec.test_subsets))]
+    return lines
+
+
+def _test_table(spec: StudySpec, results: dict, label: str, which: str, key: str) -> list[str]:
+    """One test table: per optimizer the mean ± std over its seeds of the final validation loss and every test
+    subset's scores (``key``: the seeds' "test" or "test_last"; ``which``: "tuned" or "1", the length penalty), and
+    the difference of each optimizer's means from the first's."""
+    names, scores = list(results), result.columns("study")
+    lines = ["", f"## Test, {label} (mean ± std over {len(spec.seeds)} seeds)", ""]
+    head = "| optimizer | lenpen | final valid loss |" + _score_heads(spec)
+    lines += [head, "|" + "---|" * (3 + len(scores) * len(spec.test_subsets))]
+    columns = {}  # name -> the per-seed values of every column, for the difference row
     for name in names:
-        lp = f"{results[name]['lenpen']:g}"
-        for s in results[name]["seeds"]:
+        lp = f"{results[name]['lenpen']:g}" if which == "tuned" else "1"
+        seeds = results[name]["seeds"]
+        values = [([s["final_valid_loss"] for s in seeds], 3)]
+        for subset in spec.test_subsets:
+            cells = [s[key][subset][lp] for s in seeds]
+            values += [([c[score] for c in cells], digits) for score, _, digits in scores]
+        columns[name] = values
+        lines.append(f"| {name} | {lp} | " + " | ".join(_mean_std(v, d) for v, d in values) + " |")
+    first, others = names[0], [n for n in names[1:] if len(results[n]["seeds"]) > 1]
+    if len(results[first]["seeds"]) > 1 and others:
+        for other in others:
+            cells = [_difference(a, b, d) for (a, d), (b, _) in zip(columns[first], columns[other], strict=True)]
+            lines.append(f"| {other} − {first} | | " + " | ".join(cells) + " |")
+        lines += [
+            "",
+            ("Last row" if len(others) == 1 else "Rows X − " + first)
+            + ": difference of the means ± its standard error, sqrt(s1²/n1 + s2²/n2) (seeds unpaired).",
+        ]
+    return lines
+
+
+def _per_seed(spec: StudySpec, results: dict) -> list[str]:
+    """Every seed run at its optimizer's tuned length penalty: validation and test scores, training time."""
+    scores = result.columns("study")
+    lines = ["", "## Per seed (tuned length penalty)", ""]
+    head = "| optimizer | seed | final valid loss | valid sacreBLEU |" + _score_heads(spec)
+    lines += [head + " train time (s) |", "|" + "---|" * (5 + len(scores) * len(spec.test_subsets))]
+    for name, r in results.items():
+        lp = f"{r['lenpen']:g}"
+        for s in r["seeds"]:
             row = f"| {name} | {s['seed']} | {s['final_valid_loss']:.3f} | {s['valid'][lp]['sacrebleu']:.2f} |"
             for subset in spec.test_subsets:
-                c = s["test"][subset][lp]
-                row += f" {c['bleu_tok']:.2f} | {c['sacrebleu']:.2f} | {c['chrf']:.2f} | {c['bp']:.3f} |"
+                row += "".join(f" {s['test'][subset][lp][score]:.{digits}f} |" for score, _, digits in scores)
             lines.append(row + f" {s['train_wall_s'] or float('nan'):.0f} |")
-    if significance:
-        lines += _significance(spec, significance)
-    lines += _fine_tuning(spec, results, base)
-    lines += _generalization(results)
-    lines += _multipliers(results)
+    return lines
+
+
+def _signatures(results: dict) -> list[str]:
+    """The closing notes: how the scores were computed, and every sacreBLEU signature of the test tables."""
     signatures = sorted(
-        {c["sacrebleu_signature"] for n in names for s in results[n]["seeds"] for t in s["test"].values()
+        {c["sacrebleu_signature"] for r in results.values() for s in r["seeds"] for t in s["test"].values()
          for c in t.values() if c.get("sacrebleu_signature")}
     )  # fmt: skip
-    lines += [
+    lines = [
         "",
         "Tokenized BLEU: fairseq's scorer on the lowercased Moses-tokenised text (the Multi30k/IWSLT'14 way);",
+        "sacreBLEU on detokenised output. BP: sacreBLEU's brevity penalty. Validation loss: label-smoothed, base 2.",
     ]
-    lines += [
-        "sacreBLEU on detokenised output. BP: sacreBLEU's brevity penalty. Validation loss: label-smoothed, base 2."
-    ]
-    lines += [f"sacreBLEU signature: `{s}`" for s in signatures]
-    return "\n".join(lines) + "\n"
+    return lines + [f"sacreBLEU signature: `{s}`" for s in signatures]
 
 
 END_SHARE = 0.1  # the multiplier table's "end of training": the sampled updates of the last 10 % of the updates
@@ -157,25 +187,22 @@ def _fine_tuning(spec: StudySpec, results: dict, base: dict | None) -> list[str]
         lines += [f"`{base['checkpoint']}`, sha256 `{base['sha256']}`.", ""]
         subsets = [("valid", base["valid"])] + [(spec.shown(s), base["test"][s]) for s in spec.test_subsets]
         subsets += [(name, base["extra_tests"][name]) for name in spec.extra_tests]
-        lines += ["| set | sacreBLEU | chrF | BP |", "|---|---|---|---|"]
-        lines += [f"| {name} | {c['sacrebleu']:.2f} | {c['chrf']:.2f} | {c['bp']:.3f} |" for name, c in subsets]
+        labels = [label for _, label, _ in result.columns("other_data")]
+        lines += ["| set | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
+        lines += [f"| {name} | {_score_cells(c)} |" for name, c in subsets]
     if not spec.extra_tests:
         return lines
     tests = list(spec.extra_tests)
     lines += ["", f"## Extra tests (lenpen 1, mean ± std over the seeds; {_model(spec)})", ""]
-    lines += ["| model | " + " | ".join(f"{t} sacreBLEU | {t} chrF | {t} BP" for t in tests) + " |"]
-    lines += ["|---|" + "---|---|---|" * len(tests)]
+    scores = result.columns("other_data")
+    lines += ["| model | " + " | ".join(f"{t} {label}" for t in tests for _, label, _ in scores) + " |"]
+    lines += ["|---|" + "---|" * len(scores) * len(tests)]
     if base is not None:
-        cells = [base["extra_tests"][t] for t in tests]
-        lines.append(
-            "| base | " + " | ".join(f"{c['sacrebleu']:.2f} | {c['chrf']:.2f} | {c['bp']:.3f}" for c in cells) + " |"
-        )
+        lines.append("| base | " + " | ".join(_score_cells(base["extra_tests"][t]) for t in tests) + " |")
     columns = {}
     for name, r in results.items():
         columns[name] = [
-            ([s["extra_tests"][t][score] for s in r["seeds"]], digits)
-            for t in tests
-            for score, digits in (("sacrebleu", 2), ("chrf", 2), ("bp", 3))
+            ([s["extra_tests"][t][score] for s in r["seeds"]], digits) for t in tests for score, _, digits in scores
         ]
         lines.append(f"| {name} | " + " | ".join(_mean_std(v, d) for v, d in columns[name]) + " |")
     first = next(iter(results))
@@ -197,7 +224,7 @@ def lenpen_edges(lenpens: list[float], chosen: dict[str, float]) -> list[str]:
     ]
 
 
-def _kinds(stats: dict) -> list[tuple[str, str]]:
+def layer_kinds(stats: dict) -> list[tuple[str, str]]:
     """(label, key prefix) of the layer types a run's ``sage_stats`` has: all SAGE entries, then each type."""
     kinds = [("all", "")]
     return kinds + [(k, f"{k}_") for k in ("embed", "attn", "ffn", "norm", "other") if f"{k}_mult_mean" in stats]
@@ -219,7 +246,7 @@ def _multipliers(results: dict) -> list[str]:
         runs = [s["sage_stats"] for s in r["seeds"] if s.get("sage_stats")]
         if not runs:
             continue
-        for label, prefix in _kinds(runs[0]):
+        for label, prefix in layer_kinds(runs[0]):
             cells = [[_end_mean(stats, prefix + key) for stats in runs if prefix + key in stats]
                      for key in ("mult_mean", "r_q10", "r_q50", "r_q90", "r_gt1")]  # fmt: skip
             rows.append(f"| {name} | {label} | {len(runs)} | " + " | ".join(_mean_std(c, 3) for c in cells) + " |")
@@ -324,112 +351,6 @@ def _significance(spec: StudySpec, significance: dict) -> list[str]:
     if two_level is not None:
         lines += [f"{metric} two-level signature: `{two_level[metric]['signature']}`" for metric in ("BLEU", "chrF")]
     return lines
-
-
-def plots(out: Path, spec: StudySpec, results: dict) -> None:
-    """learning_curves.png (the final runs), grid_curves.png (the grid's validation loss), lenpen.png (the sweep),
-    sage_multipliers.png (:func:`plot_multipliers`, when the final SAGE runs logged the statistics)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    # the final runs' validation curves, drawn as a comparison draws them: one colour per optimizer
-    labels = {name: f"{name} {r['best_setting']}" for name, r in results.items()}
-    finals = [{"config": labels[name], **s} for name, r in results.items() for s in r["seeds"]]
-    plot_learning_curves(out / "learning_curves.png", finals, list(labels.values()))
-
-    fig, axes = plt.subplots(1, len(results), figsize=(5.5 * len(results), 4), squeeze=False)
-    for ax, (name, r) in zip(axes[0], results.items(), strict=True):
-        for setting, curve in r["grid_curves"].items():
-            ax.plot([c["update"] for c in curve], [c["valid_loss"] for c in curve], marker=".", label=setting)
-        ax.set(xlabel="update", ylabel="validation loss", title=f"{name} grid (seed {spec.tune_seed})")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    savefig_atomic(fig, out / "grid_curves.png", dpi=110)
-    plt.close(fig)
-
-    colors = dict(zip(results, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    for name, r in results.items():
-        lps = [float(k) for k in r["valid_sacrebleu_by_lenpen"]]
-        for s in r["seeds"]:
-            ax.plot(lps, [s["valid"][f"{lp:g}"]["sacrebleu"] for lp in lps], color=colors[name], alpha=0.4)
-        ax.plot(lps, list(r["valid_sacrebleu_by_lenpen"].values()), color=colors[name], lw=2.5, label=f"{name} mean")
-    ax.set(xlabel="length penalty", ylabel=f"validation sacreBLEU (beam {spec.beam})", title="length penalty")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    savefig_atomic(fig, out / "lenpen.png", dpi=110)
-    plt.close(fig)
-    plot_multipliers(out / "sage_multipliers.png", results)
-    plot_generalization(out / "generalization.png", results)
-
-
-def plot_generalization(path: Path, results: dict) -> bool:
-    """generalization.png: validation loss against training loss, every seed run of every optimizer (over the last
-    half of its updates, :mod:`sage_toolkit.study.generalization`'s range). False (and no file) when no curve has
-    training losses."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    if not generalization(results):
-        return False
-    fig, ax = plt.subplots(figsize=(7, 5))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, (name, r) in enumerate(results.items()):
-        for j, s in enumerate(r["seeds"]):
-            points = sorted(converging_points(s.get("curve") or []), key=lambda p: p[2])
-            if points:
-                ax.plot([p[0] for p in points], [p[1] for p in points], "o-", ms=3, alpha=0.8,
-                        color=colors[i % len(colors)], **({"label": name} if j == 0 else {}))  # fmt: skip
-    ax.set(xlabel="training loss (mean since the previous validation)", ylabel="validation loss",
-           title="validation against training loss, last half of training")  # fmt: skip
-    ax.invert_xaxis()  # training proceeds to the right
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    savefig_atomic(fig, path, dpi=110)
-    plt.close(fig)
-    return True
-
-
-def plot_multipliers(path: Path, results: dict) -> bool:
-    """sage_multipliers.png: per optimizer whose final runs logged the SAGE statistics, the applied multiplier's mean
-    (top) and r's median with its 10-90 % band (bottom) per layer type over training, one line per seed. False (and
-    no file) when no run logged them."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    logged = {name: [s["sage_stats"] for s in r["seeds"] if s.get("sage_stats")] for name, r in results.items()}
-    logged = {name: runs for name, runs in logged.items() if runs}
-    if not logged:
-        return False
-    fig, axes = plt.subplots(2, len(logged), figsize=(6 * len(logged), 7), squeeze=False, sharex="col")
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for column, (name, runs) in enumerate(logged.items()):
-        top, bottom = axes[0][column], axes[1][column]
-        for i, (label, prefix) in enumerate(_kinds(runs[0])):
-            for j, stats in enumerate(runs):
-                update, shown = stats["update"], {"label": label} if j == 0 else {}
-                top.plot(update, stats[prefix + "mult_mean"], color=colors[i % len(colors)], alpha=0.8, **shown)
-                bottom.plot(update, stats[prefix + "r_q50"], color=colors[i % len(colors)], alpha=0.8, **shown)
-                bottom.fill_between(update, stats[prefix + "r_q10"], stats[prefix + "r_q90"],
-                                    color=colors[i % len(colors)], alpha=0.08)  # fmt: skip
-        top.set(ylabel="applied multiplier, mean", title=f"{name}: SAGE multiplier by layer type")
-        bottom.set(xlabel="update", ylabel="r: median, 10-90 % band")
-        for ax in (top, bottom):
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
-    fig.tight_layout()
-    savefig_atomic(fig, path, dpi=110)
-    plt.close(fig)
-    return True
 
 
 def list_checkpoints(out: Path) -> dict[str, str]:
