@@ -218,9 +218,7 @@ def run_settings(options: EvalOptions, setup: Setup, checkpoint: Path, used: lis
     }
 
 
-def tokenized_bleu(
-    setup: Setup, subset: str, hyps_tok: list[str], targets: list[str], files: dict
-) -> tuple[dict, str]:
+def tokenized_bleu(setup: Setup, subset: str, hyps_tok: list[str], targets: list[str], files: dict) -> tuple[dict, str]:
     """Step 3: fairseq's scorer on the tokenised hypotheses and reference (written to ``tok_hyp``/``tok_ref``), and
     where that reference came from."""
     if setup.tok_ref is not None:
