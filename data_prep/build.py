@@ -23,6 +23,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sage_toolkit.evaluation.facts import recorded_facts, reference_record
+
 from . import text as T
 from .common import (
     DataPrepError,
@@ -33,7 +35,6 @@ from .common import (
     write_lines,
     write_manifest,
 )
-from .facts import recorded_facts, reference_record
 
 SEGMENTATIONS = ("bpe", "spm")
 

@@ -7,7 +7,6 @@ Every user-facing failure raises :class:`DataPrepError` with a message that name
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import gzip
 import http.client
 import json
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
 
+from sage_toolkit.atomic import FolderLocked, acquire, atomic_folder, release
 from sage_toolkit.errors import ToolkitError, run_command
 
 COMPLETE_MARKER = "prep.json"  # written last into the output folder; its presence means "complete"
@@ -146,45 +146,49 @@ def is_complete(dest: Path, settings: dict, log: Callable[[str], None] = print) 
 
 @contextlib.contextmanager
 def atomic_output(dest: Path, settings: dict, log: Callable[[str], None] = print) -> Iterator[Path | None]:
-    """Yield a fresh temporary folder next to ``dest``; on success it is renamed to ``dest`` in one step.
+    """Yield a fresh temporary folder next to ``dest``; on success it is renamed to ``dest`` in one step
+    (:func:`sage_toolkit.atomic.atomic_folder`).
 
     - ``dest`` complete (its ``prep.json`` records the same ``settings``): yields ``None``, nothing is done.
     - ``dest`` exists otherwise (other settings, or not ours): an error that says so; nothing is touched.
     - A leftover temporary folder from an interrupted run is deleted first, so every run starts clean; on any
       failure the temporary folder is deleted and ``dest`` does not appear.
-    - A lock file (``flock``, released by the kernel if the process dies) refuses two runs on the same ``dest``.
+    - A lock file (``flock``, released by the kernel if the process dies; it names its holder) refuses two runs on
+      the same ``dest``; it is removed when the run ends.
     """
     dest = Path(dest).absolute()
     if is_complete(dest, settings, log):  # raises if dest exists with other settings or is not ours
         yield None
         return
     dest.parent.mkdir(parents=True, exist_ok=True)
-    lock_path = dest.parent / f".{dest.name}.lock"
-    tmp = dest.parent / f".{dest.name}.partial"
-    with open(lock_path, "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise DataPrepError(f"another data_prep run is writing {dest} (lock {lock_path})") from None
+    lock_name = f".{dest.name}.lock"
+    with _dest_locked(dest, lock_name, log):
         try:
             if is_complete(dest, settings, log):  # a concurrent run finished before we got the lock
                 yield None
                 return
-            if tmp.exists():
-                log(f"removing the leftovers of an interrupted run: {tmp}")
-                shutil.rmtree(tmp)
-            tmp.mkdir()
-            try:
+            with atomic_folder(dest, log) as tmp:
                 yield tmp
                 if read_manifest(tmp) is None:
                     raise RuntimeError(f"internal error: {tmp} was not completed with write_manifest()")
-                os.replace(tmp, dest)  # same file system: one atomic rename
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
         finally:
             with contextlib.suppress(OSError):
-                lock_path.unlink()
+                (dest.parent / lock_name).unlink()  # while still held: no leftover lock file
+
+
+@contextlib.contextmanager
+def _dest_locked(dest: Path, lock_name: str, log: Callable[[str], None]) -> Iterator[None]:
+    """``dest``'s lock for this run; the refusal keeps data_prep's words and adds who holds it."""
+    try:
+        acquire(dest.parent, lock_name, role="data_prep", log=log)
+    except FolderLocked as e:
+        pids = e.live_pids()
+        holder = f"; held by PID {', '.join(map(str, pids))}" if pids else ""
+        raise DataPrepError(f"another data_prep run is writing {dest} (lock {e.path}{holder})") from None
+    try:
+        yield
+    finally:
+        release(dest.parent, lock_name)
 
 
 def write_manifest(folder: Path, settings: dict, info: dict) -> None:

@@ -27,7 +27,7 @@ from .common import DataPrepError, check_lang_pair, cli_main, is_complete, read_
 
 NAME = "tatoeba-demo"
 LOWERCASED = False  # BPE preparations: the Tatoeba text keeps its case
-BLEU_TOK_KIND = "tokenized"  # see facts.py
+BLEU_TOK_KIND = "tokenized"  # see sage_toolkit/evaluation/facts.py
 CORPUS = Path(__file__).resolve().parent / "demo" / "deu.txt.gz"
 PAIRS = [("de", "en"), ("en", "de")]
 

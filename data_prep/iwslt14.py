@@ -41,7 +41,7 @@ from .common import (
 
 NAME = "iwslt14"
 LOWERCASED = True  # BPE preparations: the recipe lowercases the tokenised text (prepare-iwslt14.sh's lowercase.perl)
-BLEU_TOK_KIND = "tokenized"  # see facts.py
+BLEU_TOK_KIND = "tokenized"  # see sage_toolkit/evaluation/facts.py
 URLS = [
     "http://dl.fbaipublicfiles.com/fairseq/data/iwslt14/de-en.tgz",  # fairseq's prepare-iwslt14.sh (current)
     "https://wit3.fbk.eu/archive/2014-01/texts/de/en/de-en.tgz",  # the script's original URL (WIT3)

@@ -24,7 +24,7 @@ from .common import GZIP, DataPrepError, check_lang_pair, cli_main, download, fi
 
 NAME = "multi30k"
 LOWERCASED = True  # BPE preparations: the dataset's task1-tokenize.sh lowercases
-BLEU_TOK_KIND = "tokenized"  # see facts.py
+BLEU_TOK_KIND = "tokenized"  # see sage_toolkit/evaluation/facts.py
 URL = "https://raw.githubusercontent.com/multi30k/dataset/master/data/task1/raw/{name}.gz"
 PAIRS = [("en", "de"), ("de", "en")]
 SPLITS = [("train", "train", True), ("val", "valid", True), ("test_2016_flickr", "test", True),

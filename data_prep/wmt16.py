@@ -38,7 +38,8 @@ from .common import (
 
 NAME = "wmt16"
 LOWERCASED = False  # Google's files keep their case
-BLEU_TOK_KIND = "compound_split"  # as fairseq's scripts/compound_split_bleu.sh (examples/scaling_nmt); see facts.py
+# as fairseq's scripts/compound_split_bleu.sh (examples/scaling_nmt); see sage_toolkit/evaluation/facts.py
+BLEU_TOK_KIND = "compound_split"
 URL = "https://drive.google.com/uc?export=download&id=0B_bZck-ksdkpM25jRUN2X2UxMm8"  # fairseq scaling_nmt README
 ARCHIVE = "wmt16_en_de.tar.gz"
 PAIRS = [("en", "de"), ("de", "en")]

@@ -5,7 +5,7 @@ The training validates with BLEU (unless ``valid_bleu`` is off), so the learning
 BLEU. Re-running skips a finished run (one with its eval file) and resumes an unfinished one from its
 checkpoint_last.pt; a training that already completed (fairseq logged the end of training, or checkpoint_last.pt
 reached optimization.max_update) is never trained further. The run folder is locked while the trainer or the
-evaluation writes it (the children inherit the lock, see :mod:`.locks`).
+evaluation writes it (the children inherit the lock, see :mod:`sage_toolkit.atomic`).
 """
 
 from __future__ import annotations
@@ -18,13 +18,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sage_toolkit.atomic import write_atomic
+from sage_toolkit.atomic import RUN_LOCK, locked, write_atomic
 from sage_toolkit.errors import ToolkitError
 from sage_toolkit.evaluation.dataset import read_prep
 from sage_toolkit.fairseq_log import parse_record, read_log, sage_statistics
 from sage_toolkit.paths import CONFIG_DIR, ROOT
 from sage_toolkit.runner.console import say
-from sage_toolkit.runner.locks import RUN_LOCK, locked
 from sage_toolkit.runner.process import SUPERVISOR, run_logged
 
 MALLOC_ENV = {
