@@ -1,5 +1,5 @@
 """One training run: ``fairseq-hydra-train --config-dir configs --config-name CONFIG`` into ``OUT/TAG/seedN``, then
-``scripts/evaluate.py`` on it.
+the evaluation (``sage-evaluate``) on it.
 
 The training validates with BLEU (unless ``valid_bleu`` is off), so the learning curves have both validation loss and
 BLEU. Re-running skips a finished run (one with its eval file) and resumes an unfinished one from its
@@ -31,7 +31,8 @@ MALLOC_ENV = {
     "MALLOC_TRIM_THRESHOLD_": "4294967296",
     "MALLOC_TOP_PAD_": "536870912",
 }
-EVALUATE = ROOT / "scripts" / "evaluate.py"  # run as a child process, with its command line
+# the evaluation, run as a child process (python -m, of the installed package) with its command line
+EVALUATE = [sys.executable, "-m", "sage_toolkit.evaluation.commands"]
 
 
 def count_killed_segment(timing: dict, train_log: Path) -> None:
@@ -160,14 +161,13 @@ class Run:
         average_last: int | None = None,
         data: Path | None = None,
     ) -> list[str]:
-        """scripts/evaluate.py on this run (default: its save dir's best/last checkpoint, the test set, the
+        """The evaluation (sage-evaluate) of this run (default: its save dir's best/last checkpoint, the test set, the
         settings' length penalty); ``average_last``: the average of the save dir's last N numbered checkpoints;
         ``data``: another data-bin than the one trained on (with the same dictionaries)."""
         if average_last and checkpoint is not None:
             raise ToolkitError("eval_command: average_last averages the run's save dir; give no checkpoint with it")
         return [
-            sys.executable,
-            str(EVALUATE),
+            *EVALUATE,
             "--data-bin",
             str(data or self.settings.data),
             "--checkpoint",

@@ -312,7 +312,7 @@ class Study:
         if not (out / f"{analysis}.json").is_file():
             SUPERVISOR.check()
             command = [
-                sys.executable, str(ROOT / "scripts" / f"analyze_{analysis}.py"), "--data-bin", str(self.data),
+                sys.executable, "-m", f"sage_toolkit.{analysis}.command", "--data-bin", str(self.data),
                 "--checkpoints", *checkpoints, "--out", str(out), *flags, *(["--cpu"] if self.cpu else []),
             ]  # fmt: skip
             what = f"{analysis.replace('_', '-')} analysis"
