@@ -22,7 +22,7 @@ from sage_toolkit.atomic import RUN_LOCK, locked, write_atomic
 from sage_toolkit.errors import ToolkitError
 from sage_toolkit.evaluation.dataset import read_prep
 from sage_toolkit.fairseq_log import parse_record, read_log, sage_statistics
-from sage_toolkit.paths import CONFIG_DIR, ROOT
+from sage_toolkit.paths import CONFIG_DIR, ROOT, user_dir_overrides
 from sage_toolkit.runner.console import say
 from sage_toolkit.runner.process import SUPERVISOR, run_logged
 
@@ -147,6 +147,7 @@ class Run:
             str(CONFIG_DIR),
             "--config-name",
             self.config,
+            *user_dir_overrides(),
             *overrides,
             *settings.overrides,
             *self.overrides,
