@@ -1,4 +1,4 @@
-"""Shared plumbing for the dataset preparation scripts: checked input reading, atomic output, downloads, binarisation.
+"""Shared plumbing for the dataset preparation scripts: checked input reading, atomic output, downloads.
 
 Every user-facing failure raises :class:`DataPrepError` with a message that names the file or option at fault;
 :func:`cli_main` turns it into ``<prog>: error: <message>`` on stderr and exit status 1.
@@ -372,65 +372,6 @@ def extract_tar(archive: Path, into: Path) -> Path:
         what = f" ({describe_file(archive)})" if archive.is_file() else ""
         raise DataPrepError(f"cannot extract {archive}{what}: {e}") from e
     return into
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# fairseq-preprocess
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-def fairseq_preprocess(
-    text_dir: Path,
-    dest: Path,
-    src: str,
-    tgt: str,
-    test_prefixes: Sequence[str] = ("test",),
-    joined_dictionary: bool = False,
-    extra: Sequence[str] = (),
-    workers: int = 1,
-    log: Callable[[str], None] = print,
-) -> None:
-    """Binarise ``text_dir/{train,valid,test...}.{src,tgt}`` into ``dest``: fairseq-preprocess, run in this process.
-
-    In-process rather than as a second interpreter saves the torch/fairseq start-up (seconds) per call; the call is
-    exactly ``fairseq-preprocess ARGS`` (the same parser and ``main``).
-    """
-    testpref = ",".join(str(text_dir / p) for p in test_prefixes)
-    argv = [
-        "--source-lang", src, "--target-lang", tgt, "--trainpref", str(text_dir / "train"),
-        "--validpref", str(text_dir / "valid"), "--testpref", testpref, "--destdir", str(dest),
-        "--workers", str(workers),
-    ]  # fmt: skip
-    if joined_dictionary:
-        argv.append("--joined-dictionary")
-    argv.extend(extra)
-    log("fairseq-preprocess " + " ".join(argv))
-    import logging
-    import warnings
-
-    root = logging.getLogger()
-    root_handlers = list(root.handlers)
-    with warnings.catch_warnings():  # fairseq's imports warn about deprecated torch APIs: not the user's concern
-        warnings.simplefilter("ignore")
-        from fairseq import options
-        from fairseq_cli import preprocess
-    for h in root.handlers:
-        if h not in root_handlers:  # importing fairseq_cli.preprocess set up INFO logging to stdout: warnings only
-            h.setLevel(logging.WARNING)
-    handlers, level = list(preprocess.logger.handlers), preprocess.logger.level
-    preprocess.logger.setLevel(logging.INFO)  # its <destdir>/preprocess.log gets the usual record
-    try:
-        preprocess.main(options.get_preprocessing_parser().parse_args(argv))
-    except SystemExit as e:  # argparse
-        raise DataPrepError(f"fairseq-preprocess rejected its arguments ({e.code}): {' '.join(argv)}") from None
-    except Exception as e:
-        raise DataPrepError(f"fairseq-preprocess failed: {type(e).__name__}: {e}") from e
-    finally:  # main() adds a FileHandler for <destdir>/preprocess.log on every call: remove and close it
-        preprocess.logger.setLevel(level)
-        for h in list(preprocess.logger.handlers):
-            if h not in handlers:
-                preprocess.logger.removeHandler(h)
-                h.close()
 
 
 def cli_main(prog: str, run: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
