@@ -1,4 +1,4 @@
-"""Shared plumbing for the dataset preparation scripts: checked input reading, atomic output, downloads, binarisation.
+"""Shared plumbing for the dataset preparation scripts: checked input reading, atomic output, downloads.
 
 Every user-facing failure raises :class:`DataPrepError` with a message that names the file or option at fault;
 :func:`cli_main` turns it into ``<prog>: error: <message>`` on stderr and exit status 1.
@@ -7,7 +7,6 @@ Every user-facing failure raises :class:`DataPrepError` with a message that name
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import gzip
 import http.client
 import json
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
 
+from sage_toolkit.atomic import FolderLocked, acquire, atomic_folder, release
 from sage_toolkit.errors import ToolkitError, run_command
 
 COMPLETE_MARKER = "prep.json"  # written last into the output folder; its presence means "complete"
@@ -146,45 +146,49 @@ def is_complete(dest: Path, settings: dict, log: Callable[[str], None] = print) 
 
 @contextlib.contextmanager
 def atomic_output(dest: Path, settings: dict, log: Callable[[str], None] = print) -> Iterator[Path | None]:
-    """Yield a fresh temporary folder next to ``dest``; on success it is renamed to ``dest`` in one step.
+    """Yield a fresh temporary folder next to ``dest``; on success it is renamed to ``dest`` in one step
+    (:func:`sage_toolkit.atomic.atomic_folder`).
 
     - ``dest`` complete (its ``prep.json`` records the same ``settings``): yields ``None``, nothing is done.
     - ``dest`` exists otherwise (other settings, or not ours): an error that says so; nothing is touched.
     - A leftover temporary folder from an interrupted run is deleted first, so every run starts clean; on any
       failure the temporary folder is deleted and ``dest`` does not appear.
-    - A lock file (``flock``, released by the kernel if the process dies) refuses two runs on the same ``dest``.
+    - A lock file (``flock``, released by the kernel if the process dies; it names its holder) refuses two runs on
+      the same ``dest``; it is removed when the run ends.
     """
     dest = Path(dest).absolute()
     if is_complete(dest, settings, log):  # raises if dest exists with other settings or is not ours
         yield None
         return
     dest.parent.mkdir(parents=True, exist_ok=True)
-    lock_path = dest.parent / f".{dest.name}.lock"
-    tmp = dest.parent / f".{dest.name}.partial"
-    with open(lock_path, "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise DataPrepError(f"another data_prep run is writing {dest} (lock {lock_path})") from None
+    lock_name = f".{dest.name}.lock"
+    with _dest_locked(dest, lock_name, log):
         try:
             if is_complete(dest, settings, log):  # a concurrent run finished before we got the lock
                 yield None
                 return
-            if tmp.exists():
-                log(f"removing the leftovers of an interrupted run: {tmp}")
-                shutil.rmtree(tmp)
-            tmp.mkdir()
-            try:
+            with atomic_folder(dest, log) as tmp:
                 yield tmp
                 if read_manifest(tmp) is None:
                     raise RuntimeError(f"internal error: {tmp} was not completed with write_manifest()")
-                os.replace(tmp, dest)  # same file system: one atomic rename
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
         finally:
             with contextlib.suppress(OSError):
-                lock_path.unlink()
+                (dest.parent / lock_name).unlink()  # while still held: no leftover lock file
+
+
+@contextlib.contextmanager
+def _dest_locked(dest: Path, lock_name: str, log: Callable[[str], None]) -> Iterator[None]:
+    """``dest``'s lock for this run; the refusal keeps data_prep's words and adds who holds it."""
+    try:
+        acquire(dest.parent, lock_name, role="data_prep", log=log)
+    except FolderLocked as e:
+        pids = e.live_pids()
+        holder = f"; held by PID {', '.join(map(str, pids))}" if pids else ""
+        raise DataPrepError(f"another data_prep run is writing {dest} (lock {e.path}{holder})") from None
+    try:
+        yield
+    finally:
+        release(dest.parent, lock_name)
 
 
 def write_manifest(folder: Path, settings: dict, info: dict) -> None:
@@ -368,65 +372,6 @@ def extract_tar(archive: Path, into: Path) -> Path:
         what = f" ({describe_file(archive)})" if archive.is_file() else ""
         raise DataPrepError(f"cannot extract {archive}{what}: {e}") from e
     return into
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# fairseq-preprocess
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-def fairseq_preprocess(
-    text_dir: Path,
-    dest: Path,
-    src: str,
-    tgt: str,
-    test_prefixes: Sequence[str] = ("test",),
-    joined_dictionary: bool = False,
-    extra: Sequence[str] = (),
-    workers: int = 1,
-    log: Callable[[str], None] = print,
-) -> None:
-    """Binarise ``text_dir/{train,valid,test...}.{src,tgt}`` into ``dest``: fairseq-preprocess, run in this process.
-
-    In-process rather than as a second interpreter saves the torch/fairseq start-up (seconds) per call; the call is
-    exactly ``fairseq-preprocess ARGS`` (the same parser and ``main``).
-    """
-    testpref = ",".join(str(text_dir / p) for p in test_prefixes)
-    argv = [
-        "--source-lang", src, "--target-lang", tgt, "--trainpref", str(text_dir / "train"),
-        "--validpref", str(text_dir / "valid"), "--testpref", testpref, "--destdir", str(dest),
-        "--workers", str(workers),
-    ]  # fmt: skip
-    if joined_dictionary:
-        argv.append("--joined-dictionary")
-    argv.extend(extra)
-    log("fairseq-preprocess " + " ".join(argv))
-    import logging
-    import warnings
-
-    root = logging.getLogger()
-    root_handlers = list(root.handlers)
-    with warnings.catch_warnings():  # fairseq's imports warn about deprecated torch APIs: not the user's concern
-        warnings.simplefilter("ignore")
-        from fairseq import options
-        from fairseq_cli import preprocess
-    for h in root.handlers:
-        if h not in root_handlers:  # importing fairseq_cli.preprocess set up INFO logging to stdout: warnings only
-            h.setLevel(logging.WARNING)
-    handlers, level = list(preprocess.logger.handlers), preprocess.logger.level
-    preprocess.logger.setLevel(logging.INFO)  # its <destdir>/preprocess.log gets the usual record
-    try:
-        preprocess.main(options.get_preprocessing_parser().parse_args(argv))
-    except SystemExit as e:  # argparse
-        raise DataPrepError(f"fairseq-preprocess rejected its arguments ({e.code}): {' '.join(argv)}") from None
-    except Exception as e:
-        raise DataPrepError(f"fairseq-preprocess failed: {type(e).__name__}: {e}") from e
-    finally:  # main() adds a FileHandler for <destdir>/preprocess.log on every call: remove and close it
-        preprocess.logger.setLevel(level)
-        for h in list(preprocess.logger.handlers):
-            if h not in handlers:
-                preprocess.logger.removeHandler(h)
-                h.close()
 
 
 def cli_main(prog: str, run: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:

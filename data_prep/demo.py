@@ -16,18 +16,23 @@ uses Moses tokenisation (case kept) and joint BPE instead.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import random
+import sys
 from pathlib import Path
 
 from . import text as T
-from .build import Split, add_output_args, add_segmentation_args, build, check_sizes
-from .common import DataPrepError, check_lang_pair, cli_main, is_complete, read_lines
+from .build import Split
+from .command import parse_dataset_args, prepare, used_by
+from .common import DataPrepError, cli_main, read_lines
 
 NAME = "tatoeba-demo"
+PROG = "prepare_demo"
+SEGMENTATION = ("spm", 8000, 8000)  # --segmentation's default, --bpe-size's, --spm-size's
+DEFAULT_DEST = "data-bin/tatoeba-demo.{src}-{tgt}.{segmentation}.{train}"
+LICENSE = "CC BY 2.0; attribution: www.manythings.org/anki and tatoeba.org"
 LOWERCASED = False  # BPE preparations: the Tatoeba text keeps its case
-BLEU_TOK_KIND = "tokenized"  # see facts.py
+BLEU_TOK_KIND = "tokenized"  # see sage_toolkit/evaluation/facts.py
 CORPUS = Path(__file__).resolve().parent / "demo" / "deu.txt.gz"
 PAIRS = [("de", "en"), ("en", "de")]
 
@@ -79,24 +84,33 @@ def split_pairs(
     }
 
 
+def to_splits(parts: dict[str, list[tuple[str, str]]], src: str, tgt: str, corpus: Path, tokenize=None) -> list[Split]:
+    """The (en, de) pairs of each split as a :class:`Split` from ``src`` to ``tgt``; with ``tokenize`` (lines, lang
+    -> lines), also their tokenised text."""
+    splits = []
+    for name, ps in parts.items():
+        raw = {"en": [p[0] for p in ps], "de": [p[1] for p in ps]}
+        raw = {src: raw[src], tgt: raw[tgt]}
+        tok = {lang: tokenize(lines, lang) for lang, lines in raw.items()} if tokenize else None
+        splits.append(Split(name, raw=raw, tok=tok, origin={lang: f"{corpus} ({name}.{lang})" for lang in raw}))
+    return splits
+
+
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="prepare_demo", description=__doc__.split("\n\n")[0])
-    p.add_argument("--corpus", type=Path, default=CORPUS, help="a manythings.org deu.txt[.gz] (default: embedded)")
-    p.add_argument("--src", default="de", help="source language (default de)")
-    p.add_argument("--tgt", default="en", help="target language (default en)")
-    p.add_argument("--train-size", type=int, default=None, help="training pairs to use (default: all, ~166k)")
-    p.add_argument("--valid-size", type=int, default=1000, help="valid sentences (default 1000)")
-    p.add_argument("--test-size", type=int, default=1000, help="test sentences (default 1000)")
-    p.add_argument("--seed", type=int, default=1, help="shuffle seed (default 1)")
-    add_segmentation_args(p, "spm", bpe_size=8000, spm_size=8000)
-    add_output_args(p, "data-bin/tatoeba-demo.{src}-{tgt}.{segmentation}.{train}")
-    return p.parse_args(argv)
+    def sources(p):
+        p.add_argument("--corpus", type=Path, default=CORPUS, help="a manythings.org deu.txt[.gz] (default: embedded)")
+
+    def options(p):
+        p.add_argument("--train-size", type=int, default=None, help="training pairs to use (default: all, ~166k)")
+        p.add_argument("--valid-size", type=int, default=1000, help="valid sentences (default 1000)")
+        p.add_argument("--test-size", type=int, default=1000, help="test sentences (default 1000)")
+        p.add_argument("--seed", type=int, default=1, help="shuffle seed (default 1)")
+
+    return parse_dataset_args(sys.modules[__name__], argv, sources, options)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    check_lang_pair(args.src, args.tgt, PAIRS, NAME)
-    check_sizes(args)
     for opt in ("train_size", "valid_size", "test_size"):
         value = getattr(args, opt)
         if value is not None and value < 1:
@@ -105,39 +119,27 @@ def main(argv=None) -> int:
     dest = Path(str(args.dest).format(src=args.src, tgt=args.tgt, segmentation=args.segmentation, train=train_name))
     settings = {
         "dataset": NAME, "src": args.src, "tgt": args.tgt, "segmentation": args.segmentation,
-        "bpe_size": args.bpe_size if args.segmentation == "bpe" else None,
-        "spm_size": args.spm_size if args.segmentation == "spm" else None,
-        "spm_type": args.spm_type if args.segmentation == "spm" else None,
+        "bpe_size": used_by(args, "bpe", args.bpe_size), "spm_size": used_by(args, "spm", args.spm_size),
+        "spm_type": used_by(args, "spm", args.spm_type),
         "train_size": args.train_size, "valid_size": args.valid_size, "test_size": args.test_size,
         "seed": args.seed, "corpus": str(args.corpus.absolute()),
     }  # fmt: skip
-    if is_complete(dest, settings):
-        return 0
-    pairs = read_tatoeba(args.corpus)
-    src_index = 1 if args.src == "de" else 0
-    parts = split_pairs(pairs, src_index, args.valid_size, args.test_size, args.seed)
-    available = len(parts["train"])
-    if args.train_size is not None:
-        if args.train_size > available:
-            raise DataPrepError(f"--train-size {args.train_size} is more than the {available} training pairs")
-        parts["train"] = parts["train"][: args.train_size]
-    splits = []
-    for name, ps in parts.items():
-        raw = {"en": [p[0] for p in ps], "de": [p[1] for p in ps]}
-        raw = {args.src: raw[args.src], args.tgt: raw[args.tgt]}
-        tok = None
-        if args.segmentation == "bpe":
-            tok = {lang: T.moses_tokenize(lines, lang) for lang, lines in raw.items()}
-        splits.append(Split(name, raw=raw, tok=tok, origin={lang: f"{args.corpus} ({name}.{lang})" for lang in raw}))
-    build(
-        dest, settings, args.src, args.tgt, splits, args.segmentation,
-        bpe_size=args.bpe_size, spm_size=args.spm_size, spm_type=args.spm_type,
-        lowercased=LOWERCASED, bleu_tok_kind=BLEU_TOK_KIND, joined_dictionary=True, workers=args.workers,
-        info={"corpus": str(args.corpus), "license": "CC BY 2.0; attribution: www.manythings.org/anki and tatoeba.org",
-              "train_pairs_available": available, "corpus_pairs": len(pairs)},
-    )  # fmt: skip
-    return 0
+
+    def read() -> dict:
+        pairs = read_tatoeba(args.corpus)
+        parts = split_pairs(pairs, 1 if args.src == "de" else 0, args.valid_size, args.test_size, args.seed)
+        available = len(parts["train"])
+        if args.train_size is not None:
+            if args.train_size > available:
+                raise DataPrepError(f"--train-size {args.train_size} is more than the {available} training pairs")
+            parts["train"] = parts["train"][: args.train_size]
+        tokenize = T.moses_tokenize if args.segmentation == "bpe" else None
+        info = {"corpus": str(args.corpus), "license": LICENSE, "train_pairs_available": available,
+                "corpus_pairs": len(pairs)}  # fmt: skip
+        return {"splits": to_splits(parts, args.src, args.tgt, args.corpus, tokenize), "info": info}
+
+    return prepare(sys.modules[__name__], args, dest, settings, read, joined_dictionary=True)
 
 
 if __name__ == "__main__":
-    raise SystemExit(cli_main("prepare_demo", main))
+    raise SystemExit(cli_main(PROG, main))

@@ -29,9 +29,9 @@ from pathlib import Path
 from . import multi30k
 from . import text as T
 from .build import Split, build
-from .common import DataPrepError, atomic_output, cli_main, read_manifest, read_parallel, write_lines, write_manifest
+from .common import DataPrepError, atomic_output, cli_main, read_manifest, write_lines, write_manifest
 from .demo import CORPUS as TATOEBA_CORPUS
-from .demo import read_tatoeba, split_pairs
+from .demo import LICENSE, read_tatoeba, split_pairs, to_splits
 
 NAME = "tatoeba-multi30k"
 SRC, TGT = "de", "en"
@@ -72,30 +72,16 @@ def tatoeba_splits(args) -> tuple[list[Split], dict]:
         if args.tatoeba_train_size > available:
             raise DataPrepError(f"--tatoeba-train-size {args.tatoeba_train_size} is more than the {available} pairs")
         parts["train"] = parts["train"][: args.tatoeba_train_size]
-    splits = []
-    for name, ps in parts.items():
-        raw = {SRC: [p[1] for p in ps], TGT: [p[0] for p in ps]}
-        tok = {lang: multi30k.tokenize(lines, lang) for lang, lines in raw.items()}
-        splits.append(Split(name, raw=raw, tok=tok, origin={lang: f"{args.corpus} ({name}.{lang})" for lang in raw}))
+    splits = to_splits(parts, SRC, TGT, args.corpus, multi30k.tokenize)
     info = {"corpus": str(args.corpus), "train_pairs_available": available, "corpus_pairs": len(pairs),
-            "license": "CC BY 2.0; attribution: www.manythings.org/anki and tatoeba.org"}  # fmt: skip
+            "license": LICENSE}  # fmt: skip
     return splits, info
 
 
 def multi30k_splits(args) -> tuple[list[Split], dict]:
     files = multi30k.locate(argparse.Namespace(local_dir=args.multi30k_dir, download_dir=args.download_dir,
                                                src=SRC, tgt=TGT))  # fmt: skip
-    splits = []
-    for name, split, _ in multi30k.SPLITS:
-        if f"{name}.{SRC}" not in files or f"{name}.{TGT}" not in files:
-            continue
-        sp, tp = files[f"{name}.{SRC}"], files[f"{name}.{TGT}"]
-        src_lines, tgt_lines = read_parallel(sp, tp)
-        if split == "train" and args.multi30k_train_size is not None:
-            src_lines, tgt_lines = src_lines[: args.multi30k_train_size], tgt_lines[: args.multi30k_train_size]
-        raw = {SRC: src_lines, TGT: tgt_lines}
-        tok = {lang: multi30k.tokenize(lines, lang) for lang, lines in raw.items()}
-        splits.append(Split(split, raw=raw, tok=tok, origin={SRC: str(sp), TGT: str(tp)}))
+    splits = multi30k.read_splits(files, SRC, TGT, args.multi30k_train_size, tokenized=True)
     return splits, {"sources": {k: str(v) for k, v in files.items()}}
 
 

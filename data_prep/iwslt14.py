@@ -19,29 +19,32 @@ With ``--segmentation spm`` the same sentence pairs are kept (steps 1-4 decide t
 
 from __future__ import annotations
 
-import argparse
 import re
+import sys
 import tempfile
 from pathlib import Path
 
 from . import text as T
-from .build import Split, add_output_args, add_segmentation_args, build, check_sizes
+from .build import Split
+from .command import add_download_args, parse_dataset_args, prepare, used_by
 from .common import (
     TAR_GZ,
     DataPrepError,
-    check_lang_pair,
     check_same_length,
     cli_main,
     download,
     extract_tar,
     find_file,
-    is_complete,
     read_lines,
 )
 
 NAME = "iwslt14"
+PROG = "prepare_iwslt14"
+SEGMENTATION = ("bpe", 10000, 10000)  # --segmentation's default, --bpe-size's, --spm-size's
+DOWNLOAD_DIR = "data-bin/downloads/iwslt14"
+DEFAULT_DEST = "data-bin/iwslt14.tokenized.{src}-{tgt}"
 LOWERCASED = True  # BPE preparations: the recipe lowercases the tokenised text (prepare-iwslt14.sh's lowercase.perl)
-BLEU_TOK_KIND = "tokenized"  # see facts.py
+BLEU_TOK_KIND = "tokenized"  # see sage_toolkit/evaluation/facts.py
 URLS = [
     "http://dl.fbaipublicfiles.com/fairseq/data/iwslt14/de-en.tgz",  # fairseq's prepare-iwslt14.sh (current)
     "https://wit3.fbk.eu/archive/2014-01/texts/de/en/de-en.tgz",  # the script's original URL (WIT3)
@@ -155,54 +158,44 @@ def read_splits(files: dict[str, Path], src: str, tgt: str, segmentation: str) -
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="prepare_iwslt14", description=__doc__.split("\n\n")[0])
-    p.add_argument("--local-dir", type=Path, help="folder with de-en.tgz, its de-en/ folder, or the files themselves")
-    p.add_argument("--download-dir", type=Path, default=Path("data-bin/downloads/iwslt14"), help="download folder")
-    p.add_argument("--src", default="de", help="source language (default de)")
-    p.add_argument("--tgt", default="en", help="target language (default en)")
-    p.add_argument("--bpe-codes", type=Path, help="apply this BPE merge table instead of learning one")
-    add_segmentation_args(p, "bpe", bpe_size=10000, spm_size=10000)
-    add_output_args(p, "data-bin/iwslt14.tokenized.{src}-{tgt}")
-    return p.parse_args(argv)
+    def options(p):
+        p.add_argument("--bpe-codes", type=Path, help="apply this BPE merge table instead of learning one")
+
+    sources = add_download_args("folder with de-en.tgz, its de-en/ folder, or the files themselves", DOWNLOAD_DIR)
+    return parse_dataset_args(sys.modules[__name__], argv, sources, options)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    check_lang_pair(args.src, args.tgt, PAIRS, NAME)
-    check_sizes(args)
     if args.bpe_codes is not None and not args.bpe_codes.is_file():
         raise DataPrepError(f"--bpe-codes {args.bpe_codes}: no such file")
     if args.bpe_codes is not None and args.segmentation != "bpe":
         raise DataPrepError("--bpe-codes needs --segmentation bpe")
-    default_dest = "data-bin/iwslt14.tokenized.{src}-{tgt}"
     dest = str(args.dest)
-    if dest == default_dest and args.segmentation == "spm":
+    if dest == DEFAULT_DEST and args.segmentation == "spm":
         dest = "data-bin/iwslt14.spm.{src}-{tgt}"
     dest = Path(dest.format(src=args.src, tgt=args.tgt))
     settings = {
         "dataset": NAME, "src": args.src, "tgt": args.tgt, "segmentation": args.segmentation,
-        "bpe_size": args.bpe_size if args.segmentation == "bpe" else None,
+        "bpe_size": used_by(args, "bpe", args.bpe_size),
         "bpe_codes": str(args.bpe_codes.absolute()) if args.bpe_codes else None,
-        "spm_size": args.spm_size if args.segmentation == "spm" else None,
-        "spm_type": args.spm_type if args.segmentation == "spm" else None,
+        "spm_size": used_by(args, "spm", args.spm_size), "spm_type": used_by(args, "spm", args.spm_type),
         "source": str(args.local_dir.absolute()) if args.local_dir else URLS[0],
     }  # fmt: skip
-    if is_complete(dest, settings):
-        return 0
-    with tempfile.TemporaryDirectory(prefix="iwslt14-") as scratch:
-        files, origin = locate(args, Path(scratch))
-        splits = read_splits(files, args.src, args.tgt, args.segmentation)
-    build(
-        dest, settings, args.src, args.tgt, splits, args.segmentation,
-        bpe_size=args.bpe_size, spm_size=args.spm_size, spm_type=args.spm_type,
-        lowercased=LOWERCASED, bleu_tok_kind=BLEU_TOK_KIND, joined_dictionary=args.segmentation == "spm",
+
+    def read() -> dict:
+        with tempfile.TemporaryDirectory(prefix="iwslt14-") as scratch:
+            files, origin = locate(args, Path(scratch))
+            splits = read_splits(files, args.src, args.tgt, args.segmentation)
+        info = {"source": origin, "clean": f"{CLEAN_MIN}-{CLEAN_MAX} words, ratio {CLEAN_RATIO}",
+                "valid": f"every {VALID_EVERY}th cleaned train pair", "test": TEST_SETS}  # fmt: skip
+        return {"splits": splits, "info": info}
+
+    return prepare(
+        sys.modules[__name__], args, dest, settings, read, joined_dictionary=args.segmentation == "spm",
         bpe_langs=("de", "en"), copy_files={"code": args.bpe_codes} if args.bpe_codes else None,
-        workers=args.workers,
-        info={"source": origin, "clean": f"{CLEAN_MIN}-{CLEAN_MAX} words, ratio {CLEAN_RATIO}",
-              "valid": f"every {VALID_EVERY}th cleaned train pair", "test": TEST_SETS},
     )  # fmt: skip
-    return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(cli_main("prepare_iwslt14", main))
+    raise SystemExit(cli_main(PROG, main))

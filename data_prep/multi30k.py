@@ -15,16 +15,21 @@ Segmentations:
 
 from __future__ import annotations
 
-import argparse
+import sys
 from pathlib import Path
 
 from . import text as T
-from .build import Split, add_output_args, add_segmentation_args, build, check_sizes
-from .common import GZIP, DataPrepError, check_lang_pair, cli_main, download, find_file, is_complete, read_parallel
+from .build import Split
+from .command import add_download_args, parse_dataset_args, prepare, used_by
+from .common import GZIP, DataPrepError, cli_main, download, find_file, read_parallel
 
 NAME = "multi30k"
+PROG = "prepare_multi30k"
+SEGMENTATION = ("bpe", 10000, 8000)  # --segmentation's default, --bpe-size's, --spm-size's
+DEFAULT_DEST = "data-bin/multi30k.{src}-{tgt}.{segmentation}"
+DOWNLOAD_DIR = "data-bin/downloads/multi30k"
 LOWERCASED = True  # BPE preparations: the dataset's task1-tokenize.sh lowercases
-BLEU_TOK_KIND = "tokenized"  # see facts.py
+BLEU_TOK_KIND = "tokenized"  # see sage_toolkit/evaluation/facts.py
 URL = "https://raw.githubusercontent.com/multi30k/dataset/master/data/task1/raw/{name}.gz"
 PAIRS = [("en", "de"), ("de", "en")]
 SPLITS = [("train", "train", True), ("val", "valid", True), ("test_2016_flickr", "test", True),
@@ -37,15 +42,11 @@ def tokenize(lines: list[str], lang: str) -> list[str]:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="prepare_multi30k", description=__doc__.split("\n\n")[0])
-    p.add_argument("--local-dir", type=Path, help="folder with {train,val,test_2016_flickr}.{en,de}[.gz] (or raw/...)")
-    p.add_argument("--download-dir", type=Path, default=Path("data-bin/downloads/multi30k"), help="download folder")
-    p.add_argument("--src", default="en", help="source language (default en)")
-    p.add_argument("--tgt", default="de", help="target language (default de)")
-    p.add_argument("--train-size", type=int, default=None, help="use only the first N training pairs (quick runs)")
-    add_segmentation_args(p, "bpe", bpe_size=10000, spm_size=8000)
-    add_output_args(p, "data-bin/multi30k.{src}-{tgt}.{segmentation}")
-    return p.parse_args(argv)
+    def options(p):
+        p.add_argument("--train-size", type=int, default=None, help="use only the first N training pairs (quick runs)")
+
+    sources = add_download_args("folder with {train,val,test_2016_flickr}.{en,de}[.gz] (or raw/...)", DOWNLOAD_DIR)
+    return parse_dataset_args(sys.modules[__name__], argv, sources, options)
 
 
 def locate(args) -> dict[str, Path]:
@@ -71,44 +72,42 @@ def locate(args) -> dict[str, Path]:
     return files
 
 
+def read_splits(files: dict[str, Path], src: str, tgt: str, train_size: int | None, tokenized: bool) -> list[Split]:
+    """The splits of the located files (test1 only where both its files exist), the training set cut to
+    ``train_size`` pairs; with ``tokenized``, also Multi30k's own tokenisation of each (BPE's input)."""
+    splits = []
+    for name, split, _ in SPLITS:
+        if f"{name}.{src}" not in files or f"{name}.{tgt}" not in files:
+            continue
+        sp, tp = files[f"{name}.{src}"], files[f"{name}.{tgt}"]
+        src_lines, tgt_lines = read_parallel(sp, tp)
+        if split == "train" and train_size is not None:
+            src_lines, tgt_lines = src_lines[:train_size], tgt_lines[:train_size]
+        raw = {src: src_lines, tgt: tgt_lines}
+        tok = {lang: tokenize(lines, lang) for lang, lines in raw.items()} if tokenized else None
+        splits.append(Split(split, raw=raw, tok=tok, origin={src: str(sp), tgt: str(tp)}))
+    return splits
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    check_lang_pair(args.src, args.tgt, PAIRS, NAME)
-    check_sizes(args)
     if args.train_size is not None and args.train_size < 1:
         raise DataPrepError(f"--train-size must be positive, got {args.train_size}")
     dest = Path(str(args.dest).format(src=args.src, tgt=args.tgt, segmentation=args.segmentation))
     settings = {
         "dataset": NAME, "src": args.src, "tgt": args.tgt, "segmentation": args.segmentation,
-        "bpe_size": args.bpe_size if args.segmentation == "bpe" else None,
-        "spm_size": args.spm_size if args.segmentation == "spm" else None,
-        "spm_type": args.spm_type if args.segmentation == "spm" else None, "train_size": args.train_size,
+        "bpe_size": used_by(args, "bpe", args.bpe_size), "spm_size": used_by(args, "spm", args.spm_size),
+        "spm_type": used_by(args, "spm", args.spm_type), "train_size": args.train_size,
         "source": str(args.local_dir.absolute()) if args.local_dir else URL,
     }  # fmt: skip
-    if is_complete(dest, settings):
-        return 0
-    files = locate(args)
-    splits = []
-    for name, split, _ in SPLITS:
-        if f"{name}.{args.src}" not in files or f"{name}.{args.tgt}" not in files:
-            continue
-        sp, tp = files[f"{name}.{args.src}"], files[f"{name}.{args.tgt}"]
-        src_lines, tgt_lines = read_parallel(sp, tp)
-        if split == "train" and args.train_size is not None:
-            src_lines, tgt_lines = src_lines[: args.train_size], tgt_lines[: args.train_size]
-        raw = {args.src: src_lines, args.tgt: tgt_lines}
-        tok = None
-        if args.segmentation == "bpe":
-            tok = {lang: tokenize(lines, lang) for lang, lines in raw.items()}
-        splits.append(Split(split, raw=raw, tok=tok, origin={args.src: str(sp), args.tgt: str(tp)}))
-    build(
-        dest, settings, args.src, args.tgt, splits, args.segmentation,
-        bpe_size=args.bpe_size, spm_size=args.spm_size, spm_type=args.spm_type,
-        lowercased=LOWERCASED, bleu_tok_kind=BLEU_TOK_KIND, joined_dictionary=True, workers=args.workers,
-        info={"sources": {k: str(v) for k, v in files.items()}},
-    )  # fmt: skip
-    return 0
+
+    def read() -> dict:
+        files = locate(args)
+        splits = read_splits(files, args.src, args.tgt, args.train_size, tokenized=args.segmentation == "bpe")
+        return {"splits": splits, "info": {"sources": {k: str(v) for k, v in files.items()}}}
+
+    return prepare(sys.modules[__name__], args, dest, settings, read, joined_dictionary=True)
 
 
 if __name__ == "__main__":
-    raise SystemExit(cli_main("prepare_multi30k", main))
+    raise SystemExit(cli_main(PROG, main))

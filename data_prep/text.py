@@ -10,6 +10,8 @@ import io
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from sage_toolkit.evaluation.scoring import moses_detokenize  # noqa: F401 (evaluation's, used here too)
+
 from .common import DataPrepError
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -18,7 +20,6 @@ from .common import DataPrepError
 
 _TOKENIZERS: dict[str, object] = {}
 _NORMALIZERS: dict[str, object] = {}
-_DETOKENIZERS: dict[str, object] = {}
 
 
 def _tokenizer(lang: str):
@@ -58,16 +59,6 @@ def moses_normalize_punct(lines: Iterable[str], lang: str) -> list[str]:
 def lowercase(lines: Iterable[str]) -> list[str]:
     """``lowercase.perl`` (Perl's Unicode ``lc``), as Python's ``str.lower``."""
     return [line.lower() for line in lines]
-
-
-def moses_detokenize(lines: Iterable[str], lang: str) -> list[str]:
-    """``detokenizer.perl -l LANG`` (sacremoses; un-escapes ``&apos;`` etc.)."""
-    from sacremoses import MosesDetokenizer
-
-    if lang not in _DETOKENIZERS:
-        _DETOKENIZERS[lang] = MosesDetokenizer(lang=lang)
-    detok = _DETOKENIZERS[lang]
-    return [detok.detokenize(line.split(), return_str=True, unescape=True) for line in lines]
 
 
 def clean_corpus(

@@ -18,27 +18,30 @@ newstest2014, what ``--remove-bpe`` output is compared with for tokenised BLEU.
 
 from __future__ import annotations
 
-import argparse
+import sys
 import tempfile
 from pathlib import Path
 
 from . import text as T
-from .build import Split, add_output_args, add_segmentation_args, build, check_sizes
+from .build import Split
+from .command import add_download_args, parse_dataset_args, prepare, used_by
 from .common import (
     TAR_GZ,
     DataPrepError,
-    check_lang_pair,
     cli_main,
     download,
     extract_tar,
     find_file,
-    is_complete,
     read_parallel,
 )
 
 NAME = "wmt16"
+PROG = "prepare_wmt16"
+SEGMENTATION = ("bpe", 32000, 32000)  # --segmentation's default, --bpe-size's, --spm-size's
+DEFAULT_DEST = "data-bin/wmt16_{src}_{tgt}_{seg}"
 LOWERCASED = False  # Google's files keep their case
-BLEU_TOK_KIND = "compound_split"  # as fairseq's scripts/compound_split_bleu.sh (examples/scaling_nmt); see facts.py
+# as fairseq's scripts/compound_split_bleu.sh (examples/scaling_nmt); see sage_toolkit/evaluation/facts.py
+BLEU_TOK_KIND = "compound_split"
 URL = "https://drive.google.com/uc?export=download&id=0B_bZck-ksdkpM25jRUN2X2UxMm8"  # fairseq scaling_nmt README
 ARCHIVE = "wmt16_en_de.tar.gz"
 PAIRS = [("en", "de"), ("de", "en")]
@@ -46,15 +49,11 @@ SPLITS = [("train", "train"), ("valid", "newstest2013"), ("test", "newstest2014"
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="prepare_wmt16", description=__doc__.split("\n\n")[0])
-    p.add_argument("--local-dir", type=Path, help=f"folder with {ARCHIVE} or its extracted files")
-    p.add_argument("--download-dir", type=Path, default=Path("data-bin/downloads/wmt16"), help="download folder")
-    p.add_argument("--src", default="en", help="source language (default en)")
-    p.add_argument("--tgt", default="de", help="target language (default de)")
-    p.add_argument("--spm-sentences", type=int, default=2_000_000, help="sentencepiece training sample (lines)")
-    add_segmentation_args(p, "bpe", bpe_size=32000, spm_size=32000)
-    add_output_args(p, "data-bin/wmt16_{src}_{tgt}_{seg}")
-    return p.parse_args(argv)
+    def options(p):
+        p.add_argument("--spm-sentences", type=int, default=2_000_000, help="sentencepiece training sample (lines)")
+
+    sources = add_download_args(f"folder with {ARCHIVE} or its extracted files", "data-bin/downloads/wmt16")
+    return parse_dataset_args(sys.modules[__name__], argv, sources, options)
 
 
 def _folder_with_files(base: Path, scratch: Path) -> tuple[Path, str]:
@@ -102,40 +101,37 @@ def read_splits(folder: Path, src: str, tgt: str, segmentation: str) -> list[Spl
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    check_lang_pair(args.src, args.tgt, PAIRS, NAME)
-    check_sizes(args)
     if args.segmentation == "bpe" and args.bpe_size != 32000:
         raise DataPrepError("--bpe-size: Google's WMT'16 files come with 32,000 BPE merges; use --segmentation spm")
     seg_name = "bpe32k" if args.segmentation == "bpe" else f"spm{args.spm_size}"  # bpe: fairseq README's name
     dest = Path(str(args.dest).format(src=args.src, tgt=args.tgt, seg=seg_name))
     settings = {
         "dataset": NAME, "src": args.src, "tgt": args.tgt, "segmentation": args.segmentation,
-        "spm_size": args.spm_size if args.segmentation == "spm" else None,
-        "spm_type": args.spm_type if args.segmentation == "spm" else None,
-        "spm_sentences": args.spm_sentences if args.segmentation == "spm" else None,
+        "spm_size": used_by(args, "spm", args.spm_size), "spm_type": used_by(args, "spm", args.spm_type),
+        "spm_sentences": used_by(args, "spm", args.spm_sentences),
         "source": str(args.local_dir.absolute()) if args.local_dir else URL,
     }  # fmt: skip
-    if is_complete(dest, settings):
-        return 0
-    with tempfile.TemporaryDirectory(prefix="wmt16-") as scratch:
-        if args.local_dir is not None:
-            folder, origin = _folder_with_files(args.local_dir, Path(scratch))
-        else:
-            archive = download(URL, args.download_dir / ARCHIVE, TAR_GZ)
-            folder, origin = extract_tar(archive, Path(scratch)), URL
-        splits = read_splits(folder, args.src, args.tgt, args.segmentation)
-        codes = folder / "bpe.32000"
-        copy = {"bpe.32000": codes} if codes.is_file() and args.segmentation == "bpe" else None
+    with tempfile.TemporaryDirectory(prefix="wmt16-") as scratch:  # the extracted archive, until the build is done
+
+        def read() -> dict:
+            if args.local_dir is not None:
+                folder, origin = _folder_with_files(args.local_dir, Path(scratch))
+            else:
+                archive = download(URL, args.download_dir / ARCHIVE, TAR_GZ)
+                folder, origin = extract_tar(archive, Path(scratch)), URL
+            codes = folder / "bpe.32000"
+            return {
+                "splits": read_splits(folder, args.src, args.tgt, args.segmentation),
+                "copy_files": {"bpe.32000": codes} if codes.is_file() and args.segmentation == "bpe" else None,
+                "info": {"source": origin, "valid": "newstest2013", "test": "newstest2014"},
+            }
+
         extra = ["--nwordssrc", "32768", "--nwordstgt", "32768"] if args.segmentation == "bpe" else []
-        build(
-            dest, settings, args.src, args.tgt, splits, args.segmentation,
-            spm_size=args.spm_size, spm_type=args.spm_type, lowercased=LOWERCASED, bleu_tok_kind=BLEU_TOK_KIND,
-            joined_dictionary=True,
-            preprocess_extra=extra, copy_files=copy, workers=args.workers, spm_sentences=args.spm_sentences,
-            info={"source": origin, "valid": "newstest2013", "test": "newstest2014"},
+        return prepare(
+            sys.modules[__name__], args, dest, settings, read, joined_dictionary=True, preprocess_extra=extra,
+            spm_sentences=args.spm_sentences,
         )  # fmt: skip
-    return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(cli_main("prepare_wmt16", main))
+    raise SystemExit(cli_main(PROG, main))

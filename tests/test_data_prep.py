@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from data_prep import demo, facts, iwslt14, multi30k, wmt16
+from data_prep import demo, iwslt14, multi30k, wmt16
 from data_prep import text as T
 from data_prep.common import cli_main, read_lines
+from sage_toolkit.evaluation import facts
 from tests.data_fixtures import make_fake_iwslt14, make_fake_multi30k, make_fake_wmt16
 from tests.fairseq_utils import ROOT, run_cli, train_log
 
@@ -551,6 +552,32 @@ def test_error_concurrent_run_on_the_same_dest(m30k, tmp_path, capsys):
         rc, _, err = run_main(multi30k, ["--local-dir", m30k, "--dest", tmp_path / "out", "--bpe-size", "50"], capsys)
     assert rc == 1 and f"another data_prep run is writing {tmp_path / 'out'}" in err
     assert leftovers(tmp_path, {"in", ".out.lock"}) == []  # no output, no .partial folder; the lock is the other's
+
+
+def test_error_concurrent_run_names_the_process_that_holds_the_lock(m30k, tmp_path, capsys):
+    """The lock of a data_prep run records its PID (sage_toolkit.atomic's locks): the refusal names it."""
+    import fcntl
+
+    with open(tmp_path / ".out.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        lock.write(f"data_prep {os.getpid()}\n")
+        lock.flush()
+        rc, _, err = run_main(multi30k, ["--local-dir", m30k, "--dest", tmp_path / "out", "--bpe-size", "50"], capsys)
+    lock_path = tmp_path / ".out.lock"
+    assert rc == 1
+    assert f"another data_prep run is writing {tmp_path / 'out'} (lock {lock_path}; held by PID {os.getpid()})" in err
+
+
+def test_a_lock_left_by_a_killed_run_is_taken_over_and_removed(m30k, tmp_path, capsys):
+    """A run killed without unwinding leaves its lock file (with its PID) and its .partial folder: the next run says
+    so, takes both over and leaves neither."""
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / ".out.lock").write_text(f"data_prep {int(dead.stdout)}\n")
+    (tmp_path / ".out.partial").mkdir()
+    rc, out, _ = run_main(multi30k, ["--local-dir", m30k, "--dest", tmp_path / "out", "--bpe-size", "50"], capsys)
+    assert rc == 0 and f"took over the lock left by PID {int(dead.stdout)}" in out
+    assert "removing the leftovers of an interrupted run" in out
+    assert leftovers(tmp_path, {"in", "out"}) == []
 
 
 def test_domain_adaptation_shares_one_vocabulary(tmp_path, capsys):

@@ -204,7 +204,7 @@ def test_any_data_bin_with_explicit_options_and_averaging(trained, tmp_path, cap
 
 def test_settings_from_prep_json_of_each_preparation(tmp_path):
     """prep.json files written before they recorded lowercased/bleu_tok_kind/references (the previous data_prep):
-    data_prep.facts gives what each dataset module records today, so old folders evaluate as before."""
+    sage_toolkit.evaluation.facts gives what each dataset module recorded, so old folders evaluate as before."""
 
     def setup(prep: dict):
         folder = tmp_path / str(len(list(tmp_path.iterdir())))

@@ -141,3 +141,7 @@ def average_checkpoints_main(argv=None) -> int:
     paths = run_command(AVERAGE_PROG, lambda: average_to_file(options))
     print(f"averaged {len(paths)} checkpoints ({', '.join(p.name for p in paths)}) -> {options.output}")
     return 0
+
+
+if __name__ == "__main__":  # python -m sage_toolkit.evaluation.commands: how the runners start it
+    raise SystemExit(evaluate_main())

@@ -1,11 +1,11 @@
 """What a data-bin says about how to score translations of it: languages, ``--remove-bpe``, lowercasing, the
 tokenized-BLEU kind and the reference files, from its ``prep.json`` (written by data_prep) and the user's overrides.
 
-A data_prep folder's ``prep.json`` records these facts (``data_prep/facts.py``): ``source_lang``/``target_lang``,
-``remove_bpe``, ``lowercased``, ``bleu_tok_kind`` and per split and language the detokenised and tokenised reference
+A data_prep folder's ``prep.json`` records these facts (:mod:`.facts`): ``source_lang``/``target_lang``, ``remove_bpe``,
+``lowercased``, ``bleu_tok_kind`` and per split and language the detokenised and tokenised reference
 files. Nothing is guessed from a dataset's name. A ``prep.json`` written before ``lowercased``/``bleu_tok_kind``/
-``references`` existed is read through ``data_prep.facts.evaluation_facts``, which gives what the dataset module named
-in its ``settings`` records today: so a folder prepared by the previous version evaluates with the same settings and
+``references`` existed is read through ``facts.evaluation_facts``, which gives what the dataset module named
+in its ``settings`` records: so a folder prepared by the previous version evaluates with the same settings and
 numbers as before, without re-preparing it (a clear default from the authority that wrote the folder, rather than an
 error: re-running data_prep on a complete folder does nothing, so the remedy would be to delete and rebuild it). A
 ``prep.json`` with neither the keys nor a data_prep dataset is refused unless ``--lowercase``/``--no-lowercase`` and
@@ -26,8 +26,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from data_prep.facts import evaluation_facts
 from sage_toolkit.errors import ToolkitError
+from sage_toolkit.evaluation.facts import evaluation_facts
 
 PREP_FILE = "prep.json"
 # fairseq-generate --remove-bpe values whose output is Moses-tokenised text (detokenised with Moses for sacreBLEU)

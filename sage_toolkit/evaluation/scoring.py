@@ -13,6 +13,7 @@ chrF on detokenised text, and the check for subword markers left in the hypothes
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
 from sage_toolkit.errors import ToolkitError
@@ -72,6 +73,20 @@ def sacrebleu_scores(hyps: list[str], refs: list[str], lowercase: bool) -> dict:
     }  # fmt: skip
 
 
+_DETOKENIZERS: dict[str, object] = {}
+
+
+def moses_detokenize(lines: Iterable[str], lang: str) -> list[str]:
+    """``detokenizer.perl -l LANG`` (sacremoses; un-escapes ``&apos;`` etc.): of hypotheses here, of references in
+    data_prep."""
+    from sacremoses import MosesDetokenizer
+
+    if lang not in _DETOKENIZERS:
+        _DETOKENIZERS[lang] = MosesDetokenizer(lang=lang)
+    detok = _DETOKENIZERS[lang]
+    return [detok.detokenize(line.split(), return_str=True, unescape=True) for line in lines]
+
+
 def translation_scores(
     tok: dict, sb: dict, bleu_tok_kind: str, bleu_tok_reference: str, lowercase: bool, sacrebleu_reference: str
 ) -> Scores:
@@ -89,8 +104,6 @@ def detokenize(lines: list[str], how: str, lang: str) -> list[str]:
     if how == "none":
         return list(lines)
     if how == "moses":
-        from data_prep.text import moses_detokenize
-
         return moses_detokenize(lines, lang)
     raise ToolkitError(f"unknown --detok {how!r}; choose one of {', '.join(DETOKENIZERS)}")
 

@@ -85,3 +85,7 @@ def main(argv=None) -> int:
     figures += [analysis.BY_TYPE_OUTPUT] if options.by_layer_type else []
     print(f"{analysis.PROG}: wrote {options.out / json_name}, {', '.join(figures)}")
     return 0
+
+
+if __name__ == "__main__":  # python -m sage_toolkit.redundancy.command: how the runners start it
+    raise SystemExit(main())

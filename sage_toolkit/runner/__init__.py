@@ -4,7 +4,7 @@ What ``scripts/compare.py`` and the study (:mod:`sage_toolkit.study`) drive. (No
 folder, which .gitignore ignores.)
 
 - :mod:`.console`: progress and error lines of concurrent runs, one whole line at a time.
-- :mod:`.locks`: flock locks on output and run folders (who holds them, stale ones taken over).
+- locks on output and run folders (who holds them, stale ones taken over): :mod:`sage_toolkit.atomic`.
 - :mod:`.process`: child processes in their own process groups, stopped together on a signal or a failure; a child's
   output streamed to its log; the runner session (signals -> exit 128 + n, errors -> one line).
 - :mod:`.training`: one training run (:class:`~.training.Run`, configured by :class:`~.training.RunSettings`): the

@@ -18,7 +18,7 @@ is locked while a runner works in it (OUT/.runner.lock) and every run folder whi
 (OUT/.../seedN/.lock, held by the children too, so an orphaned trainer still holds it): another runner refuses,
 naming the folder and the PID that holds it. A lock whose holder died is taken over.
 
-The library: sage_toolkit.runner (comparison, training, process, locks, report).
+The library: sage_toolkit.runner (comparison, training, process, report; locks in sage_toolkit.atomic).
 """
 
 from __future__ import annotations

@@ -19,10 +19,10 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from sage_toolkit.atomic import RUNNER_LOCK, check_not_in_use, locked, note_child
 from sage_toolkit.errors import ToolkitError
 from sage_toolkit.evaluation.evaluate import PROG as EVALUATE_PROG
 from sage_toolkit.runner.console import complain, say
-from sage_toolkit.runner.locks import RUNNER_LOCK, check_not_in_use, locked, note_child
 
 GRACE_S = 10.0  # seconds between SIGTERM and SIGKILL when children are stopped
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)

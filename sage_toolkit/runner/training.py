@@ -1,11 +1,11 @@
 """One training run: ``fairseq-hydra-train --config-dir configs --config-name CONFIG`` into ``OUT/TAG/seedN``, then
-``scripts/evaluate.py`` on it.
+the evaluation (``sage-evaluate``) on it.
 
 The training validates with BLEU (unless ``valid_bleu`` is off), so the learning curves have both validation loss and
 BLEU. Re-running skips a finished run (one with its eval file) and resumes an unfinished one from its
 checkpoint_last.pt; a training that already completed (fairseq logged the end of training, or checkpoint_last.pt
 reached optimization.max_update) is never trained further. The run folder is locked while the trainer or the
-evaluation writes it (the children inherit the lock, see :mod:`.locks`).
+evaluation writes it (the children inherit the lock, see :mod:`sage_toolkit.atomic`).
 """
 
 from __future__ import annotations
@@ -18,14 +18,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sage_toolkit.atomic import write_atomic
+from sage_toolkit.atomic import RUN_LOCK, locked, write_atomic
 from sage_toolkit.errors import ToolkitError
 from sage_toolkit.evaluation import result as result_metrics
 from sage_toolkit.evaluation.dataset import read_prep
 from sage_toolkit.fairseq_log import parse_record, read_log, sage_statistics
-from sage_toolkit.paths import CONFIG_DIR, ROOT
+from sage_toolkit.paths import CONFIG_DIR, ROOT, user_dir_overrides
 from sage_toolkit.runner.console import say
-from sage_toolkit.runner.locks import RUN_LOCK, locked
 from sage_toolkit.runner.process import SUPERVISOR, run_logged
 
 MALLOC_ENV = {
@@ -33,7 +32,8 @@ MALLOC_ENV = {
     "MALLOC_TRIM_THRESHOLD_": "4294967296",
     "MALLOC_TOP_PAD_": "536870912",
 }
-EVALUATE = ROOT / "scripts" / "evaluate.py"  # run as a child process, with its command line
+# the evaluation, run as a child process (python -m, of the installed package) with its command line
+EVALUATE = [sys.executable, "-m", "sage_toolkit.evaluation.commands"]
 
 
 def count_killed_segment(timing: dict, train_log: Path) -> None:
@@ -148,6 +148,7 @@ class Run:
             str(CONFIG_DIR),
             "--config-name",
             self.config,
+            *user_dir_overrides(),
             *overrides,
             *settings.overrides,
             *self.overrides,
@@ -162,14 +163,13 @@ class Run:
         average_last: int | None = None,
         data: Path | None = None,
     ) -> list[str]:
-        """scripts/evaluate.py on this run (default: its save dir's best/last checkpoint, the test set, the
+        """The evaluation (sage-evaluate) of this run (default: its save dir's best/last checkpoint, the test set, the
         settings' length penalty); ``average_last``: the average of the save dir's last N numbered checkpoints;
         ``data``: another data-bin than the one trained on (with the same dictionaries)."""
         if average_last and checkpoint is not None:
             raise ToolkitError("eval_command: average_last averages the run's save dir; give no checkpoint with it")
         return [
-            sys.executable,
-            str(EVALUATE),
+            *EVALUATE,
             "--data-bin",
             str(data or self.settings.data),
             "--checkpoint",

@@ -177,7 +177,7 @@ class StudyRuns:
         return self.analyze(run, "token_loss", checkpoints, self.spec.token_loss_flags())
 
     def analyze(self, run: Run, analysis: str, checkpoints: list[str], flags: list[str]) -> dict:
-        """scripts/analyze_ANALYSIS.py on ``checkpoints`` of a trained run into ``run.dir/ANALYSIS``, whose
+        """``python -m sage_toolkit.ANALYSIS.command`` on ``checkpoints`` of a trained run into ``run.dir/ANALYSIS``, whose
         ANALYSIS.json it returns; cached there, read from the record for a recorded run."""
         record = self.recorded(run)
         if record is not None:
@@ -192,10 +192,10 @@ class StudyRuns:
         return json.loads((out / f"{analysis}.json").read_text())
 
     def analysis_command(self, analysis: str, checkpoints: list[str], flags: list[str], out: Path) -> list[str]:
-        """The command line of the analysis ``analysis`` (scripts/analyze_ANALYSIS.py) of ``checkpoints`` into
-        ``out``."""
+        """The command line of the analysis ``analysis`` (``python -m sage_toolkit.ANALYSIS.command``) of
+        ``checkpoints`` into ``out``."""
         return [
-            sys.executable, str(ROOT / "scripts" / f"analyze_{analysis}.py"), "--data-bin", str(self.data),
+            sys.executable, "-m", f"sage_toolkit.{analysis}.command", "--data-bin", str(self.data),
             "--checkpoints", *checkpoints, "--out", str(out), *flags, *(["--cpu"] if self.cpu else []),
         ]  # fmt: skip
 

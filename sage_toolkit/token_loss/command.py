@@ -81,3 +81,7 @@ def main(argv=None) -> int:
     print(analysis.table(result))
     print(f"{analysis.PROG}: wrote {options.out / analysis.OUTPUT}")
     return 0
+
+
+if __name__ == "__main__":  # python -m sage_toolkit.token_loss.command: how the runners start it
+    raise SystemExit(main())

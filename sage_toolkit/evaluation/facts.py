@@ -1,7 +1,7 @@
-"""What evaluation needs to know about a prepared folder, written into its ``prep.json`` by :func:`build.build`.
+"""What evaluation needs to know about a prepared folder, written into its ``prep.json`` by ``data_prep.build.build``.
 
-The dataset module that prepares a corpus knows how its text was made; evaluation reads these keys and guesses nothing
-from dataset names:
+The dataset module that prepares a corpus knows how its text was made (its ``LOWERCASED`` and ``BLEU_TOK_KIND``);
+evaluation reads these keys and guesses nothing from dataset names:
 
 ``lowercased``
     the prepared text, and so its references, is lowercased (IWSLT'14 and Multi30k with BPE, whose recipes lowercase
@@ -18,8 +18,9 @@ from dataset names:
 ``remove_bpe`` (fairseq-generate's ``--remove-bpe`` value) was written before these and is unchanged.
 
 A ``prep.json`` written before these keys existed still says which dataset module prepared the folder with which
-segmentation (its ``settings``): :func:`evaluation_facts` then gives what that module records today, so an old folder
-evaluates exactly as it did (the same numbers, no re-preparation needed).
+segmentation (its ``settings``): :func:`evaluation_facts` then gives what that module records (:data:`LEGACY_DATASETS`,
+the datasets that existed then), so an old folder evaluates exactly as it did (the same numbers, no re-preparation
+needed). This module is the evaluation's, so the toolkit never imports data_prep; data_prep imports it.
 """
 
 from __future__ import annotations
@@ -43,16 +44,21 @@ def reference_record(split: str, lang: str, tokenized: bool) -> dict:
     return {"detokenized": f"ref/{split}.{lang}", "tokenized": f"ref/{split}.tok.{lang}" if tokenized else None}
 
 
-def _dataset_modules() -> dict:
-    from . import demo, iwslt14, multi30k, wmt16  # here: they import build, which imports this module
-
-    return {module.NAME: module for module in (demo, iwslt14, multi30k, wmt16)}
+# (lowercased, bleu_tok_kind) of the dataset modules that wrote prep.json before the keys above existed, by the
+# ``settings.dataset`` they recorded; every later preparation records the keys itself (tests check this table against
+# data_prep's modules).
+LEGACY_DATASETS = {
+    "tatoeba-demo": (False, "tokenized"),
+    "iwslt14": (True, "tokenized"),
+    "multi30k": (True, "tokenized"),
+    "wmt16": (False, "compound_split"),
+}
 
 
 def evaluation_facts(manifest: dict, folder: Path, split: str) -> dict | None:
     """What evaluating ``split`` of ``folder`` needs from its ``prep.json`` (``manifest``): ``lowercased``,
     ``bleu_tok_kind`` and ``references`` (language -> its ``references`` entry; a split the manifest does not list has
-    none). For a manifest written before these keys existed: what its dataset module records today, the references
+    none). For a manifest written before these keys existed: what its dataset module records, the references
     being ``ref/{split}.{lang}`` and, where that file exists, ``ref/{split}.tok.{lang}``. None when the manifest has
     none of the keys and names no dataset of this package (not a data_prep folder)."""
     if all(key in manifest for key in KEYS):
@@ -62,11 +68,12 @@ def evaluation_facts(manifest: dict, folder: Path, split: str) -> dict | None:
             "references": (manifest["references"] or {}).get(split, {}),
         }
     settings = manifest.get("settings") or {}
-    module = _dataset_modules().get(settings.get("dataset"))
-    if module is None:
+    legacy = LEGACY_DATASETS.get(settings.get("dataset"))
+    if legacy is None:
         return None
+    lowercased, bleu_tok_kind = legacy
     segmentation = manifest.get("segmentation") or settings.get("segmentation")
-    facts = recorded_facts(lowercased=module.LOWERCASED, bleu_tok_kind=module.BLEU_TOK_KIND, segmentation=segmentation)
+    facts = recorded_facts(lowercased=lowercased, bleu_tok_kind=bleu_tok_kind, segmentation=segmentation)
     langs = [lang for lang in (manifest.get("source_lang"), manifest.get("target_lang")) if lang]
     facts["references"] = {
         lang: reference_record(split, lang, (Path(folder) / "ref" / f"{split}.tok.{lang}").is_file()) for lang in langs
