@@ -177,8 +177,8 @@ class StudyRuns:
         return self.analyze(run, "token_loss", checkpoints, self.spec.token_loss_flags())
 
     def analyze(self, run: Run, analysis: str, checkpoints: list[str], flags: list[str]) -> dict:
-        """``python -m sage_toolkit.ANALYSIS.command`` on ``checkpoints`` of a trained run into ``run.dir/ANALYSIS``, whose
-        ANALYSIS.json it returns; cached there, read from the record for a recorded run."""
+        """``python -m sage_toolkit.ANALYSIS.command`` on ``checkpoints`` of a trained run into
+        ``run.dir/ANALYSIS``, whose ANALYSIS.json it returns; cached there, read from the record for a recorded run."""
         record = self.recorded(run)
         if record is not None:
             return record.analysis(analysis)
