@@ -29,11 +29,6 @@ EXEMPT = {
     "C++ in a string, not Python",
 }
 
-# the other parts of issue 33 (study/, runner/, data_prep/ and the data_prep <-> sage_toolkit cycle) are fixed on
-# other branches; the lead removes these marks once they are merged
-PENDING = pytest.mark.xfail(strict=False, reason="issue 33 parts merged by the lead")
-
-
 def source_files(folders=SOURCE) -> list[Path]:
     return sorted(p for folder in folders for p in (ROOT / folder).rglob("*.py"))
 
@@ -99,11 +94,6 @@ def long_modules_in(folders) -> list[str]:
     ]
 
 
-def other_parts(violation: str) -> bool:
-    """Whether a violation lies in what the other parts of issue 33 change (study/, runner/, install/, data_prep/)."""
-    return violation.startswith(("sage_toolkit/study/", "sage_toolkit/runner/", "sage_toolkit/install/", "data_prep/"))
-
-
 def test_the_exemptions_name_what_exists():
     """An exemption whose definition was renamed or removed would exempt nothing, silently."""
     for (file, name), reason in EXEMPT.items():
@@ -139,13 +129,6 @@ SIZE_CHECKS = {"functions over 60 lines (cut them into named steps)": long_funct
                "modules over 420 lines (split them by job)": long_modules_in}  # fmt: skip
 
 
-@pytest.mark.parametrize("what", SIZE_CHECKS)
-def test_sizes_outside_the_other_parts(what):
-    found = [v for v in SIZE_CHECKS[what](SOURCE) if not other_parts(v)]
-    assert not found, f"{what}:\n" + "\n".join(found)
-
-
-@PENDING
 @pytest.mark.parametrize("what", SIZE_CHECKS)
 def test_sizes(what):
     found = SIZE_CHECKS[what](SOURCE)
@@ -193,7 +176,6 @@ def import_cycles(edges: dict[str, set[str]]) -> list[list[str]]:
     return cycles
 
 
-@PENDING
 def test_no_import_cycle_between_the_packages():
     graph = package_graph()
     cycles = import_cycles({package: set(imports) for package, imports in graph.items()})
@@ -237,7 +219,6 @@ def scripts_paths(tree: ast.Module) -> list[tuple[int, str]]:
     return sorted(set(found))
 
 
-@PENDING
 def test_the_library_names_no_path_into_scripts():
     found = [f"{relative(p)}:{line}: {what}" for p in source_files(LIBRARY) for line, what in scripts_paths(parse(p))]
     assert not found, "paths into the checkout's scripts/ (run `python -m <module>` instead):\n" + "\n".join(found)
