@@ -29,6 +29,7 @@ EXEMPT = {
     "C++ in a string, not Python",
 }
 
+
 def source_files(folders=SOURCE) -> list[Path]:
     return sorted(p for folder in folders for p in (ROOT / folder).rglob("*.py"))
 
