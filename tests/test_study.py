@@ -12,6 +12,7 @@ import pytest
 from sage_toolkit.errors import ToolkitError
 from sage_toolkit.stats import format_difference
 from sage_toolkit.study import command as study  # the command: its main(argv) as `python scripts/study.py` runs it
+from sage_toolkit.study.base_model import sha256_of
 from sage_toolkit.study.plots import plot_multipliers, plots
 from sage_toolkit.study.protocol import Study, check_configs
 from sage_toolkit.study.report import lenpen_edges, report
@@ -653,3 +654,13 @@ def test_a_failing_grid_is_reported_and_the_study_ends_with_a_message(demo_bin, 
         == f"sage-study: error: [sage] every grid setting failed; see {out / 'sage'}/*/train.out"
     )
     assert not (out / "study.json").exists()
+
+
+def test_the_committed_finetuning_pilot_study_md_regenerates_from_study_json():
+    """results/finetune_de_en_pilot/study.md (issue 35's pilot) is report() of the study.json beside it, with the
+    committed base model's hash and its scores before fine-tuning, and the base's domain as the forgetting test."""
+    summary, text = regenerated_study_md(ROOT / "results" / "finetune_de_en_pilot")
+    base = ROOT / "results" / "finetune_de_en" / "base" / "checkpoint_base.pt"
+    assert summary["base"]["sha256"] == sha256_of(base)
+    assert f"sha256 `{summary['base']['sha256']}`" in text
+    assert "| tatoeba sacreBLEU | tatoeba chrF | tatoeba BP |" in text
