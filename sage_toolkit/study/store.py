@@ -139,7 +139,7 @@ class StudyRuns:
         return self.evaluate(run, self.spec.extra_tests[test]["subset"], 1.0, kind, extra=test)
 
     def evaluate(self, run: Run, subset: str, lenpen: float, kind: str | None = None, extra: str | None = None) -> dict:
-        """scripts/evaluate.py on the final model (``kind``: ``last`` or ``avgN``, default the primary one); cached in
+        """sage-evaluate on the final model (``kind``: ``last`` or ``avgN``, default the primary one); cached in
         the run's folder, read from the record for a recorded run. ``extra``: a subset of that extra test's data."""
         kind = kind or self.primary
         name = self.extra_eval_name(extra, kind) if extra else self.eval_name(subset, lenpen, kind)
@@ -164,12 +164,12 @@ class StudyRuns:
         return run.dir / ("checkpoint_last.pt" if self.primary == "last" else f"checkpoint.{self.primary}.pt")
 
     def analyze_redundancy(self, run: Run) -> dict:
-        """scripts/analyze_redundancy.py on the run's final model, named after the run (its group: the optimizer)."""
+        """sage-analyze-redundancy on the run's final model, named after the run (its group: the optimizer)."""
         checkpoints = [f"{run.name}={self.final_checkpoint(run)}"]
         return self.analyze(run, "redundancy", checkpoints, self.spec.redundancy_flags())
 
     def analyze_token_loss(self, run: Run) -> dict:
-        """scripts/analyze_token_loss.py on the run's final model (named after the run) and, when that is an average,
+        """sage-analyze-token-loss on the run's final model (named after the run) and, when that is an average,
         on its last checkpoint too (RUN@last: the one with the optimizer state, for the SAGE multipliers)."""
         checkpoints = [f"{run.name}={self.final_checkpoint(run)}"]
         if self.primary != "last":
