@@ -27,7 +27,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-BLEU_TOK_KINDS = ("tokenized", "compound_split")
+from sage_toolkit.evaluation.scoring import BLEU_TOK_KINDS
+
 KEYS = ("lowercased", "bleu_tok_kind", "references")
 
 
