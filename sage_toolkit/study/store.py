@@ -151,12 +151,12 @@ class StudyRuns:
         with run.locked():
             if not out.exists():
                 data = self.extra_data[extra] if extra else None
-                if kind == "last":
-                    run.evaluate(
-                        self.threads, subset, lenpen, out, checkpoint=run.dir / "checkpoint_last.pt", data=data
-                    )
-                else:
-                    run.evaluate(self.threads, subset, lenpen, out, average_last=self.spec.average_last, data=data)
+                model = (
+                    {"checkpoint": run.dir / "checkpoint_last.pt"}
+                    if kind == "last"
+                    else {"average_last": self.spec.average_last}
+                )
+                run.evaluate(self.threads, subset, lenpen, out, data=data, **model)
         return json.loads(out.read_text())
 
     def final_checkpoint(self, run: Run) -> Path:
