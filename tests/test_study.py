@@ -414,7 +414,7 @@ def regenerated_study_md(folder: Path) -> tuple[dict, str]:
     """The study.json committed in ``folder`` and report() of it, asserted equal to the study.md beside it."""
     summary = json.loads((folder / "study.json").read_text())
     spec = parse_spec(summary["spec"], Path(summary["spec_file"]))
-    text = report(spec, summary["results"], summary.get("significance"), summary.get("base"))
+    text = report(spec, summary["results"], summary.get("significance"), summary.get("base"), summary.get("compute"))
     assert text == (folder / "study.md").read_text()
     return summary, text
 

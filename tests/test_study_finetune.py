@@ -15,7 +15,7 @@ from sage_toolkit.errors import ToolkitError
 from sage_toolkit.study import command as study
 from sage_toolkit.study.base_model import export_base
 from sage_toolkit.study.protocol import Study
-from sage_toolkit.study.report import report
+from sage_toolkit.study.report import compute_table, report
 from sage_toolkit.study.spec import load_spec, parse_spec
 from tests.fairseq_utils import ROOT, cpu_env
 from tests.test_study import TINY, write_spec
@@ -95,7 +95,15 @@ def test_every_run_starts_from_the_base_and_translates_the_extra_tests(demo_bin,
     assert "## The base model before fine-tuning" in text and f"sha256 `{sha256}`" in text
     assert "## Extra tests" in text and "| other sacreBLEU |" in text
     spec = parse_spec(summary["spec"], spec_file)
-    assert report(spec, summary["results"], summary.get("significance"), summary["base"]) == text
+    assert report(spec, summary["results"], summary.get("significance"), summary["base"], summary["compute"]) == text
+    # the job time: every run's training and every evaluation in its folder (the record kept them all)
+    assert set(summary["compute"]["runs"]) == {"adam/lr1/seed1", "sage/lr2/seed1"}
+    for run, entry in summary["compute"]["runs"].items():
+        evaluations = [json.loads(p.read_text()) for p in (out / run).glob("eval.*.json")]
+        assert entry["evaluations"] == len(evaluations) > 0
+        assert entry["evaluation_s"] == pytest.approx(sum(e["elapsed_s"] for e in evaluations))
+        assert entry["train_s"] == json.loads((out / run / "timing.json").read_text())["train_seconds"] > 0
+    assert "## Compute" in text and "| all | 2 |" in text
 
     # the study resumes from the record alone (the run folders gone), the base's evaluations included
     import shutil
@@ -104,6 +112,7 @@ def test_every_run_starts_from_the_base_and_translates_the_extra_tests(demo_bin,
     again = study.main([str(spec_file), "--out", str(out)])
     capsys.readouterr()
     assert again["base"] == summary["base"] and again["results"] == summary["results"]
+    assert again["compute"] == summary["compute"]
 
     # a record of a run fine-tuned from another base is refused, naming the record
     record = tmp_path / "record" / "sage" / "lr2" / "seed1" / "run.json"
@@ -127,3 +136,18 @@ def test_a_base_whose_hash_is_not_the_declared_one_is_refused(demo_bin, tmp_path
     with pytest.raises(ToolkitError, match="missing.pt: no such file"):
         Study(spec, tmp_path / "out", 1, True)
     assert not (tmp_path / "out").exists()
+
+
+def test_the_compute_table_sums_by_optimizer_and_says_what_it_did_not_measure():
+    """study.md's job-time table from study.json's "compute": hours per optimizer and in all; an evaluation that
+    did not time itself makes its sums "n/a", never a smaller number."""
+    runs = {
+        "adam/lr1/seed1": {"optimizer": "adam", "train_s": 3600.0, "evaluation_s": 1800.0, "evaluations": 4},
+        "adam/lr1/seed2": {"optimizer": "adam", "train_s": 7200.0, "evaluation_s": 1800.0, "evaluations": 4},
+        "sage/lr2/seed1": {"optimizer": "sage", "train_s": 5400.0, "evaluation_s": None, "evaluations": 3},
+    }
+    lines = compute_table({"threads": 1, "runs": runs})
+    assert "| adam | 2 | 3.00 | 8 | 1.00 | 4.00 |" in lines
+    assert "| sage | 1 | 1.50 | 3 | n/a | n/a |" in lines
+    assert "| all | 3 | 4.50 | 11 | n/a | n/a |" in lines
+    assert any("each with 1 thread (" in line and "analyses are not timed" in line for line in lines)

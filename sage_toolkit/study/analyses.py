@@ -54,6 +54,25 @@ def significance(study: StudyRuns, results: dict) -> dict:
     }
 
 
+def compute(study: StudyRuns, results: dict) -> dict:
+    """The job time of the study's runs (each grid setting at the tune seed, each seed of each winner; a run the
+    spec shares with another counted here too): {"threads": each job's, "runs": {run: {"optimizer", "train_s",
+    "evaluation_s", "evaluations"}}}. Wall seconds of each job as measured (training: the runner's timing of its
+    segments; evaluation: sage-evaluate's ``elapsed_s``); the analyses' (redundancy, token loss) are not measured."""
+    runs = {}
+    for optimizer, result in results.items():
+        settings = [(setting, study.spec.tune_seed) for setting in result["grid"]]
+        settings += [(result["best_setting"], entry["seed"]) for entry in result["seeds"]]
+        for setting, seed in settings:
+            run = study.run(optimizer, setting, seed)
+            if run.name in runs:
+                continue
+            seconds, count = study.evaluation_seconds(run)
+            train = study.training_summary(run)["train_wall_s"]
+            runs[run.name] = {"optimizer": optimizer, "train_s": train, "evaluation_s": seconds, "evaluations": count}
+    return {"threads": study.threads, "runs": runs}
+
+
 def test_references(study: StudyRuns) -> tuple[dict[str, list[str]], dict[str, bool]]:
     """Per test subset, the detokenised reference's lines and whether the preparation is lowercased (sacreBLEU's
     lowercase option). ToolkitError for a subset without a detokenised reference."""

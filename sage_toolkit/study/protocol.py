@@ -305,6 +305,7 @@ def run_study(study: Study, prog: str = PROG) -> dict:
         base = study.base_scores()
         if base is not None:
             summary["base"] = base
+        summary["compute"] = analyses.compute(study, results)
         write_atomic(out / "study.json", json.dumps(summary, indent=1))
         redundancy = analyses.merged_redundancy(study, results)
         if redundancy is not None:
@@ -312,7 +313,7 @@ def run_study(study: Study, prog: str = PROG) -> dict:
         token_loss = analyses.merged_token_loss(study, results)
         if token_loss is not None:
             analyses.write_token_loss(out / "token_loss", token_loss)
-        text = report(spec, results, significance, base)
+        text = report(spec, results, significance, base, summary["compute"])
         write_atomic(out / "study.md", text)
         plots(out, spec, results)
     say("\n" + text)
@@ -338,7 +339,7 @@ def retest(study: Study) -> dict:
     significance = analyses.significance(study, summary["results"])
     analyses.check_same_tests(path, summary.get("significance") or {}, significance)
     summary["significance"] = significance
-    text = report(spec, summary["results"], significance, summary.get("base"))
+    text = report(spec, summary["results"], significance, summary.get("base"), summary.get("compute"))
     write_atomic(path, json.dumps(summary, indent=1))
     write_atomic(out / "study.md", text)
     say("\n" + text)

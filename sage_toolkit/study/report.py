@@ -46,11 +46,18 @@ def _model(spec: StudySpec) -> str:
     return f"average of the last {spec.average_last} checkpoints" if spec.average_last else "last checkpoint"
 
 
-def report(spec: StudySpec, results: dict, significance: dict | None = None, base: dict | None = None) -> str:
+def report(
+    spec: StudySpec,
+    results: dict,
+    significance: dict | None = None,
+    base: dict | None = None,
+    compute: dict | None = None,
+) -> str:
     """study.md: the grid, the length-penalty sweep, the test tables (tuned length penalty and 1.0, with the difference
     of the two optimizers' means; with averaging, the last checkpoint's table too), the per-seed table, the paired
     bootstrap (``significance``, study.json's), a fine-tuning study's base model and extra tests (``base``,
-    study.json's), the generalisation and multiplier tables and the sacreBLEU signatures."""
+    study.json's), the generalisation and multiplier tables, the job time (``compute``, study.json's; studies
+    written before it was recorded have none) and the sacreBLEU signatures."""
     lines = [f"# {spec.description}", ""]
     if spec.average_last:
         lines += [f"Model evaluated: the {_model(spec)} of each run (the last checkpoint beside it, below).", ""]
@@ -67,6 +74,8 @@ def report(spec: StudySpec, results: dict, significance: dict | None = None, bas
     lines += _fine_tuning(spec, results, base)
     lines += _generalization(results)
     lines += _multipliers(results)
+    if compute:
+        lines += compute_table(compute)
     lines += _signatures(results)
     return "\n".join(lines) + "\n"
 
@@ -303,6 +312,40 @@ def _generalization(results: dict) -> list[str]:
         f"0, the run generalises worse than {base} at the same fit of the training data, whatever its speed. "
         "Plotted: generalization.png.",
     ]
+    return lines
+
+
+def compute_table(compute: dict) -> list[str]:
+    """The job-time table: per optimizer and in all, the runs, their training and evaluation hours."""
+    groups: dict[str, list[dict]] = {}
+    for entry in compute["runs"].values():
+        groups.setdefault(entry["optimizer"], []).append(entry)
+    groups["all"] = list(compute["runs"].values())
+
+    def hours(entries: list[dict], key: str) -> float | None:
+        values = [e[key] for e in entries]
+        return None if None in values else sum(values) / 3600
+
+    def cell(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.2f}"
+
+    lines = ["## Compute", "",
+             "| optimizer | runs | training (h) | evaluations | evaluation (h) | training + evaluation (h) |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for name, entries in groups.items():
+        train, evaluation = hours(entries, "train_s"), hours(entries, "evaluation_s")
+        total = None if train is None or evaluation is None else train + evaluation
+        count = sum(e["evaluations"] for e in entries)
+        lines.append(f"| {name} | {len(entries)} | {cell(train)} | {count} | {cell(evaluation)} | {cell(total)} |")
+    threads = compute["threads"]
+    note = (
+        f"Wall hours of the jobs, each with {threads} thread{'s' if threads != 1 else ''} (jobs side by side: the "
+        "machine's wall time is shorter), over the runs the study reads (each grid setting at the tune seed, each seed "
+        "of each winner; a run reused from another spec counted too): training as the runner timed it (resumptions "
+        "and killed segments summed), evaluations (translation, scoring, checkpoint averaging) as sage-evaluate timed "
+        "them. The redundancy and token-loss analyses are not timed."
+    )
+    lines += ["", note, ""]
     return lines
 
 

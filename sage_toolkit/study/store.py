@@ -159,6 +159,15 @@ class StudyRuns:
                 run.evaluate(self.threads, subset, lenpen, out, data=data, **model)
         return json.loads(out.read_text())
 
+    def evaluation_seconds(self, run: Run) -> tuple[float | None, int]:
+        """The summed wall time of the run's evaluations (each one job: translation, scoring and, for an average, the
+        averaging) and their number, read from the record for a recorded run, else the run folder; the time is None
+        if an evaluation did not measure it (written before sage-evaluate recorded ``elapsed_s``)."""
+        record = self.recorded(run)
+        folder = record.dir if record is not None else run.dir
+        seconds = [json.loads(path.read_text()).get("elapsed_s") for path in sorted(folder.glob("eval.*.json"))]
+        return (None if None in seconds else float(sum(seconds))), len(seconds)
+
     def final_checkpoint(self, run: Run) -> Path:
         """The file of the run's final model (the average written by its evaluation, or checkpoint_last.pt)."""
         return run.dir / ("checkpoint_last.pt" if self.primary == "last" else f"checkpoint.{self.primary}.pt")
