@@ -138,6 +138,7 @@ def test_prepared_data_bin_end_to_end_through_the_command_line(trained):
     assert (r["subset"], r["n_sentences"], r["beam"], r["lenpen"]) == ("test", 20, 4, 0.6)
     assert (r["bleu_tok_kind"], r["remove_bpe"], r["detokenizer"]) == ("compound_split", "subword_nmt", "moses")
     assert r["options"]["beam"] == 4 and r["options"]["checkpoints"] == r["checkpoints"]
+    assert r["threads"] == 1  # OMP_NUM_THREADS=1 above: the count fairseq-generate ran with, for the compute tables
     assert r["subword_markers"]["count"] == 0  # --remove-bpe subword_nmt (prep.json) removed every "@@ "
 
     # the files scored are fairseq-generate's H- lines (source order), transformed independently here

@@ -102,7 +102,10 @@ def test_every_run_starts_from_the_base_and_translates_the_extra_tests(demo_bin,
         evaluations = [json.loads(p.read_text()) for p in (out / run).glob("eval.*.json")]
         assert entry["evaluations"] == len(evaluations) > 0
         assert entry["evaluation_s"] == pytest.approx(sum(e["elapsed_s"] for e in evaluations))
-        assert entry["train_s"] == json.loads((out / run / "timing.json").read_text())["train_seconds"] > 0
+        timing = json.loads((out / run / "timing.json").read_text())
+        assert entry["train_s"] == timing["train_seconds"] > 0 and entry["train_threads"] == timing["threads"] >= 1
+        assert entry["evaluation_threads"] == sorted({e["threads"] for e in evaluations})
+        assert entry["evaluation_threads"][0] >= 1
     assert "## Compute" in text and "| all | 2 |" in text
 
     # the study resumes from the record alone (the run folders gone), the base's evaluations included
@@ -141,13 +144,35 @@ def test_a_base_whose_hash_is_not_the_declared_one_is_refused(demo_bin, tmp_path
 def test_the_compute_table_sums_by_optimizer_and_says_what_it_did_not_measure():
     """study.md's job-time table from study.json's "compute": hours per optimizer and in all; an evaluation that
     did not time itself makes its sums "n/a", never a smaller number."""
+    threads = {"train_threads": 1, "evaluation_threads": [1]}
     runs = {
-        "adam/lr1/seed1": {"optimizer": "adam", "train_s": 3600.0, "evaluation_s": 1800.0, "evaluations": 4},
-        "adam/lr1/seed2": {"optimizer": "adam", "train_s": 7200.0, "evaluation_s": 1800.0, "evaluations": 4},
-        "sage/lr2/seed1": {"optimizer": "sage", "train_s": 5400.0, "evaluation_s": None, "evaluations": 3},
+        "adam/lr1/seed1": {"optimizer": "adam", "train_s": 3600.0, "evaluation_s": 1800.0, "evaluations": 4, **threads},
+        "adam/lr1/seed2": {"optimizer": "adam", "train_s": 7200.0, "evaluation_s": 1800.0, "evaluations": 4, **threads},
+        "sage/lr2/seed1": {"optimizer": "sage", "train_s": 5400.0, "evaluation_s": None, "evaluations": 3, **threads},
     }
-    lines = compute_table({"threads": 1, "runs": runs})
+    lines = compute_table({"runs": runs})
     assert "| adam | 2 | 3.00 | 8 | 1.00 | 4.00 |" in lines
     assert "| sage | 1 | 1.50 | 3 | n/a | n/a |" in lines
     assert "| all | 3 | 4.50 | 11 | n/a | n/a |" in lines
-    assert any("each with 1 thread (" in line and "analyses are not timed" in line for line in lines)
+    note = "(trainings with 1 thread each, evaluations with 1 thread each; jobs side by side"
+    assert any(note in line and "analyses are not timed" in line for line in lines)
+
+
+def test_the_compute_table_states_the_thread_counts_the_jobs_recorded():
+    """The thread counts come from the runs (timing.json, each evaluation's JSON), not from the machine that writes
+    the report: every count seen is named, and runs that did not record theirs are counted, not guessed."""
+
+    def entry(train_threads, evaluation_threads):
+        return {"optimizer": "adam", "train_s": 1.0, "evaluation_s": 1.0, "evaluations": 1,
+                "train_threads": train_threads, "evaluation_threads": evaluation_threads}  # fmt: skip
+
+    mixed = compute_table({"runs": {"a": entry(1, [1, 8]), "b": entry(8, [8]), "c": entry(None, None)}})
+    assert any(
+        "(trainings with 1 or 8 threads each (1 of 3 runs did not record it), evaluations with 1 or 8 threads each "
+        "(1 of 3 runs did not record it);" in line
+        for line in mixed
+    ), mixed
+    untimed = {"optimizer": "adam", "train_s": 1.0, "evaluation_s": 1.0, "evaluations": 1}  # recorded before threads
+    unknown = compute_table({"runs": {"a": untimed}})
+    assert any("(trainings' thread counts not recorded, evaluations' thread counts not recorded;" in line
+               for line in unknown)  # fmt: skip

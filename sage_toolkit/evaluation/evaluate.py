@@ -119,6 +119,14 @@ def _note(setup: Setup) -> str:
     )
 
 
+def _threads() -> int:
+    """The intra-op thread count fairseq-generate ran with: it inherits this process's environment (OMP_NUM_THREADS),
+    so torch's count here is its count there."""
+    import torch
+
+    return torch.get_num_threads()
+
+
 def evaluate(options: EvalOptions) -> dict:
     """Translate and score (see the module docstring); returns the result written to the JSON, plus ``json`` (its
     path). Raises :class:`ToolkitError` before writing anything when an input is missing or a result made with other
@@ -150,6 +158,7 @@ def evaluate(options: EvalOptions) -> dict:
         "subword_markers": markers,
         "options": recorded_options,
         "elapsed_s": round(time.time() - start, 1),
+        "threads": _threads(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     if setup.ref is None:  # the reference was written from the T- lines

@@ -362,6 +362,7 @@ class Run:
                 max([r["num_updates"] for r in inner] + [r["train_num_updates"] for r in log["train"]], default=0)
             ),  # fmt: skip
             "train_wall_s": timing.get("train_seconds"),
+            "train_threads": timing.get("threads"),  # None for a run trained before the runner recorded it
             "words_per_s": statistics.median(wps) if wps else None,
             "curve": validation_curve(log),
             **({"sage_stats": stats} if (stats := sage_statistics(log)) else {}),

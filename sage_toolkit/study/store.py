@@ -168,6 +168,14 @@ class StudyRuns:
         seconds = [json.loads(path.read_text()).get("elapsed_s") for path in sorted(folder.glob("eval.*.json"))]
         return (None if None in seconds else float(sum(seconds))), len(seconds)
 
+    def evaluation_threads(self, run: Run) -> list[int] | None:
+        """The distinct thread counts the run's evaluations ran with (sorted), or None if one of them did not record
+        its count (written before sage-evaluate recorded ``threads``)."""
+        record = self.recorded(run)
+        folder = record.dir if record is not None else run.dir
+        threads = [json.loads(path.read_text()).get("threads") for path in sorted(folder.glob("eval.*.json"))]
+        return None if None in threads else sorted(set(threads))
+
     def final_checkpoint(self, run: Run) -> Path:
         """The file of the run's final model (the average written by its evaluation, or checkpoint_last.pt)."""
         return run.dir / ("checkpoint_last.pt" if self.primary == "last" else f"checkpoint.{self.primary}.pt")
