@@ -14,8 +14,9 @@ import torch
 from sage_toolkit.errors import ToolkitError
 from sage_toolkit.study import command as study
 from sage_toolkit.study.base_model import export_base
+from sage_toolkit.study.compute import compute_table
 from sage_toolkit.study.protocol import Study
-from sage_toolkit.study.report import compute_table, report
+from sage_toolkit.study.report import report
 from sage_toolkit.study.spec import load_spec, parse_spec
 from tests.fairseq_utils import ROOT, cpu_env
 from tests.test_study import TINY, write_spec

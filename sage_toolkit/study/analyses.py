@@ -54,34 +54,6 @@ def significance(study: StudyRuns, results: dict) -> dict:
     }
 
 
-def compute(study: StudyRuns, results: dict) -> dict:
-    """The job time of the study's runs (each grid setting at the tune seed, each seed of each winner; a run the
-    spec shares with another counted here too): {"runs": {run: {"optimizer", "train_s",
-    "train_threads", "evaluation_s", "evaluations", "evaluation_threads"}}}; the thread counts are the ones the jobs
-    recorded (None where a job did not record it), not this machine's. Wall seconds of each job as measured
-    (training: the runner's timing of its segments; evaluation: sage-evaluate's ``elapsed_s``); the analyses'
-    (redundancy, token loss) are not measured."""
-    runs = {}
-    for optimizer, result in results.items():
-        settings = [(setting, study.spec.tune_seed) for setting in result["grid"]]
-        settings += [(result["best_setting"], entry["seed"]) for entry in result["seeds"]]
-        for setting, seed in settings:
-            run = study.run(optimizer, setting, seed)
-            if run.name in runs:
-                continue
-            seconds, count = study.evaluation_seconds(run)
-            training = study.training_summary(run)
-            runs[run.name] = {
-                "optimizer": optimizer,
-                "train_s": training["train_wall_s"],
-                "train_threads": training.get("train_threads"),
-                "evaluation_s": seconds,
-                "evaluations": count,
-                "evaluation_threads": study.evaluation_threads(run),
-            }
-    return {"runs": runs}
-
-
 def test_references(study: StudyRuns) -> tuple[dict[str, list[str]], dict[str, bool]]:
     """Per test subset, the detokenised reference's lines and whether the preparation is lowercased (sacreBLEU's
     lowercase option). ToolkitError for a subset without a detokenised reference."""

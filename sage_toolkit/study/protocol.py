@@ -28,7 +28,7 @@ from sage_toolkit.evaluation.result import recorded
 from sage_toolkit.runner.console import complain, say
 from sage_toolkit.runner.process import SUPERVISOR, RunFailed, runner_session, worker_pool
 from sage_toolkit.runner.training import Run
-from sage_toolkit.study import analyses
+from sage_toolkit.study import analyses, compute
 from sage_toolkit.study.grid import winner
 from sage_toolkit.study.plots import plots
 from sage_toolkit.study.record import RunRecord
@@ -305,7 +305,7 @@ def run_study(study: Study, prog: str = PROG) -> dict:
         base = study.base_scores()
         if base is not None:
             summary["base"] = base
-        summary["compute"] = analyses.compute(study, results)
+        summary["compute"] = compute.compute(study, results)
         write_atomic(out / "study.json", json.dumps(summary, indent=1))
         redundancy = analyses.merged_redundancy(study, results)
         if redundancy is not None:
