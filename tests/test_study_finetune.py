@@ -15,7 +15,7 @@ from sage_toolkit.errors import ToolkitError
 from sage_toolkit.study import command as study
 from sage_toolkit.study.base_model import export_base
 from sage_toolkit.study.compute import compute_table
-from sage_toolkit.study.protocol import Study
+from sage_toolkit.study.protocol import Study, check_configs
 from sage_toolkit.study.report import report
 from sage_toolkit.study.spec import load_spec, parse_spec
 from tests.fairseq_utils import ROOT, cpu_env
@@ -177,3 +177,27 @@ def test_the_compute_table_states_the_thread_counts_the_jobs_recorded():
     unknown = compute_table({"runs": {"a": untimed}})
     assert any("(trainings' thread counts not recorded, evaluations' thread counts not recorded;" in line
                for line in unknown)  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["finetune_de_en_pilot", "finetune_de_en", "finetune_de_en_attn_ffn"])
+def test_the_finetuning_specs_compose(name):
+    """Every setting of the fine-tuning specs composes as fairseq-hydra-train will compose it."""
+    check_configs(load_spec(ROOT / "studies" / f"{name}.yaml"))
+
+
+def test_the_attn_ffn_spec_reuses_the_main_studys_sage_winner():
+    """The attn_ffn spec shares the main spec's out and record, and its baseline is the main study's SAGE winner at
+    seeds 1-2: that reuse (not a retraining) needs the same base, data, spec overrides, config and setting overrides;
+    sage_attn_ffn differs from it by sage_params=attn_ffn alone."""
+    main = load_spec(ROOT / "studies" / "finetune_de_en.yaml")
+    attn_ffn = load_spec(ROOT / "studies" / "finetune_de_en_attn_ffn.yaml")
+    shared = ["data", "out", "record", "overrides", "base", "jobs", "beam", "tune_seed", "lenpens", "test_subsets",
+              "validate_every", "average_last", "extra_tests", "redundancy"]  # fmt: skip
+    assert {key: getattr(attn_ffn, key) for key in shared} == {key: getattr(main, key) for key in shared}
+    assert attn_ffn.seeds == [1, 2] and set(attn_ffn.seeds) <= set(main.seeds)
+    (setting,) = attn_ffn.optimizers["sage"].grid
+    assert attn_ffn.optimizers["sage"].config == main.optimizers["sage"].config
+    assert attn_ffn.optimizers["sage"].grid[setting] == main.optimizers["sage"].grid[setting]
+    ablation = attn_ffn.optimizers["sage_attn_ffn"]
+    assert ablation.config == main.optimizers["sage"].config
+    assert ablation.grid == {setting: [*main.optimizers["sage"].grid[setting], "optimizer.sage_params=attn_ffn"]}
