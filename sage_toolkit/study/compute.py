@@ -21,15 +21,17 @@ def compute(study: StudyRuns, results: dict) -> dict:
             run = study.run(optimizer, setting, seed)
             if run.name in runs:
                 continue
-            seconds, count = study.evaluation_seconds(run)
-            training = study.training_summary(run)
+            evaluations, training = study.evaluation_results(run), study.training_summary(run)
+            # an evaluation written before sage-evaluate recorded its time (or thread count) makes the run's None
+            seconds = [e.get("elapsed_s") for e in evaluations]
+            threads = [e.get("threads") for e in evaluations]
             runs[run.name] = {
                 "optimizer": optimizer,
                 "train_s": training["train_wall_s"],
                 "train_threads": training.get("train_threads"),
-                "evaluation_s": seconds,
-                "evaluations": count,
-                "evaluation_threads": study.evaluation_threads(run),
+                "evaluation_s": None if None in seconds else float(sum(seconds)),
+                "evaluations": len(evaluations),
+                "evaluation_threads": None if None in threads else sorted(set(threads)),
             }
     return {"runs": runs}
 

@@ -159,22 +159,12 @@ class StudyRuns:
                 run.evaluate(self.threads, subset, lenpen, out, data=data, **model)
         return json.loads(out.read_text())
 
-    def evaluation_seconds(self, run: Run) -> tuple[float | None, int]:
-        """The summed wall time of the run's evaluations (each one job: translation, scoring and, for an average, the
-        averaging) and their number, read from the record for a recorded run, else the run folder; the time is None
-        if an evaluation did not measure it (written before sage-evaluate recorded ``elapsed_s``)."""
+    def evaluation_results(self, run: Run) -> list[dict]:
+        """Every evaluation JSON of the run (sage-evaluate's results: scores, ``elapsed_s``, ``threads`` ...), read
+        from the record for a recorded run, else the run folder."""
         record = self.recorded(run)
         folder = record.dir if record is not None else run.dir
-        seconds = [json.loads(path.read_text()).get("elapsed_s") for path in sorted(folder.glob("eval.*.json"))]
-        return (None if None in seconds else float(sum(seconds))), len(seconds)
-
-    def evaluation_threads(self, run: Run) -> list[int] | None:
-        """The distinct thread counts the run's evaluations ran with (sorted), or None if one of them did not record
-        its count (written before sage-evaluate recorded ``threads``)."""
-        record = self.recorded(run)
-        folder = record.dir if record is not None else run.dir
-        threads = [json.loads(path.read_text()).get("threads") for path in sorted(folder.glob("eval.*.json"))]
-        return None if None in threads else sorted(set(threads))
+        return [json.loads(path.read_text()) for path in sorted(folder.glob("eval.*.json"))]
 
     def final_checkpoint(self, run: Run) -> Path:
         """The file of the run's final model (the average written by its evaluation, or checkpoint_last.pt)."""
