@@ -152,6 +152,7 @@ def test_the_compute_table_sums_by_optimizer_and_says_what_it_did_not_measure():
         "sage/lr2/seed1": {"optimizer": "sage", "train_s": 5400.0, "evaluation_s": None, "evaluations": 3, **threads},
     }
     lines = compute_table({"runs": runs})
+    assert lines[:2] == ["", "## Compute"] and lines[-1]  # a section like study.md's others: a blank line, then it
     assert "| adam | 2 | 3.00 | 8 | 1.00 | 4.00 |" in lines
     assert "| sage | 1 | 1.50 | 3 | n/a | n/a |" in lines
     assert "| all | 3 | 4.50 | 11 | n/a | n/a |" in lines

@@ -70,7 +70,7 @@ def compute_table(compute: dict) -> list[str]:
     def cell(value: float | None) -> str:
         return "n/a" if value is None else f"{value:.2f}"
 
-    lines = ["## Compute", "",
+    lines = ["", "## Compute", "",
              "| optimizer | runs | training (h) | evaluations | evaluation (h) | training + evaluation (h) |",
              "|---|---|---|---|---|---|"]  # fmt: skip
     for name, entries in groups.items():
@@ -85,5 +85,4 @@ def compute_table(compute: dict) -> list[str]:
         "summed), evaluations (translation, scoring, checkpoint averaging) as sage-evaluate timed them. The redundancy "
         "and token-loss analyses are not timed."
     )
-    lines += ["", note, ""]
-    return lines
+    return lines + ["", note]
