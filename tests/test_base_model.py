@@ -38,7 +38,9 @@ def test_export_keeps_the_weights_in_fp16_and_nothing_of_the_training(trained, t
     assert base["model"].keys() == source["model"].keys()
     for name, tensor in source["model"].items():
         assert base["model"][name].dtype == torch.float16
-        assert torch.equal(base["model"][name], tensor.half()), name
+        # bit for bit: fairseq's positional-embedding _float_tensor buffer is torch.empty, whatever memory held (NaN
+        # at times, which torch.equal calls unequal to itself)
+        assert torch.equal(base["model"][name].view(torch.int16), tensor.half().view(torch.int16)), name
     assert base["last_optimizer_state"] is None and base["optimizer_history"][-1]["num_updates"] == 0
     assert base["extra_state"] == {"train_iterator": {"epoch": 1, "iterations_in_epoch": 0, "version": 2}}
     assert base["sage_base_model"]["num_updates"] == 6 and base["sage_base_model"]["optimizer"] == "FairseqAdam"
@@ -47,7 +49,7 @@ def test_export_keeps_the_weights_in_fp16_and_nothing_of_the_training(trained, t
     # study declares the sha256 of the one committed file)
     assert base_model.export_base(trained, tmp_path / "again.pt") == base_model.sha256_of(tmp_path / "again.pt")
     again = load(tmp_path / "again.pt")["model"]
-    assert all(torch.equal(again[name], tensor) for name, tensor in base["model"].items())
+    assert all(torch.equal(again[name].view(torch.int16), t.view(torch.int16)) for name, t in base["model"].items())
 
 
 def test_fine_tuning_starts_from_the_base(trained, tiny_data_bin, tmp_path):
