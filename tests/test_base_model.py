@@ -27,6 +27,12 @@ def trained(tiny_data_bin, tmp_path_factory):
     return save / "checkpoint_last.pt"
 
 
+def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """The two fp16 tensors hold the same bits. Not torch.equal: fairseq's positional-embedding _float_tensor buffer is
+    torch.empty, whatever memory held, NaN at times, which torch.equal calls unequal to itself."""
+    return torch.equal(a.view(torch.int16), b.view(torch.int16))
+
+
 def test_export_keeps_the_weights_in_fp16_and_nothing_of_the_training(trained, tmp_path):
     out = tmp_path / "base" / "checkpoint_base.pt"
     proc = subprocess.run([sys.executable, "-m", "sage_toolkit.study.base_model", str(trained), str(out)],
@@ -38,9 +44,7 @@ def test_export_keeps_the_weights_in_fp16_and_nothing_of_the_training(trained, t
     assert base["model"].keys() == source["model"].keys()
     for name, tensor in source["model"].items():
         assert base["model"][name].dtype == torch.float16
-        # bit for bit: fairseq's positional-embedding _float_tensor buffer is torch.empty, whatever memory held (NaN
-        # at times, which torch.equal calls unequal to itself)
-        assert torch.equal(base["model"][name].view(torch.int16), tensor.half().view(torch.int16)), name
+        assert same_bits(base["model"][name], tensor.half()), name
     assert base["last_optimizer_state"] is None and base["optimizer_history"][-1]["num_updates"] == 0
     assert base["extra_state"] == {"train_iterator": {"epoch": 1, "iterations_in_epoch": 0, "version": 2}}
     assert base["sage_base_model"]["num_updates"] == 6 and base["sage_base_model"]["optimizer"] == "FairseqAdam"
@@ -49,7 +53,7 @@ def test_export_keeps_the_weights_in_fp16_and_nothing_of_the_training(trained, t
     # study declares the sha256 of the one committed file)
     assert base_model.export_base(trained, tmp_path / "again.pt") == base_model.sha256_of(tmp_path / "again.pt")
     again = load(tmp_path / "again.pt")["model"]
-    assert all(torch.equal(again[name].view(torch.int16), t.view(torch.int16)) for name, t in base["model"].items())
+    assert all(same_bits(again[name], tensor) for name, tensor in base["model"].items())
 
 
 def test_fine_tuning_starts_from_the_base(trained, tiny_data_bin, tmp_path):
